@@ -1,0 +1,1 @@
+"""dihs_model: head-budgeted transformer encoder classifiers (no Ray, no HTTP)."""

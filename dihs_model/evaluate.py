@@ -1,0 +1,95 @@
+"""Accuracy vs heads: every policy at every target heads ratio, heads removed by slicing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from sklearn.metrics import f1_score
+from tqdm import tqdm
+
+from .bundle import Bundle
+from .data import Examples
+from .surgery import Selection, allocate_heads, encoder_flops, head_count
+
+TARGET_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)
+POLICIES = ("dense", "random", "static-michel", "static-fisher", "static-attention")
+RANDOM_SEED = 0
+
+
+def static_selection(bundle: Bundle, policy: str, ratio: float) -> Selection | None:
+    """The heads a static policy keeps at `ratio` (None: all heads)."""
+    if policy == "dense" or ratio >= 1.0:
+        return None
+    shape = bundle.model.shape
+    if policy == "random":
+        g = torch.Generator().manual_seed(RANDOM_SEED)
+        scores = torch.rand(shape.n_layers, shape.n_heads, generator=g)
+    else:
+        scores = torch.tensor(bundle.meta["importance"][policy.removeprefix("static-")])
+    return allocate_heads(scores, ratio)
+
+
+@torch.no_grad()
+def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: int = 64) -> tuple[list[int], float]:
+    """Predicted label ids, and the analytic FLOPs ratio (this selection / dense) over these inputs."""
+    shape = bundle.model.shape
+    counts = [shape.n_heads] * shape.n_layers if heads is None else [head_count(c) for c in heads]
+    dense_counts = [shape.n_heads] * shape.n_layers
+    preds = [0] * len(ex)
+    flops = dense = 0.0
+    for idx, ids, mask, _ in bundle.batches(ex, batch_size):
+        for i, p in zip(idx, bundle.model(ids, mask, heads=heads).logits.argmax(-1).tolist()):
+            preds[i] = p
+        for t in mask.sum(1).tolist():
+            flops += encoder_flops(shape, counts, t)
+            dense += encoder_flops(shape, dense_counts, t)
+    return preds, flops / dense
+
+
+def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=TARGET_RATIOS,
+             progress: bool = True) -> dict:
+    shape = bundle.model.shape
+    jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
+    rows = []
+    for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
+        heads = static_selection(bundle, policy, ratio)
+        preds, flops_ratio = predict(bundle, ex, heads)
+        n_heads = shape.total_heads if heads is None else sum(head_count(c) for c in heads)
+        rows.append({
+            "policy": policy, "target_heads_ratio": ratio, "heads_ratio": n_heads / shape.total_heads,
+            "flops_ratio": flops_ratio,
+            "accuracy": sum(int(p == y) for p, y in zip(preds, ex.labels)) / len(ex),
+            "macro_f1": float(f1_score(ex.labels, preds, average="macro", labels=list(range(len(ex.label_names))),
+                                       zero_division=0)),
+        })
+    return {"task": task, "n": len(ex), "rows": rows}
+
+
+def plot_eval(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for policy in dict.fromkeys(r["policy"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["policy"] == policy), key=lambda r: r["heads_ratio"])
+        ax.plot([r["heads_ratio"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=policy)
+    ax.set(xlabel="heads computed / all heads", ylabel="accuracy",
+           title=f"{result['task']}: accuracy vs attention heads (n={result['n']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_json(obj: dict, out: Path) -> None:
+    """Write atomically (temp file, then rename), so a reader never sees half a file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(out)

@@ -1,0 +1,26 @@
+"""The budget ladder: a few fixed head budgets (levels) that requests are mapped to.
+
+A small ladder lets batches group by level (one sliced forward per group) and lets a GPU keep
+one graph per level. Each level keeps, per layer, a prefix of the importance-ordered heads,
+allocated by global ranking (Michel 2019), so layers that matter more keep more heads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .surgery import allocate_heads, as_prefix
+
+LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)
+
+
+def build_ladder(ordered_scores: torch.Tensor, ratios: tuple[float, ...] = LADDER) -> list[dict]:
+    """Levels from scores [L, H] that are already descending within each layer."""
+    total = ordered_scores.numel()
+    levels = []
+    for ratio in ratios:
+        heads = as_prefix(allocate_heads(ordered_scores, ratio))
+        assert heads is not None, "scores must be in stored (importance) order"
+        levels.append({"name": f"h{round(ratio * 100)}", "target_ratio": ratio,
+                       "heads": heads, "heads_ratio": sum(heads) / total})
+    return levels

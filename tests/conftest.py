@@ -1,0 +1,77 @@
+"""Tiny random encoders of every supported family, and a tiny tokenizer: no downloads, no Ray."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, BertTokenizerFast, DistilBertConfig, RobertaConfig
+
+from dihs_model.budgeted import BudgetedClassifier
+
+WORDS = "the a good bad movie film great awful plot actor love hate fun dull story end".split()
+
+
+def tiny_config(family: str):
+    common = dict(vocab_size=64, max_position_embeddings=64)
+    if family == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                          hidden_act="gelu", **common)
+    if family == "roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                             pad_token_id=1, **common)
+    if family == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, **common)
+    raise ValueError(family)
+
+
+def tiny_encoder(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModel.from_config(tiny_config(family), attn_implementation="sdpa").eval()
+
+
+def tiny_classifier(family: str = "bert", n_labels: int = 3, seed: int = 0) -> BudgetedClassifier:
+    enc = tiny_encoder(family, seed)
+    torch.manual_seed(seed + 1)
+    return BudgetedClassifier(enc, n_labels).eval()
+
+
+def random_batch(B: int = 4, T: int = 12, seed: int = 0, pad: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 64, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    if pad:
+        for b in range(1, B):
+            mask[b, T - 2 * b :] = 0
+    return ids, mask
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A local safetensors BERT checkpoint folder with a word-level tokenizer: what `--model` takes."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tok.vocab_size == len(vocab)
+    ckpt = tmp_path / "tiny-bert"
+    cfg = tiny_config("bert")
+    cfg.vocab_size = len(vocab)
+    torch.manual_seed(0)
+    AutoModel.from_config(cfg).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    return ckpt
+
+
+def write_reviews_csv(path, n: int = 60, text_col: str = "text", label_col: str = "label"):
+    """A learnable two-class CSV: positive words vs negative words."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    pos, neg = ["good", "great", "love", "fun"], ["bad", "awful", "hate", "dull"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([text_col, label_col])
+        for i in range(n):
+            words = pos if i % 2 else neg
+            w.writerow([" ".join(rng.choice(words + ["the", "movie", "plot"]) for _ in range(6)) + " " + words[i % 4],
+                        "pos" if i % 2 else "neg"])
+    return path

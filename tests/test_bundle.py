@@ -1,0 +1,91 @@
+"""Bundles: round trip, checksums, atomic writes, safetensors only."""
+
+import json
+
+import pytest
+import torch
+
+from dihs_model import bundle as bundle_mod
+from dihs_model.bundle import BundleError, load_bundle, new_bundle, save_bundle
+from dihs_model.importance import calibrate_bundle
+from dihs_model.data import Examples
+
+
+@pytest.fixture
+def tiny_bundle(tiny_checkpoint):
+    return new_bundle(str(tiny_checkpoint), ["neg", "pos"], 32)
+
+
+def _examples():
+    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
+    return Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"])
+
+
+def test_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
+    out = save_bundle(tiny_bundle, tmp_path / "out" / "b")
+    loaded = load_bundle(out)
+    ids, mask = tiny_bundle.encode(["good movie", "the plot was awful and dull"])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids, mask).logits, tiny_bundle.model.eval()(ids, mask).logits)
+    assert loaded.labels == ["neg", "pos"] and set(loaded.meta["files"]) >= {"model.safetensors", "config.json"}
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]  # no temp folders left
+
+
+def test_calibrated_bundle_stores_heads_in_importance_order(tiny_bundle, tmp_path):
+    cal = calibrate_bundle(tiny_bundle, _examples(), progress=False)
+    for name in ("michel", "fisher", "attention"):
+        assert torch.tensor(cal.meta["importance"][name]).shape == (3, 4)
+    michel = torch.tensor(cal.meta["importance"]["michel"])
+    assert (michel[:, :-1] >= michel[:, 1:]).all()
+    assert all(sorted(row) == [0, 1, 2, 3] for row in cal.meta["head_order"])
+    assert cal.meta["levels"][0]["heads"] == [4, 4, 4]
+    ids, mask = cal.encode(["good movie"])
+    with torch.no_grad():  # same function, heads only moved
+        assert (cal.model(ids, mask).logits - tiny_bundle.model(ids, mask).logits).abs().max() < 1e-5
+    loaded = load_bundle(save_bundle(cal, tmp_path / "c"))
+    assert loaded.meta["head_order"] == cal.meta["head_order"]
+
+
+def test_existing_output_needs_force(tiny_bundle, tmp_path):
+    out = save_bundle(tiny_bundle, tmp_path / "b")
+    with pytest.raises(BundleError, match="--force"):
+        save_bundle(tiny_bundle, out)
+    tiny_bundle.meta["note"] = "second"
+    save_bundle(tiny_bundle, out, force=True)
+    assert json.loads((out / "dihs.json").read_text())["note"] == "second"
+
+
+def test_failed_write_leaves_nothing(tiny_bundle, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle_mod, "save_file", boom)
+    with pytest.raises(OSError):
+        save_bundle(tiny_bundle, tmp_path / "out" / "b")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_corrupt_or_missing_files_are_refused(tiny_bundle, tmp_path):
+    out = save_bundle(tiny_bundle, tmp_path / "b")
+    w = out / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(out)
+    w.unlink()
+    with pytest.raises(BundleError, match="model.safetensors is missing"):
+        load_bundle(out)
+    with pytest.raises(BundleError, match="not a DIHS bundle"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_pickle_checkpoints_are_refused(tiny_checkpoint, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(BundleError, match="only safetensors"):
+        new_bundle(str(pickled), ["a", "b"], 32)
+    with pytest.raises(BundleError, match="only safetensors"):
+        new_bundle(str(pickled / "pytorch_model.bin"), ["a", "b"], 32)

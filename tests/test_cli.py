@@ -1,0 +1,84 @@
+"""`dihs` end to end on a tiny local checkpoint, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dihs_model.cli import main
+from tests.conftest import write_reviews_csv
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def trained(tiny_checkpoint, tmp_path):
+    data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
+    out = tmp_path / "bundle"
+    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out),
+                 "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1"]) == 0
+    return out, data
+
+
+def test_train_eval_bench_end_to_end(trained, tmp_path):
+    bundle, data = trained
+    meta = json.loads((bundle / "dihs.json").read_text())
+    assert meta["labels"] == ["neg", "pos"] and len(meta["levels"]) == 5
+    assert set(meta["importance"]) == {"michel", "fisher", "attention"}
+    assert meta["eval"]["n"] == 16 and meta["eval"]["dense_accuracy"] >= 0.9  # the words give the label away
+
+    assert main(["eval", str(bundle), "--data", str(data), "--json", str(tmp_path / "e.json"),
+                 "--plot", str(tmp_path / "e.png"), "--quiet"]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["n"] == 80 and res["task"] == "reviews"
+    policies = {r["policy"] for r in res["rows"]}
+    assert policies == {"dense", "random", "static-michel", "static-fisher", "static-attention"}
+    for r in res["rows"]:
+        assert set(r) == {"policy", "target_heads_ratio", "heads_ratio", "flops_ratio", "accuracy", "macro_f1"}
+        assert abs(r["heads_ratio"] - r["target_heads_ratio"]) <= 1 / 12 + 1e-9
+        assert r["flops_ratio"] <= 1.0 + 1e-9 and (r["flops_ratio"] < 1.0) == (r["heads_ratio"] < 1.0)
+    assert (tmp_path / "e.png").stat().st_size > 1000
+
+    assert main(["bench", str(bundle), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
+                 "--quick", "--warmup", "1", "--repeats", "3", "--quiet"]) == 0
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["threads"] == 1
+    modes = {(r["mode"], r["heads_ratio"]) for r in b["rows"]}
+    assert ("sliced", 0.5) in modes and ("masked", 0.5) in modes
+    for r in b["rows"]:
+        assert r["median_ms"] > 0 and r["speedup"] > 0
+        assert r["ideal_speedup"] == 1.0 if r["mode"] != "sliced" else r["ideal_speedup"] >= 1.0
+
+
+def test_calibrate_rewrites_the_bundle_in_place(trained):
+    bundle, data = trained
+    assert main(["calibrate", str(bundle), "--order-by", "fisher", "--quiet"]) == 0
+    after = json.loads((bundle / "dihs.json").read_text())
+    assert after["order_by"] == "fisher"
+    assert all(row == sorted(row, reverse=True) for row in after["importance"]["fisher"])
+    assert all(sorted(row) == list(range(4)) for row in after["head_order"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "nope", "--out", "{tmp}/o"], "unknown task 'nope'"),
+    (["train", "--data", "{tmp}/missing.csv", "--out", "{tmp}/o"], "data file not found"),
+    (["train", "--data", str(FIX / "tiny.csv"), "--text-column", "body", "--out", "{tmp}/o"], "no column 'body'"),
+    (["train", "--data", str(FIX / "one_class.csv"), "--out", "{tmp}/o"], "single class"),
+    (["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}", "--epochs", "1"], "exists; pass --force"),
+    (["train", "--data", str(FIX / "tiny.csv"), "--model", str(FIX), "--out", "{tmp}/o"], "only safetensors"),
+    (["eval", "{tmp}", "--json", "{tmp}/e.json"], "not a DIHS bundle"),
+    (["bench", "{tmp}/none", "--json", "{tmp}/b.json"], "not a DIHS bundle"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dihs: error: ") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_usage_error_exits_2():
+    r = subprocess.run([sys.executable, "-m", "dihs_model.cli", "eval"], capture_output=True, text=True)
+    assert r.returncode == 2 and "required" in r.stderr
