@@ -1,4 +1,4 @@
-"""`dihs` command line: train | calibrate | eval | bench.
+"""`dihs` command line: train | calibrate | eval | bench | serve.
 
 Any input a user can get wrong ends with one line `dihs: error: ...` and exit code 2.
 """
@@ -125,6 +125,30 @@ def cmd_bench(a) -> None:
               f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f})")
 
 
+def cmd_serve(a) -> None:
+    from pydantic import ValidationError
+
+    from .bundle import load_bundle
+
+    try:
+        from service.settings import Settings
+    except ImportError as e:
+        raise UsageError(f"serving needs the service package and its dependencies: {e}") from None
+    flags = {"bundle": a.bundle, "host": a.host, "port": a.port, "replicas": a.replicas, "slo_ms": a.slo_ms,
+             "model_name": a.model_name, "max_batch_size": a.max_batch_size, "device": a.device}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+    meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
+    if "levels" not in meta or "complexity" not in meta:
+        raise UsageError(f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first")
+    from service.app import run_local
+
+    run_local(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .importance import SCORERS
     from .evaluate import POLICIES
@@ -169,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="batch 1 only")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="serve a bundle over HTTP with Ray Serve (127.0.0.1:8000)")
+    p.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: $DIHS_BUNDLE or bundles/default)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, help="model replicas (default 1)")
+    p.add_argument("--slo-ms", type=float, help="latency objective in ms (default 250)")
+    p.add_argument("--model-name", help="served model name (default dihs)")
+    p.add_argument("--max-batch-size", type=int, help="texts per model batch (default 16)")
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    p.set_defaults(func=cmd_serve)
 
     for p in sub.choices.values():
         p.add_argument("--threads", type=int, default=None if p.prog != "dihs bench" else 1,

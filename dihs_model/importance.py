@@ -82,13 +82,15 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
     Returns a new Bundle (the input bundle's model is not modified).
     """
     from .bundle import Bundle
+    from .complexity import ComplexityScorer
     from .levels import build_ladder
     from .surgery import reorder_heads
 
     assert order_by in SCORERS, order_by
     step = max(1, len(examples) // max_examples)
     sample = examples.subset(list(range(0, len(examples), step))[:max_examples])
-    scores = score_heads(bundle.model, list(bundle.batches(sample, batch_size)), progress)
+    batches = list(bundle.batches(sample, batch_size))
+    scores = score_heads(bundle.model, batches, progress)
     order = head_order(scores[order_by])
     perm = torch.tensor(order)
     ordered = {name: s.gather(1, perm) for name, s in scores.items()}
@@ -100,5 +102,6 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
         "importance": {name: s.tolist() for name, s in ordered.items()},
         "calibration": {"examples": len(sample)},
         "levels": build_ladder(ordered[order_by]),
+        "complexity": ComplexityScorer.fit(bundle.tokenizer, [(ids, m) for _, ids, m, _ in batches]).to_meta(),
     }
     return Bundle(reorder_heads(bundle.model, order), bundle.tokenizer, meta)

@@ -1,0 +1,1 @@
+"""DIHS Serve: the Ray Serve application around a dihs_model bundle."""

@@ -1,0 +1,136 @@
+"""The Ray Serve application: an HTTP ingress (FastAPI) and the model deployment.
+
+`build_app(args)` is the import path for `serve run` / `serve deploy` (deploy/serve_config.yaml);
+`run_local(settings)` is what `dihs serve` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+import time
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from .batching import Engine, Item, Tracked
+from .http import ModelInfo, Overloaded, build_http_app
+from .load import LoadConfig, LoadTracker
+from .metrics import Metrics
+from .settings import Settings
+
+
+def _hardware_gauges(metrics: Metrics, period_s: float = 2.0) -> None:
+    """CPU utilization of this process, and GPU utilization/memory from NVML where there is a GPU."""
+    nvml = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        nvml = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no driver, no GPU: the GPU gauges stay absent (documented)
+        nvml = None
+    last_cpu, last_t = time.process_time(), time.monotonic()
+    while True:
+        time.sleep(period_s)
+        cpu, t = time.process_time(), time.monotonic()
+        metrics.record("dihs_cpu_utilization_ratio", min(1.0, (cpu - last_cpu) / max(1e-9, t - last_t)))
+        last_cpu, last_t = cpu, t
+        for i, h in enumerate(nvml or []):
+            util = pynvml.nvmlDeviceGetUtilizationRates(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            metrics.record("dihs_gpu_utilization_ratio", util.gpu / 100.0, gpu=str(i))
+            metrics.record("dihs_gpu_memory_used_bytes", float(mem.used), gpu=str(i))
+
+
+@serve.deployment(name="DIHSModel")
+class DIHSModel:
+    def __init__(self, settings: dict):
+        import torch
+
+        from dihs_model.bundle import load_bundle
+
+        s = Settings(**settings)
+        torch.set_num_threads(s.torch_threads)
+        self.metrics = Metrics(s.model_name)
+        load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.max_ongoing_requests))
+        self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device)
+        self.tracked = Tracked(self.engine)
+        self.name = s.model_name
+        self.classify_batch.set_max_batch_size(s.max_batch_size)
+        self.classify_batch.set_batch_wait_timeout_s(s.batch_wait_ms / 1e3)
+        threading.Thread(target=_hardware_gauges, args=(self.metrics,), daemon=True).start()
+
+    def info(self) -> dict:
+        e = self.engine
+        return dataclasses.asdict(ModelInfo(self.name, e.bundle.labels, e.ladder, e.total_heads, e.bundle.max_length))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def classify_batch(self, items: list[Item]) -> list[dict]:
+        # off the event loop, so arrivals keep being counted (queue depth) while a batch runs
+        return await asyncio.to_thread(self.engine.run, items)
+
+    async def classify(self, item: Item) -> dict:
+        t0 = self.tracked.begin()
+        result = None
+        try:
+            result = await self.classify_batch(item)
+            return result
+        finally:
+            self.tracked.end(t0, result["level"] if result else None)
+
+
+class RayBackend:
+    def __init__(self, handle: DeploymentHandle, info: ModelInfo):
+        self.handle, self.info = handle, info
+
+    async def classify(self, items: list[Item]) -> list[dict]:
+        try:
+            return list(await asyncio.gather(*[self.handle.classify.remote(it) for it in items]))
+        except BackPressureError:
+            raise Overloaded() from None
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(self, model: DeploymentHandle, settings: dict):
+        self.model, self.settings = model, Settings(**settings)
+
+    async def __serve_build_asgi_app__(self):
+        info = ModelInfo(**await self.model.info.remote())
+        return build_http_app(self.settings, RayBackend(self.model, info), Metrics(self.settings.model_name))
+
+
+def build_app(args: dict | None = None):
+    """Serve application builder: `serve run service.app:build_app bundle=DIR model_name=dihs`."""
+    s = Settings(**(args or {}))
+    model = DIHSModel.options(
+        num_replicas=s.replicas,
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+    ).bind(s.model_dump())
+    return Ingress.options(max_ongoing_requests=s.max_queued_requests).bind(model, s.model_dump())
+
+
+def run_local(s: Settings) -> None:
+    """Start Ray and Serve on this machine and block (Ctrl-C stops)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
+    ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
+    serve.start(http_options={"host": s.host, "port": s.port})
+    serve.run(build_app(s.model_dump()), name="dihs", route_prefix="/", blocking=False)
+    print(f"DIHS Serve: http://{s.host}:{s.port} (docs /docs), metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,139 @@
+"""The inference engine of a model replica: one batch in, texts grouped by budget level, one
+sliced forward per group. Plain Python (no Ray): the Serve deployment wraps it with @serve.batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dihs_model.bundle import Bundle
+from dihs_model.complexity import ComplexityScorer
+from dihs_model.policy import PolicyConfig, choose_level
+
+from .load import LoadTracker
+
+
+@dataclass(frozen=True)
+class Item:
+    """One text and its budget limits: the unit the batcher groups."""
+
+    text: str
+    mode: str = "auto"
+    min_ratio: float = 0.0
+    max_ratio: float = 1.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
+                 policy: PolicyConfig = PolicyConfig()):
+        if "levels" not in bundle.meta or "complexity" not in bundle.meta:
+            raise ValueError("the bundle has no budget ladder: run `dihs calibrate BUNDLE` first")
+        self.bundle, self.model_name, self.load, self.metrics, self.policy = bundle, model_name, load, metrics, policy
+        self.device = pick_device(device)
+        self.model = bundle.model.eval()
+        if self.device.type == "cuda":  # half precision on GPU: same slices, bf16 matmuls
+            self.model = self.model.to(self.device, dtype=torch.bfloat16)
+        self.levels = bundle.meta["levels"]
+        self.ladder = [lv["heads_ratio"] for lv in self.levels]
+        self.total_heads = self.model.shape.total_heads
+        self.complexity = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer)
+
+    @torch.inference_mode()
+    def run(self, items: list[Item]) -> list[dict]:
+        """Results in the order of `items`, as protocol.Result fields."""
+        pressure = self.load.pressure()
+        enc = self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
+                                    max_length=self.bundle.max_length, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        signals = self.complexity.signals(ids, mask)
+        decisions = [choose_level(self.ladder, s["score"], pressure, it.mode, it.min_ratio, it.max_ratio, self.policy)
+                     for it, s in zip(items, signals)]
+        groups: dict[int, list[int]] = {}
+        for i, d in enumerate(decisions):
+            groups.setdefault(d.level, []).append(i)
+        probs: list[torch.Tensor | None] = [None] * len(items)
+        for level, idx in groups.items():
+            sub_mask = mask[idx]
+            T = int(sub_mask.sum(1).max())  # right-padded: trim to this group's longest text
+            heads = None if level == 0 else self.levels[level]["heads"]
+            logits = self.model(ids[idx, :T].to(self.device), sub_mask[:, :T].to(self.device), heads=heads).logits
+            for i, p in zip(idx, logits.float().softmax(-1).cpu()):
+                probs[i] = p
+        self.metrics.record("dihs_batch_size", len(items))
+        self.metrics.record("dihs_load_pressure", pressure)
+        return [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing))
+                for i in range(len(items))]
+
+    def _result(self, p: torch.Tensor, decision, signal: dict, pressure: float, truncated: bool) -> dict:
+        level = self.levels[decision.level]
+        per_layer = list(level["heads"])
+        active = sum(per_layer)
+        labels = self.bundle.labels
+        self.metrics.record("dihs_active_heads", active)
+        self.metrics.record("dihs_active_heads_ratio", active / self.total_heads)
+        self.metrics.record("dihs_budget_level", 1, level=level["name"])
+        self.metrics.record("dihs_input_complexity", signal["score"])
+        return {
+            "label": labels[int(p.argmax())],
+            "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)},
+            "heads": {"active": active, "total": self.total_heads, "ratio": round(active / self.total_heads, 4),
+                      "per_layer": per_layer},
+            "complexity": signal["score"],
+            "pressure": round(pressure, 4),
+            "level": level["name"],
+            "reason": decision.reason,
+            "truncated": truncated,
+        }
+
+
+class Tracked:
+    """Arrival/departure bookkeeping shared by every front of an Engine: queue depth and latency
+    feed the load tracker, and the duration histogram gets one sample per text."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def begin(self) -> float:
+        self.engine.load.started()
+        self.engine.metrics.record("dihs_queue_depth", self.engine.load.queue_depth)
+        return time.perf_counter()
+
+    def end(self, t0: float, level: str | None) -> None:
+        dt = time.perf_counter() - t0
+        self.engine.load.finished(dt)
+        self.engine.metrics.record("dihs_queue_depth", self.engine.load.queue_depth)
+        if level is not None:
+            self.engine.metrics.record("dihs_request_duration_seconds", dt, level=level)
+
+
+class LocalBackend:
+    """The HTTP app's backend in one process (tests, benchmarks): the Engine called directly."""
+
+    def __init__(self, engine: Engine, model_name: str):
+        from .http import ModelInfo
+
+        self.engine, self.tracked = engine, Tracked(engine)
+        self.info = ModelInfo(model_name, engine.bundle.labels, engine.ladder, engine.total_heads,
+                              engine.bundle.max_length)
+
+    async def classify(self, items: list[Item]) -> list[dict]:
+        t0s = [self.tracked.begin() for _ in items]
+        results: list[dict] = []
+        try:
+            results = self.engine.run(items)
+        finally:
+            for i, t0 in enumerate(t0s):
+                self.tracked.end(t0, results[i]["level"] if results else None)
+        return results
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,311 @@
+"""The HTTP API as a FastAPI app over a Backend: thin routes, state injected at build time.
+
+The same app runs inside the Ray Serve ingress (backend: deployment handles) and in unit tests
+(backend: an Engine in-process), so every route is tested without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from dihs_model.policy import limits_error
+
+from .batching import Item
+from .protocol import (Budget, ClassifyRequest, ClassifyResponse, ErrorResponse, V2InferRequest,
+                       V2InferResponse, V2ModelMetadata, V2Tensor)
+from .settings import Settings
+
+log = logging.getLogger("dihs.http")
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str, type_: str = "invalid_request", headers: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.type, self.headers = code, message, type_, headers
+
+
+class Overloaded(Exception):
+    """The model replicas' queues are full: answer 503 with Retry-After at once."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    labels: list[str]
+    ladder: list[float]
+    total_heads: int
+    max_length: int
+
+
+class Backend(Protocol):
+    info: ModelInfo
+
+    async def classify(self, items: list[Item]) -> list[dict]: ...
+
+    async def ready(self) -> bool: ...
+
+
+def _error(code: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
+    body = ErrorResponse(error={"code": code, "type": type_, "message": message})
+    return JSONResponse(body.model_dump(), status_code=code, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+class MaxBodySize:
+    """ASGI middleware: refuse bodies over the limit before anything parses them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise ApiError(413, f"request body over {self.max_bytes} bytes", "payload_too_large")
+            return msg
+
+        try:
+            await self.app(scope, counted, send)
+        except ApiError:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = json.dumps({"error": {"code": 413, "type": "payload_too_large",
+                                     "message": f"request body over {self.max_bytes} bytes: send fewer or shorter texts"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
+    info = backend.info
+    app = FastAPI(title="DIHS Serve", version="0.1.0", responses=ERRORS,
+                  description="Transformer classification with per-request attention-head budgets (DIHS).")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _count(request, _error(422, _validation_message(exc), "invalid_request"))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _count(request, _error(exc.code, exc.message, exc.type, exc.headers))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return _count(request, _error(503, "the service is at capacity: retry after the Retry-After delay",
+                                      "overloaded", {"Retry-After": "1"}))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        rid = request.headers.get("x-request-id", "-")
+        log.exception("request %s failed", rid)
+        return _count(request, _error(500, f"internal error (request id {rid}); the request was not served", "internal"))
+
+    def _count(request: Request, response: JSONResponse) -> JSONResponse:
+        """Count inference requests by outcome (health and metadata routes are not counted)."""
+        if request.url.path.endswith(("/classify", "/infer")):
+            c = response.status_code
+            status = "rejected" if c == 503 else "client_error" if c < 500 else "server_error"
+            metrics.record("dihs_requests", 1, status=status)
+        return response
+
+    def _items(texts: list[str], budget: Budget) -> list[Item]:
+        if not texts:
+            raise ApiError(422, "no texts given: send at least one")
+        if len(texts) > settings.max_texts:
+            raise ApiError(422, f"{len(texts)} texts in one request; the limit is {settings.max_texts}: split the request")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ApiError(422, f"text {i} is empty or only whitespace: send some words")
+            if len(t) > settings.max_chars:
+                raise ApiError(422, f"text {i} has {len(t)} characters; the limit is {settings.max_chars}")
+        err = limits_error(info.ladder, budget.min_heads_ratio, budget.max_heads_ratio)
+        if err:
+            raise ApiError(422, f"budget: {err}")
+        return [Item(t, budget.mode, budget.min_heads_ratio, budget.max_heads_ratio) for t in texts]
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one text or a list")
+    async def classify(req: ClassifyRequest, request: Request) -> ClassifyResponse:
+        results = await backend.classify(_items(req.all_texts(), req.budget))
+        metrics.record("dihs_requests", 1, status="ok")
+        return ClassifyResponse(model=info.name, results=results)
+
+    # --- Open Inference Protocol v2 ---
+
+    def _known(name: str) -> None:
+        if name != info.name:
+            raise ApiError(404, f"unknown model {name!r}; this server serves {info.name!r}", "not_found")
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        if not await backend.ready():
+            raise ApiError(503, "the model is not loaded yet", "not_ready")
+        return {"ready": True}
+
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "dihs-serve", "version": "0.1.0", "extensions": []}
+
+    @app.get("/v2/models/{name}", response_model=V2ModelMetadata)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False)
+    async def model_metadata(name: str, version: str = "1"):
+        _known(name)
+        n = len(info.labels)
+        return V2ModelMetadata(
+            name=info.name, versions=["1"], platform="pytorch_dihs",
+            inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            outputs=[{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                     {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                     {"name": "heads_ratio", "datatype": "FP32", "shape": [-1]},
+                     {"name": "level", "datatype": "BYTES", "shape": [-1]}])
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+    async def model_ready(name: str, version: str = "1"):
+        _known(name)
+        if not await backend.ready():
+            raise ApiError(503, "the model is not loaded yet", "not_ready")
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+    @app.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False,
+              response_model=V2InferResponse, response_model_exclude_none=True)
+    async def infer(name: str, request: Request, version: str = "1"):
+        _known(name)
+        req = await _read_v2(request)
+        texts = _v2_texts(req)
+        params = dict(req.parameters or {})
+        try:
+            budget = Budget(**{k: params[k] for k in ("mode", "max_heads_ratio", "min_heads_ratio") if k in params})
+        except ValueError as e:
+            raise ApiError(422, f"parameters: {_pydantic_message(e)}") from None
+        results = await backend.classify(_items(texts, budget))
+        n = len(results)
+        outputs = [
+            V2Tensor(name="label", datatype="BYTES", shape=[n], data=[r["label"] for r in results]),
+            V2Tensor(name="probabilities", datatype="FP32", shape=[n, len(info.labels)],
+                     data=[r["probabilities"][lab] for r in results for lab in info.labels]),
+            V2Tensor(name="heads_ratio", datatype="FP32", shape=[n], data=[r["heads"]["ratio"] for r in results]),
+            V2Tensor(name="level", datatype="BYTES", shape=[n], data=[r["level"] for r in results]),
+        ]
+        wanted = [o.get("name") for o in (req.outputs or [])]
+        if wanted:
+            unknown = set(wanted) - {o.name for o in outputs}
+            if unknown:
+                raise ApiError(422, f"unknown output {sorted(unknown)[0]!r}; outputs are label, probabilities, heads_ratio, level")
+            outputs = [o for o in outputs if o.name in wanted]
+        metrics.record("dihs_requests", 1, status="ok")
+        return V2InferResponse(model_name=info.name, model_version="1", id=req.id, outputs=outputs,
+                               parameters={"reasons": [r["reason"] for r in results]})
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"ok": True}
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        if response.status_code >= 400:
+            log.info("request %s %s %s -> %d", rid, request.method, request.url.path, response.status_code)
+        return response
+
+    # a UTF-8 character is at most 4 bytes; JSON escaping and the rest fit in the slack
+    app.add_middleware(MaxBodySize, max_bytes=settings.max_texts * settings.max_chars * 4 + 65536)
+    return app
+
+
+def _pydantic_message(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}".lstrip(": ")
+                         for x in errors()[:3])
+    return str(e)
+
+
+async def _read_v2(request: Request) -> V2InferRequest:
+    """JSON body, or the binary tensor extension (JSON header + raw tensors) that tritonclient sends."""
+    body = await request.body()
+    header_len = request.headers.get("inference-header-content-length")
+    try:
+        if header_len is None:
+            return V2InferRequest.model_validate_json(body)
+        n = int(header_len)
+        head = json.loads(body[:n])
+        raw, offset = body[n:], 0
+        for inp in head.get("inputs", []):
+            size = (inp.get("parameters") or {}).pop("binary_data_size", None)
+            if size is not None:
+                inp["data"] = _unpack_bytes(raw[offset : offset + size]) if inp.get("datatype") == "BYTES" else None
+                offset += size
+        return V2InferRequest.model_validate(head)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(422, f"cannot parse the inference request: {_pydantic_message(e)}"[:500]) from None
+
+
+def _unpack_bytes(buf: bytes) -> list[str]:
+    out, i = [], 0
+    while i < len(buf):
+        (n,) = struct.unpack_from("<I", buf, i)
+        out.append(buf[i + 4 : i + 4 + n].decode("utf-8"))
+        i += 4 + n
+    return out
+
+
+def _v2_texts(req: V2InferRequest) -> list[str]:
+    texts = [t for t in req.inputs if t.name == "text"]
+    if len(req.inputs) != 1 or not texts:
+        raise ApiError(422, "send exactly one input, named 'text', datatype BYTES")
+    t = texts[0]
+    if t.datatype != "BYTES":
+        raise ApiError(422, f"input 'text' must have datatype BYTES, not {t.datatype}")
+    data = t.data
+    while data and isinstance(data[0], list):  # [[...]] for shape [n, 1]
+        data = [x for row in data for x in row]
+    if not all(isinstance(x, str) for x in data):
+        raise ApiError(422, "input 'text' data must be strings")
+    count = 1
+    for s in t.shape:
+        count *= s
+    if count != len(data):
+        raise ApiError(422, f"input 'text' has shape {t.shape} but {len(data)} elements")
+    return data

@@ -1,0 +1,95 @@
+"""Every Prometheus metric of the service, defined once.
+
+Metrics are recorded with Ray's metrics API (`ray.util.metrics`), so every replica's samples are
+collected by the Ray metrics agent of its node and exported on that node's metrics port (one
+scrape target per Ray node: `--metrics-export-port`, 8080 locally; a PodMonitor on Kubernetes).
+Counters from all replicas are separate series (per worker) that `sum()` adds up. Ray prefixes
+every name with `ray_` and counters gain `_total`: `dihs_requests` is scraped as
+`ray_dihs_requests_total`. `exported_names()` lists the scraped names: the dashboards, alert
+rules and tests check themselves against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RATIO_BUCKETS = (0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+HEADS_BUCKETS = (1, 2, 4, 8, 12, 18, 24, 36, 48, 54, 72, 96, 144, 192, 288, 384)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | gauge | histogram
+    description: str
+    tags: tuple[str, ...] = ("model",)
+    buckets: tuple[float, ...] | None = None
+
+
+SPECS = (
+    MetricSpec("dihs_requests", "counter", "Texts answered or refused, by status (ok, client_error, server_error, rejected)",
+               ("model", "status")),
+    MetricSpec("dihs_request_duration_seconds", "histogram", "Time from arrival at the model replica to the answer, by budget level",
+               ("model", "level"), LATENCY_BUCKETS),
+    MetricSpec("dihs_active_heads", "histogram", "Attention heads computed per text", ("model",), HEADS_BUCKETS),
+    MetricSpec("dihs_active_heads_ratio", "histogram", "Heads computed / all heads, per text", ("model",), RATIO_BUCKETS),
+    MetricSpec("dihs_budget_level", "counter", "Texts served at each budget level", ("model", "level")),
+    MetricSpec("dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS),
+    MetricSpec("dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)),
+    MetricSpec("dihs_queue_depth", "gauge", "Texts waiting or running at the model replica", ("model",)),
+    MetricSpec("dihs_batch_size", "histogram", "Texts per model batch", ("model",), BATCH_BUCKETS),
+    MetricSpec("dihs_cpu_utilization_ratio", "gauge", "CPU utilization of the replica's process in [0, 1] per core", ("model",)),
+    MetricSpec("dihs_gpu_utilization_ratio", "gauge", "GPU utilization from NVML in [0, 1] (absent on CPU)", ("model", "gpu")),
+    MetricSpec("dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")),
+)
+BY_NAME = {s.name: s for s in SPECS}
+
+
+def exported_name(spec: MetricSpec) -> str:
+    return "ray_" + spec.name + ("_total" if spec.kind == "counter" else "")
+
+
+def exported_names() -> dict[str, str]:
+    """Scraped family name -> Prometheus type, for every metric the service exports."""
+    return {exported_name(s): s.kind for s in SPECS}
+
+
+class Metrics:
+    """The live metrics of one process; `record(name, value, **tags)` for every kind."""
+
+    def __init__(self, model: str):
+        from ray.util import metrics as rm
+
+        self._m = {}
+        for s in SPECS:
+            if s.kind == "counter":
+                m = rm.Counter(s.name, description=s.description, tag_keys=s.tags)
+            elif s.kind == "gauge":
+                m = rm.Gauge(s.name, description=s.description, tag_keys=s.tags)
+            else:
+                m = rm.Histogram(s.name, description=s.description, boundaries=list(s.buckets), tag_keys=s.tags)
+            m.set_default_tags({"model": model})
+            self._m[s.name] = m
+
+    def record(self, name: str, value: float = 1.0, **tags: str) -> None:
+        spec, m = BY_NAME[name], self._m[name]
+        tags = tags or None
+        if spec.kind == "counter":
+            m.inc(value, tags=tags)
+        elif spec.kind == "gauge":
+            m.set(value, tags=tags)
+        else:
+            m.observe(value, tags=tags)
+
+
+class NullMetrics:
+    """For plain-Python use without Ray (unit tests, benchmarks): keeps a log of what was recorded."""
+
+    def __init__(self):
+        self.log: list[tuple[str, float, dict]] = []
+
+    def record(self, name: str, value: float = 1.0, **tags: str) -> None:
+        assert name in BY_NAME, name
+        self.log.append((name, value, tags))

@@ -1,0 +1,30 @@
+"""One settings object, from environment variables (DIHS_*) or CLI flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIHS_", extra="forbid", frozen=True)
+
+    bundle: str = Field("bundles/default", description="bundle folder to serve")
+    model_name: str = Field("dihs", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="name in responses and /v2/models/{name}")
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to listen on all interfaces)")
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
+    slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    max_queued_requests: int = Field(256, ge=1, description="per replica backlog before back-pressure")
+    max_texts: int = Field(64, ge=1, description="texts per request")
+    max_chars: int = Field(20000, ge=1, description="characters per text")
+    torch_threads: int = Field(1, ge=1, description="torch threads per model replica")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        # Serve's default of 5 would cap batches: let a replica hold a full batch plus the next one
+        return 2 * self.max_batch_size

@@ -1,0 +1,134 @@
+"""The HTTP API without Ray: the FastAPI app over an in-process Engine on a tiny bundle."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dihs_model.bundle import new_bundle
+from dihs_model.data import Examples
+from dihs_model.importance import calibrate_bundle
+from service.batching import Engine, LocalBackend
+from service.http import build_http_app
+from service.load import LoadConfig, LoadTracker
+from service.metrics import NullMetrics
+from service.settings import Settings
+
+
+@pytest.fixture
+def served(tiny_checkpoint):
+    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
+    bundle = calibrate_bundle(new_bundle(str(tiny_checkpoint), ["neg", "pos"], 32),
+                              Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+    settings = Settings(max_texts=8, max_chars=200, model_name="tiny")
+    metrics = NullMetrics()
+    load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32))
+    engine = Engine(bundle, "tiny", load, metrics)
+    app = build_http_app(settings, LocalBackend(engine, "tiny"), metrics)
+    return TestClient(app), metrics, engine
+
+
+def test_classify_one_and_many(served):
+    client, metrics, _ = served
+    r = client.post("/v1/classify", json={"text": "good fun movie"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "tiny" and len(body["results"]) == 1
+    res = body["results"][0]
+    assert res["label"] in ("neg", "pos") and abs(sum(res["probabilities"].values()) - 1) < 1e-4
+    assert res["heads"]["total"] == 12 and res["heads"]["active"] == 12 and res["level"] == "h100"
+    assert res["pressure"] == 0.0 and "full model" in res["reason"] and 0 <= res["complexity"] <= 1
+    texts = ["good", "bad awful dull plot", "love"]
+    r = client.post("/v1/classify", json={"texts": texts, "budget": {"mode": "fixed", "max_heads_ratio": 0.5}})
+    results = r.json()["results"]
+    assert len(results) == 3 and all(x["heads"]["ratio"] <= 0.5 and x["level"] == "h50" for x in results)
+    assert all(sum(x["heads"]["per_layer"]) == x["heads"]["active"] for x in results)
+    ok = [m for m in metrics.log if m[0] == "dihs_requests"]
+    assert [m[2]["status"] for m in ok] == ["ok", "ok"]
+    assert len([m for m in metrics.log if m[0] == "dihs_budget_level"]) == 4  # one per text
+
+
+def test_answers_match_the_model_at_the_same_budget(served):
+    client, _, engine = served
+    import torch
+
+    r = client.post("/v1/classify", json={"texts": ["good fun", "the plot was bad"],
+                                           "budget": {"mode": "fixed", "max_heads_ratio": 0.5}})
+    heads = engine.levels[2]["heads"]
+    ids, mask = engine.bundle.encode(["good fun", "the plot was bad"])
+    with torch.no_grad():
+        p = engine.model(ids, mask, heads=heads).logits.softmax(-1)
+    for res, row in zip(r.json()["results"], p):
+        assert abs(res["probabilities"]["pos"] - float(row[1])) < 1e-5
+
+
+def test_pressure_lowers_auto_budgets_and_says_why(served):
+    client, _, engine = served
+    for _ in range(40):  # a backlog far over capacity
+        engine.load.started()
+    for _ in range(5):
+        engine.load.pressure()
+    r = client.post("/v1/classify", json={"text": "good"}).json()["results"][0]
+    assert r["pressure"] > 0.5 and r["heads"]["ratio"] < 1.0 and "load pressure" in r["reason"]
+    dense = client.post("/v1/classify", json={"text": "good", "budget": {"mode": "dense"}}).json()["results"][0]
+    assert dense["heads"]["ratio"] == 1.0
+    floor = client.post("/v1/classify", json={"text": "good", "budget": {"min_heads_ratio": 0.7}}).json()["results"][0]
+    assert floor["heads"]["ratio"] >= 0.7
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"text": ""}, 422, "empty"),
+    ({"text": "   \n\t"}, 422, "empty"),
+    ({"texts": []}, 422, "no texts"),
+    ({"texts": ["a"] * 9}, 422, "limit is 8"),
+    ({"text": "x" * 201}, 422, "limit is 200"),
+    ({"text": 5}, 422, "text"),
+    ({"text": "a", "texts": ["b"]}, 422, "exactly one"),
+    ({}, 422, "exactly one"),
+    ({"text": "a", "colour": "red"}, 422, "colour"),
+    ({"text": "a", "budget": {"max_heads_ratio": 1.5}}, 422, "max_heads_ratio"),
+    ({"text": "a", "budget": {"min_heads_ratio": -0.1}}, 422, "min_heads_ratio"),
+    ({"text": "a", "budget": {"min_heads_ratio": 0.8, "max_heads_ratio": 0.2}}, 422, "above max_heads_ratio"),
+    ({"text": "a", "budget": {"max_heads_ratio": 0.1}}, 422, "no budget level"),
+    ({"text": "a", "budget": {"mode": "turbo"}}, 422, "mode"),
+])
+def test_bad_input_gets_4xx_in_one_shape(served, body, status, fragment):
+    client, metrics, _ = served
+    r = client.post("/v1/classify", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and fragment in err["message"], err
+    assert not [m for m in metrics.log if m[0] == "dihs_budget_level"]  # nothing was half-served
+
+
+def test_invalid_json_and_huge_bodies(served):
+    client, _, _ = served
+    r = client.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    r = client.post("/v1/classify", content=b"x" * 200_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+
+
+def test_v2_protocol(served):
+    client, _, _ = served
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2/models/tiny").json()
+    assert meta["name"] == "tiny" and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert client.get("/v2/models/tiny/ready").status_code == 200
+    assert client.get("/v2/models/other").status_code == 404
+    req = {"id": "r1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["good", "bad"]}],
+           "parameters": {"mode": "fixed", "max_heads_ratio": 0.5}}
+    r = client.post("/v2/models/tiny/infer", json=req)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert r.json()["id"] == "r1" and out["label"]["shape"] == [2] and out["probabilities"]["shape"] == [2, 2]
+    assert out["heads_ratio"]["data"] == [0.5, 0.5]
+    bad = dict(req, parameters={"max_heads_ratio": 2})
+    assert client.post("/v2/models/tiny/infer", json=bad).status_code == 422
+    wrong = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}
+    assert "shape" in client.post("/v2/models/tiny/infer", json=wrong).json()["error"]["message"]
+
+
+def test_openapi_lists_the_routes(served):
+    client, _, _ = served
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v2/models/{name}/infer", "/v2/health/ready"} <= set(paths)
