@@ -32,14 +32,18 @@ def static_selection(bundle: Bundle, policy: str, ratio: float) -> Selection | N
 
 
 @torch.no_grad()
-def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: int = 64) -> tuple[list[int], float]:
-    """Predicted label ids, and the analytic FLOPs ratio (this selection / dense) over these inputs."""
+def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: int = 64,
+            batches: list | None = None) -> tuple[list[int], float]:
+    """Predicted label ids, and the analytic FLOPs ratio (this selection / dense) over these inputs.
+
+    `batches` (from `bundle.batches(ex, ...)`) saves re-tokenizing when predicting many times.
+    """
     shape = bundle.model.shape
     counts = [shape.n_heads] * shape.n_layers if heads is None else [head_count(c) for c in heads]
     dense_counts = [shape.n_heads] * shape.n_layers
     preds = [0] * len(ex)
     flops = dense = 0.0
-    for idx, ids, mask, _ in bundle.batches(ex, batch_size):
+    for idx, ids, mask, _ in batches if batches is not None else bundle.batches(ex, batch_size):
         for i, p in zip(idx, bundle.model(ids, mask, heads=heads).logits.argmax(-1).tolist()):
             preds[i] = p
         for t in mask.sum(1).tolist():
@@ -53,9 +57,10 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
     shape = bundle.model.shape
     jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
     rows = []
+    batches = list(bundle.batches(ex, 64))  # tokenize once for every run
     for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
         heads = static_selection(bundle, policy, ratio)
-        preds, flops_ratio = predict(bundle, ex, heads)
+        preds, flops_ratio = predict(bundle, ex, heads, batches=batches)
         n_heads = shape.total_heads if heads is None else sum(head_count(c) for c in heads)
         rows.append({
             "policy": policy, "target_heads_ratio": ratio, "heads_ratio": n_heads / shape.total_heads,

@@ -1,7 +1,7 @@
 """Load pressure in [0, 1] from queue depth, latency against the SLO and (on a GPU) utilization.
 
 Raw pressure is the largest of three terms:
-  queue:   requests waiting or running at this replica / queue capacity
+  queue:   texts waiting behind the one running at this replica / queue capacity
   latency: 0 while the latency EWMA is under half the SLO, 1 at the SLO
   gpu:     0 under 80% utilization, 1 at 100%
 The published pressure follows the raw one with hysteresis: it rises fast and falls slowly
@@ -72,7 +72,8 @@ class LoadTracker:
 
     def terms(self) -> dict[str, float]:
         slo = self.cfg.slo_s
-        t = {"queue": _clamp(self._depth / self.cfg.queue_capacity),
+        # one text in flight is no pressure: the queue term counts what waits behind it
+        t = {"queue": _clamp((self._depth - 1) / self.cfg.queue_capacity),
              "latency": _clamp((self._latency / slo - 0.5) / 0.5)}
         gpu = self._gpu()
         if gpu is not None:

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
     max_batch_size: int = Field(16, ge=1, le=256)
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
-    max_queued_requests: int = Field(256, ge=1, description="per replica backlog before back-pressure")
+    max_ongoing_requests: int = Field(128, ge=1, description="texts a model replica holds (batch queue + running); "
+                                      "set above the expected concurrency so Serve's router never backs off")
+    max_queued_requests: int = Field(256, ge=1, description="texts waiting in a router for a replica before 503s")
     max_texts: int = Field(64, ge=1, description="texts per request")
     max_chars: int = Field(20000, ge=1, description="characters per text")
     torch_threads: int = Field(1, ge=1, description="torch threads per model replica")
@@ -25,6 +27,6 @@ class Settings(BaseSettings):
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")
 
     @property
-    def max_ongoing_requests(self) -> int:
-        # Serve's default of 5 would cap batches: let a replica hold a full batch plus the next one
+    def queue_capacity(self) -> int:
+        """Replica backlog that counts as full load pressure: two batches waiting."""
         return 2 * self.max_batch_size

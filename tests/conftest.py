@@ -48,6 +48,10 @@ def random_batch(B: int = 4, T: int = 12, seed: int = 0, pad: bool = True):
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A local safetensors BERT checkpoint folder with a word-level tokenizer: what `--model` takes."""
+    return make_tiny_checkpoint(tmp_path)
+
+
+def make_tiny_checkpoint(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     assert tok.vocab_size == len(vocab)

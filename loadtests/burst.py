@@ -1,0 +1,99 @@
+"""Burst against a running service: idle -> burst -> recovery, for dense and adaptive budgets.
+
+    python -m loadtests.burst --url http://127.0.0.1:8000 --concurrency 64 --seconds 20 --out results/burst.json
+
+Phases per mode: `idle` (one request at a time), `burst` (N concurrent clients for S seconds),
+`recovery` (one at a time again, right after the burst). Modes alternate on the same server
+(dense, adaptive, dense, adaptive when --rounds 2) so drift hits both alike. Each request is
+one held-out tweet; its label is checked, so accuracy sits beside latency and heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+from dihs_model.data import load_split
+
+
+async def _one(client, url, text, mode):
+    t0 = time.perf_counter()
+    r = await client.post(f"{url}/v1/classify", json={"text": text, "budget": {"mode": mode}})
+    dt = time.perf_counter() - t0
+    if r.status_code != 200:
+        return {"status": r.status_code, "latency_s": dt}
+    res = r.json()["results"][0]
+    return {"status": 200, "latency_s": dt, "label": res["label"], "ratio": res["heads"]["ratio"],
+            "pressure": res["pressure"], "reason": res["reason"]}
+
+
+async def _phase(url, examples, mode, concurrency, seconds, n_max):
+    out, i = [], 0
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def worker(w):
+            nonlocal i
+            while time.perf_counter() < deadline and i < n_max:
+                k = i
+                i += 1
+                text, label = examples[k % len(examples)]
+                r = await _one(client, url, text, mode)
+                r["correct"] = r.get("label") == label
+                r["t"] = time.perf_counter()
+                out.append(r)
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+        wall = time.perf_counter() - t0
+    return out, wall
+
+
+def _summary(rows, wall):
+    ok = [r for r in rows if r["status"] == 200]
+    lat = sorted(r["latency_s"] * 1e3 for r in ok)
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
+    return {"requests": len(rows), "errors": len(rows) - len(ok), "rps": round(len(ok) / wall, 2),
+            "p50_ms": round(statistics.median(lat), 1) if lat else None, "p95_ms": round(p95, 1) if p95 else None,
+            "mean_heads_ratio": round(statistics.mean(r["ratio"] for r in ok), 4) if ok else None,
+            "mean_pressure": round(statistics.mean(r["pressure"] for r in ok), 4) if ok else None,
+            "accuracy": round(sum(r["correct"] for r in ok) / len(ok), 4) if ok else None,
+            "sample_reasons": sorted({r["reason"] for r in ok})[:3]}
+
+
+async def run(url, concurrency, seconds, rounds):
+    split = load_split("election-tweets")
+    ex = [(t, split.test.label_names[y]) for t, y in zip(split.test.texts, split.test.labels)]
+    result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
+    for rnd in range(rounds):
+        for mode in ("dense", "auto"):
+            phases = {}
+            for name, conc, secs, n in (("idle", 1, 8, 40), ("burst", concurrency, seconds, 10**9),
+                                        ("recovery", 1, 8, 40)):
+                rows, wall = await _phase(url, ex, mode, conc, secs, n)
+                phases[name] = _summary(rows, wall)
+                print(f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}", flush=True)
+            result["rounds"].append({"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases})
+            await asyncio.sleep(3)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default="results/burst.json")
+    a = ap.parse_args()
+    res = asyncio.run(run(a.url, a.concurrency, a.seconds, a.rounds))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Real Ray Serve, started once for this module: v1 and v2 endpoints, and the scraped metrics."""
+
+import os
+import socket
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from dihs_model.bundle import new_bundle, save_bundle
+from dihs_model.data import Examples
+from dihs_model.importance import calibrate_bundle
+from service.metrics import exported_names
+
+pytestmark = pytest.mark.serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray import serve
+
+    from service.app import build_app
+    from tests.conftest import make_tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("serve")
+    ckpt = make_tiny_checkpoint(tmp)
+    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
+    bundle = calibrate_bundle(new_bundle(str(ckpt), ["neg", "pos"], 32),
+                              Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+    path = save_bundle(bundle, tmp / "bundle")
+    http_port, metrics_port = _free_port(), _free_port()
+    ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False,
+             logging_level="ERROR", runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+             _system_config={"metrics_report_interval_ms": 1000})
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    serve.run(build_app({"bundle": str(path), "model_name": "tiny", "replicas": 2, "max_batch_size": 8}),
+              name="dihs", route_prefix="/")
+    yield f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _scrape(url: str) -> dict:
+    fams = {}
+    for fam in text_string_to_metric_families(requests.get(url, timeout=10).text):
+        fams[fam.name] = fam
+    return fams
+
+
+def _counter_total(fams, name: str, **labels) -> float:
+    fam = fams.get(name.removesuffix("_total"))
+    if fam is None:
+        return 0.0
+    return sum(s.value for s in fam.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
+    base, metrics_url = server
+    n_v1, n_texts = 0, 0
+    for i in range(12):
+        texts = ["good fun", "bad awful plot", "love it"][: 1 + i % 3]
+        r = requests.post(f"{base}/v1/classify", json={"texts": texts}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert [x["label"] in ("neg", "pos") for x in r.json()["results"]] == [True] * len(texts)
+        n_v1 += 1
+        n_texts += len(texts)
+    assert requests.post(f"{base}/v1/classify", json={"text": ""}, timeout=30).status_code == 422
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=base.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready("tiny")
+    assert client.get_model_metadata("tiny")["inputs"][0]["name"] == "text"
+    for binary in (False, True):
+        inp = httpclient.InferInput("text", [2], "BYTES")
+        inp.set_data_from_numpy(np.array([b"good fun", b"the plot was awful"], dtype=object), binary_data=binary)
+        res = client.infer("tiny", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)],
+                           parameters={"mode": "fixed", "max_heads_ratio": 0.5})
+        labels = res.as_numpy("label")
+        assert len(labels) == 2 and all(x in (b"neg", b"pos", "neg", "pos") for x in labels)
+    n_infer, n_texts = 2, n_texts + 4
+
+    expected = exported_names()
+    deadline = time.time() + 60
+    while True:  # Ray's metrics agent exports on an interval: wait for every sample to land
+        fams = _scrape(metrics_url)
+        ok = _counter_total(fams, "ray_dihs_requests_total", status="ok")
+        levels = _counter_total(fams, "ray_dihs_budget_level_total")
+        if (ok, levels) == (n_v1 + n_infer, n_texts) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert ok == n_v1 + n_infer
+    assert _counter_total(fams, "ray_dihs_requests_total", status="client_error") == 1
+    assert levels == n_texts
+    hist = fams["ray_dihs_request_duration_seconds"]
+    count = sum(s.value for s in hist.samples if s.name.endswith("_count"))
+    assert count == n_texts
+    heads = fams["ray_dihs_active_heads"]
+    assert sum(s.value for s in heads.samples if s.name.endswith("_count")) == n_texts
+    for name, kind in expected.items():
+        if "gpu" in name:
+            continue  # NVML gauges exist only on GPU machines
+        assert name.removesuffix("_total") in fams, f"{name} not exported"
+        assert fams[name.removesuffix("_total")].type == kind
