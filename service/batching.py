@@ -47,16 +47,25 @@ class Engine:
         self.total_heads = self.model.shape.total_heads
         self.complexity = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer)
 
+    def decide(self, items: list[Item], pressure: float):
+        """Tokens, complexity signals and the budget decision of each item (no model call)."""
+        enc = self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
+                                    max_length=self.bundle.max_length, return_tensors="pt")
+        signals = self.complexity.signals(enc["input_ids"], enc["attention_mask"])
+        decisions = [choose_level(self.ladder, s["score"], pressure, it.mode, it.min_ratio, it.max_ratio, self.policy)
+                     for it, s in zip(items, signals)]
+        return enc, signals, decisions
+
+    def heads_of(self, level: int) -> list[int] | None:
+        """The per-layer head counts of a ladder level (None: the full model, its bit-exact path)."""
+        return None if level == 0 else self.levels[level]["heads"]
+
     @torch.inference_mode()
     def run(self, items: list[Item]) -> list[dict]:
         """Results in the order of `items`, as protocol.Result fields."""
         pressure = self.load.pressure()
-        enc = self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
-                                    max_length=self.bundle.max_length, return_tensors="pt")
+        enc, signals, decisions = self.decide(items, pressure)
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        signals = self.complexity.signals(ids, mask)
-        decisions = [choose_level(self.ladder, s["score"], pressure, it.mode, it.min_ratio, it.max_ratio, self.policy)
-                     for it, s in zip(items, signals)]
         groups: dict[int, list[int]] = {}
         for i, d in enumerate(decisions):
             groups.setdefault(d.level, []).append(i)
@@ -64,8 +73,8 @@ class Engine:
         for level, idx in groups.items():
             sub_mask = mask[idx]
             T = int(sub_mask.sum(1).max())  # right-padded: trim to this group's longest text
-            heads = None if level == 0 else self.levels[level]["heads"]
-            logits = self.model(ids[idx, :T].to(self.device), sub_mask[:, :T].to(self.device), heads=heads).logits
+            logits = self.model(ids[idx, :T].to(self.device), sub_mask[:, :T].to(self.device),
+                                heads=self.heads_of(level)).logits
             for i, p in zip(idx, logits.float().softmax(-1).cpu()):
                 probs[i] = p
         self.metrics.record("dihs_batch_size", len(items))
