@@ -13,11 +13,12 @@ import threading
 import time
 
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from .batching import Engine, Item, Tracked
-from .http import ModelInfo, Overloaded, build_http_app
+from .http import ModelInfo, Overloaded, ReplicaFailed, build_http_app
 from .load import LoadConfig, LoadTracker
 from .metrics import Metrics
 from .settings import Settings
@@ -82,6 +83,10 @@ class DIHSModel:
         finally:
             self.tracked.end(t0, result["level"] if result else None)
 
+    async def explain(self, item: Item, attention: bool = True) -> dict:
+        # not batched and not counted as load: a diagnostic call, off the event loop
+        return await asyncio.to_thread(self.engine.explain, item, attention)
+
 
 class RayBackend:
     def __init__(self, handle: DeploymentHandle, info: ModelInfo):
@@ -92,6 +97,16 @@ class RayBackend:
             return list(await asyncio.gather(*[self.handle.classify.remote(it) for it in items]))
         except BackPressureError:
             raise Overloaded() from None
+        except (RayActorError, ActorDiedError, ActorUnavailableError):
+            raise ReplicaFailed() from None
+
+    async def explain(self, item: Item, attention: bool = True) -> dict:
+        try:
+            return await self.handle.explain.remote(item, attention)
+        except BackPressureError:
+            raise Overloaded() from None
+        except (RayActorError, ActorDiedError, ActorUnavailableError):
+            raise ReplicaFailed() from None
 
     async def ready(self) -> bool:
         return True
@@ -120,8 +135,14 @@ def build_app(args: dict | None = None):
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         logging_config=quiet,
-    ).bind(s.model_dump())
-    return Ingress.options(max_ongoing_requests=s.max_ongoing_requests, logging_config=quiet).bind(model, s.model_dump())
+    ).bind(s.shareable())
+    # The ingress only awaits: it holds several replicas' worth of texts, so that back-pressure is
+    # decided by the model's queue and answered in our error shape with Retry-After.
+    ingress_capacity = max(1024, 4 * s.replicas * (s.max_ongoing_requests + s.max_queued_requests))
+    # (the proxy counts requests waiting for a routing decision as queued: a small limit here
+    # would shed a burst before the ingress ever saw it)
+    return Ingress.options(max_ongoing_requests=ingress_capacity, max_queued_requests=ingress_capacity,
+                           logging_config=quiet).bind(model, s.shareable())
 
 
 def run_local(s: Settings) -> None:
@@ -131,7 +152,7 @@ def run_local(s: Settings) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
     ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(s.model_dump()), name="dihs", route_prefix="/", blocking=False)
+    serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)
     print(f"DIHS Serve: http://{s.host}:{s.port} (docs /docs), metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
     try:
         while True:

@@ -60,6 +60,19 @@ class Engine:
         """The per-layer head counts of a ladder level (None: the full model, its bit-exact path)."""
         return None if level == 0 else self.levels[level]["heads"]
 
+    def explain(self, item: Item, attention: bool = True) -> dict:
+        """The explanation of what run([item]) would serve now: same budget decision, heads and label.
+
+        Reads the published load pressure without updating it; records no serving metrics.
+        """
+        from dihs_model.explain import explain
+
+        pressure = self.load.published
+        _, signals, decisions = self.decide([item], pressure)
+        d = decisions[0]
+        return explain(self.bundle, item.text, self.heads_of(d.level), level=self.levels[d.level]["name"],
+                       reason=d.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+
     @torch.inference_mode()
     def run(self, items: list[Item]) -> list[dict]:
         """Results in the order of `items`, as protocol.Result fields."""
@@ -143,6 +156,9 @@ class LocalBackend:
             for i, t0 in enumerate(t0s):
                 self.tracked.end(t0, results[i]["level"] if results else None)
         return results
+
+    async def explain(self, item: Item, attention: bool = True) -> dict:
+        return self.engine.explain(item, attention)
 
     async def ready(self) -> bool:
         return True

@@ -6,16 +6,19 @@ The same app runs inside the Ray Serve ingress (backend: deployment handles) and
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from importlib.resources import files
+from typing import Literal, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from dihs_model.policy import limits_error
@@ -23,6 +26,7 @@ from dihs_model.policy import limits_error
 from .batching import Item
 from .protocol import (Budget, ClassifyRequest, ClassifyResponse, ErrorResponse, V2InferRequest,
                        V2InferResponse, V2ModelMetadata, V2Tensor)
+from .protocol import ExplainRequest, ExplainResponse
 from .settings import Settings
 
 log = logging.getLogger("dihs.http")
@@ -39,6 +43,10 @@ class Overloaded(Exception):
     """The model replicas' queues are full: answer 503 with Retry-After at once."""
 
 
+class ReplicaFailed(Exception):
+    """A model replica died while serving the request: answer 503 at once, Serve replaces it."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -52,6 +60,8 @@ class Backend(Protocol):
     info: ModelInfo
 
     async def classify(self, items: list[Item]) -> list[dict]: ...
+
+    async def explain(self, item: Item, attention: bool = True) -> dict: ...
 
     async def ready(self) -> bool: ...
 
@@ -82,20 +92,25 @@ class MaxBodySize:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(send)
-        seen = 0
+        seen, exceeded = 0, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, exceeded
             msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.max_bytes:
-                raise ApiError(413, f"request body over {self.max_bytes} bytes", "payload_too_large")
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:  # stop reading; the app sees an empty end of body
+                    exceeded = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return msg
 
-        try:
-            await self.app(scope, counted, send)
-        except ApiError:
-            await self._refuse(send)
+        async def guarded(message):
+            if not exceeded:
+                return await send(message)
+            if message["type"] == "http.response.start":  # replace whatever the app answered
+                await self._refuse(send)
+
+        await self.app(scope, counted, guarded)
 
     async def _refuse(self, send):
         body = json.dumps({"error": {"code": 413, "type": "payload_too_large",
@@ -125,6 +140,9 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 400:  # FastAPI could not even decode the body
+            return _count(request, _error(400, "the request body is not valid UTF-8 JSON: send a JSON object",
+                                          "invalid_request"))
         return _error(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
 
     @app.exception_handler(Exception)
@@ -147,8 +165,8 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
         if len(texts) > settings.max_texts:
             raise ApiError(422, f"{len(texts)} texts in one request; the limit is {settings.max_texts}: split the request")
         for i, t in enumerate(texts):
-            if not t.strip():
-                raise ApiError(422, f"text {i} is empty or only whitespace: send some words")
+            if not any(ch.isprintable() and not ch.isspace() for ch in t):
+                raise ApiError(422, f"text {i} is empty or has only whitespace/control characters: send some words")
             if len(t) > settings.max_chars:
                 raise ApiError(422, f"text {i} has {len(t)} characters; the limit is {settings.max_chars}")
         err = limits_error(info.ladder, budget.min_heads_ratio, budget.max_heads_ratio)
@@ -161,6 +179,37 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
         results = await backend.classify(_items(req.all_texts(), req.budget))
         metrics.record("dihs_requests", 1, status="ok")
         return ClassifyResponse(model=info.name, results=results)
+
+    @app.post("/v1/explain", response_model=ExplainResponse, summary="Classify one text and explain it (JSON or PNG)",
+              responses={200: {"content": {"image/png": {}}, "description": "JSON, or a PNG with format=png"}})
+    async def explain(req: ExplainRequest,
+                      fmt: Literal["json", "png"] = Query("json", alias="format", description="json or png"),
+                      view: Literal["grid", "attention"] = Query("grid", description="png: the layers x heads grid, "
+                                                                 "or one head's attention map"),
+                      score: Literal["input", "michel", "fisher", "attention"] = Query(
+                          "input", description="grid colour: this input's importance or a global scorer"),
+                      layer: int | None = Query(None, ge=0, description="attention view: layer (default: the "
+                                                "layer of the head that mattered most for this input)"),
+                      head: int | None = Query(None, ge=0, description="attention view: original head id")):
+        item = _items([req.text], req.budget)[0]
+        if (layer is None) != (head is None):
+            raise ApiError(422, "give both layer and head, or neither (the most important head that ran)")
+        png = fmt == "png"
+        exp = await backend.explain(item, req.attention if not png else view == "attention")
+        if not png:
+            return ExplainResponse(model=info.name, **exp)
+        try:
+            image = await run_in_threadpool(_explain_png, exp, view, score, layer, head)
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        return Response(image, media_type="image/png")
+
+    ui_page = (files("service") / "static" / "ui.html").read_text(encoding="utf-8").replace("{{MODEL}}", info.name)
+
+    @app.get("/ui", include_in_schema=False, response_class=HTMLResponse)
+    async def ui():
+        """A page to type a text and see its label, budget, head grid and attention maps (no external assets)."""
+        return HTMLResponse(ui_page)
 
     # --- Open Inference Protocol v2 ---
 
@@ -240,9 +289,23 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     async def healthz():
         return {"ok": True}
 
+    @app.exception_handler(ReplicaFailed)
+    async def _replica_failed(request: Request, exc: ReplicaFailed):
+        return _count(request, _error(503, "a model replica failed while serving this request; it is being "
+                                      "replaced: retry", "replica_failed", {"Retry-After": "1"}))
+
+    key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
     @app.middleware("http")
     async def _request_id(request: Request, call_next):
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        if key is not None and _protected(request.url.path):
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+                log.info("request %s %s %s -> 401 (missing or wrong API key)", rid, request.method, request.url.path)
+                return _count(request, _error(401, "this route needs `Authorization: Bearer <API key>`",
+                                              "unauthorized", {"WWW-Authenticate": "Bearer", "X-Request-ID": rid}))
         response = await call_next(request)
         response.headers["X-Request-ID"] = rid
         if response.status_code >= 400:
@@ -252,6 +315,23 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     # a UTF-8 character is at most 4 bytes; JSON escaping and the rest fit in the slack
     app.add_middleware(MaxBodySize, max_bytes=settings.max_texts * settings.max_chars * 4 + 65536)
     return app
+
+
+def _protected(path: str) -> bool:
+    """Inference and explain routes; health, metadata, docs and the UI page stay open."""
+    return path.startswith("/v1/") or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
+def _explain_png(exp: dict, view: str, score: str, layer: int | None, head: int | None) -> bytes:
+    from dihs_model import explain_plots
+    from dihs_model.explain import find_head, top_head
+
+    if view == "grid":
+        return explain_plots.head_grid_png(exp, score)
+    if layer is None:
+        layer, head = top_head(exp)
+    find_head(exp, layer, head)  # range check first: a clear message for a head that does not exist
+    return explain_plots.attention_png(exp, layer, head)
 
 
 def _pydantic_message(e: ValueError) -> str:

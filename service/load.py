@@ -93,6 +93,11 @@ class LoadTracker:
                     self._pressure = 0.0
             return self._pressure
 
+    @property
+    def published(self) -> float:
+        """The pressure the last batch got, read without updating anything (explanations use it)."""
+        return self._pressure
+
     def snapshot(self) -> dict:
         return {"pressure": round(self._pressure, 4), "queue_depth": self._depth,
                 "latency_ewma_ms": round(self._latency * 1e3, 2), **{k: round(v, 4) for k, v in self.terms().items()}}

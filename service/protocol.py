@@ -63,6 +63,59 @@ class ClassifyResponse(Strict):
     results: list[Result]
 
 
+class ExplainRequest(Strict):
+    text: str = Field(description="one text to classify and explain")
+    budget: Budget = Field(default_factory=Budget)
+    attention: bool = Field(True, description="include the attention maps of the heads that ran (T x T each: "
+                            "up to several MB for long texts at full budget)")
+
+
+class Complexity(Strict):
+    tokens: int = Field(description="real tokens, specials included")
+    subword_rate: float = Field(description="share of word-piece continuations")
+    length_percentile: float
+    subword_percentile: float
+    score: float = Field(description="mean of the two percentiles: the complexity in [0, 1]")
+
+
+class HeadExplanation(Strict):
+    position: int = Field(description="stored position in the layer = importance rank (0 = most important)")
+    head: int = Field(description="the head's id in the base checkpoint")
+    active: bool = Field(description="the head ran at this budget")
+    input_importance: float = Field(description="|dL/dm_h| for this input (see per_input_method)")
+    input_gradient: float = Field(description="dL/dm_h for this input; > 0: dropping the head lowers the loss")
+    global_importance: dict[str, float] = Field(description="the bundle's calibration scores: michel, fisher, attention")
+    attention: list[list[float]] | None = Field(
+        description="T x T attention weights (rows: query tokens, each sums to 1; columns: keys), rounded; "
+        "null if the head did not run or attention was not asked for")
+
+
+class LayerExplanation(Strict):
+    layer: int
+    active: int = Field(description="heads that ran in this layer: positions 0..active-1")
+    heads: list[HeadExplanation] = Field(description="every head of the layer, in stored order")
+
+
+class ExplainResponse(Strict):
+    model: str
+    text: str
+    tokens: list[str] = Field(description="the T tokens the model saw (after truncation)")
+    label: str = Field(description="the prediction at the chosen budget, as /v1/classify serves it")
+    probabilities: dict[str, float]
+    heads: Heads
+    complexity: float = Field(description="input complexity in [0, 1]")
+    complexity_signals: Complexity
+    pressure: float = Field(description="the load pressure published when the budget was chosen")
+    level: str
+    reason: str = Field(description="why this budget")
+    truncated: bool
+    per_input_method: str = Field(description="how input_importance was computed")
+    global_methods: dict[str, str] = Field(description="how each global importance score was computed")
+    order_by: str | None = Field(description="the global scorer that orders heads (stored positions)")
+    input_importance: list[list[float]] = Field(description="[layers][heads] |dL/dm| for this input, stored order")
+    layers: list[LayerExplanation]
+
+
 class ErrorBody(Strict):
     code: int
     type: str

