@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import os
@@ -68,13 +69,17 @@ def _kustomize_cmd() -> list[str] | None:
     return None
 
 
-def _build(overlay: str) -> list[dict]:
-    cmd = _kustomize_cmd()
-    if cmd is None:
-        pytest.skip("neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only")
-    out = subprocess.run([*cmd, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+@functools.cache
+def _kustomize_build(overlay: str) -> str:
+    out = subprocess.run([*_kustomize_cmd(), str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return out.stdout
+
+
+def _build(overlay: str) -> list[dict]:
+    if _kustomize_cmd() is None:
+        pytest.skip("neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only")
+    return [d for d in yaml.safe_load_all(_kustomize_build(overlay)) if d]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -286,7 +291,7 @@ def test_unknown_key_check_can_fail():
     assert _unknown_keys(cfg) == ["dihs.DIHSModel.autoscaling_config.max_replica", "dihs.Ingress.max_ongoing_request"]
 
 
-@pytest.mark.parametrize("name,cfg", _serve_configs(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("name,cfg", [pytest.param(n, c, id=n) for n, c in _serve_configs()])
 def test_serve_config(name, cfg, monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 

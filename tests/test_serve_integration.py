@@ -63,6 +63,15 @@ def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
         assert len(labels) == 2 and all(x in (b"neg", b"pos", "neg", "pos") for x in labels)
     n_infer, n_texts = 2, n_texts + 4
 
+    # an explanation through the model deployment agrees with the served answer
+    body = {"text": "the plot was bad and dull", "budget": {"mode": "fixed", "max_heads_ratio": 0.5}}
+    served = requests.post(f"{base}/v1/classify", json=body, timeout=30).json()["results"][0]
+    n_v1, n_texts = n_v1 + 1, n_texts + 1
+    explained = requests.post(f"{base}/v1/explain", json=body, timeout=30)
+    assert explained.status_code == 200, explained.text
+    e = explained.json()
+    assert e["label"] == served["label"] and e["heads"]["per_layer"] == served["heads"]["per_layer"]
+
     expected = exported_names()
     deadline = time.time() + 60
     while True:  # Ray's metrics agent exports on an interval: wait for every sample to land
