@@ -36,7 +36,7 @@ def _writable(path: Path | None, what: str) -> None:
 
 def cmd_train(a) -> None:
     from .bundle import BundleError, check_checkpoint, default_base_model, new_bundle, save_bundle
-    from .data import load_split
+    from .data import load_split, split_calibration
     from .evaluate import predict
     from .importance import calibrate_bundle
     from .train import TrainConfig, fine_tune
@@ -48,14 +48,15 @@ def cmd_train(a) -> None:
     check_checkpoint(base_model)
     _threads(a.threads)
     split = load_split(a.data, a.text_column, a.label_column)
-    print(f"task {split.name}: {len(split.train)} train / {len(split.test)} held-out examples, "
+    fit, calib = split_calibration(split.train)
+    print(f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
           f"{len(split.train.label_names)} classes", file=sys.stderr)
     bundle = new_bundle(base_model, split.train.label_names, a.max_length)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)
-    bundle.meta["train"] = fine_tune(bundle, split.train, cfg, progress=not a.quiet)
+    bundle.meta["train"] = fine_tune(bundle, fit, cfg, progress=not a.quiet)
     bundle.meta["data"] = {"spec": a.data, "text_column": a.text_column, "label_column": a.label_column}
     if not a.no_calibrate:
-        bundle = calibrate_bundle(bundle, split.train, a.order_by, progress=not a.quiet)
+        bundle = calibrate_bundle(bundle, calib, a.order_by, progress=not a.quiet)
     preds, _ = predict(bundle, split.test, None)
     acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
     bundle.meta["eval"] = {"data": split.name, "split": "held-out", "n": len(split.test), "dense_accuracy": acc}
@@ -65,7 +66,7 @@ def cmd_train(a) -> None:
 
 def cmd_calibrate(a) -> None:
     from .bundle import load_bundle, save_bundle
-    from .data import load_split
+    from .data import load_split, split_calibration
     from .importance import calibrate_bundle
 
     _threads(a.threads)
@@ -74,7 +75,8 @@ def cmd_calibrate(a) -> None:
     if spec is None:
         raise UsageError("the bundle does not name its training data: pass --data")
     split = load_split(spec, a.text_column, a.label_column)
-    bundle = calibrate_bundle(bundle, split.train, a.order_by, a.max_examples, progress=not a.quiet)
+    _, calib = split_calibration(split.train)  # the part `dihs train` held out
+    bundle = calibrate_bundle(bundle, calib, a.order_by, a.max_examples, progress=not a.quiet)
     save_bundle(bundle, Path(a.bundle), force=True)
     print(f"calibrated on {bundle.meta['calibration']['examples']} examples of {split.name}; head order by {a.order_by}")
 
@@ -94,6 +96,9 @@ def cmd_eval(a) -> None:
     bundle = load_bundle(a.bundle)
     if "importance" not in bundle.meta and any(p.startswith("static-") for p in a.policies):
         raise UsageError(f"{a.bundle} has no head importance: run `dihs calibrate {a.bundle}` first")
+    if "dihs" in a.policies and "cascade" not in bundle.meta:
+        print(f"note: {a.bundle} has no DIHS cascade plans (older bundle): `dihs calibrate` adds them; "
+              "the dihs policy is left out", file=sys.stderr)
     ex = load_eval(a.data, bundle.labels, a.text_column, a.label_column)
     result = evaluate(bundle, ex, Path(a.data).stem if Path(a.data).suffix else a.data, a.policies,
                       progress=not a.quiet)

@@ -143,6 +143,13 @@ def load_split(spec: str, text_column: str = "text", label_column: str = "label"
     return Split(path.stem, train, test)
 
 
+def split_calibration(train: Examples, fraction: float = 0.1) -> tuple[Examples, Examples]:
+    """(fit, calibration): a seeded stratified part of the training data that training never sees,
+    for head importance, complexity and cascade thresholds (confidences on trained-on data lie)."""
+    fit, calib = _seeded_split(train, fraction)
+    return fit, calib
+
+
 def load_eval(spec: str, label_names: list[str], text_column: str = "text", label_column: str = "label") -> Examples:
     """What to evaluate on: a built-in task's test split, or a whole file, labelled as the model's labels."""
     if spec in BUILTIN_TASKS:

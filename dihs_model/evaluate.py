@@ -10,11 +10,12 @@ from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 from .bundle import Bundle
+from .cascade import plan_from_meta, run_cascade
 from .data import Examples
 from .surgery import Selection, allocate_heads, encoder_flops, head_count
 
 TARGET_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)
-POLICIES = ("dense", "random", "static-michel", "static-fisher", "static-attention")
+POLICIES = ("dense", "random", "static-michel", "static-fisher", "static-attention", "dihs")
 RANDOM_SEED = 0
 
 
@@ -59,11 +60,18 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
     rows = []
     batches = list(bundle.batches(ex, 64))  # tokenize once for every run
     for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
-        heads = static_selection(bundle, policy, ratio)
-        preds, flops_ratio = predict(bundle, ex, heads, batches=batches)
-        n_heads = shape.total_heads if heads is None else sum(head_count(c) for c in heads)
+        if policy == "dihs" and ratio < 1.0:
+            plan = plan_from_meta(bundle.meta, ratio)
+            if plan is None:
+                continue  # no plan for this target: recalibrate the bundle
+            pred_t, heads_ratio, flops_ratio, _ = run_cascade(bundle.model, batches, plan, shape, len(ex))
+            preds = pred_t.tolist()
+        else:
+            heads = None if policy == "dihs" else static_selection(bundle, policy, ratio)
+            preds, flops_ratio = predict(bundle, ex, heads, batches=batches)
+            heads_ratio = 1.0 if heads is None else sum(head_count(c) for c in heads) / shape.total_heads
         rows.append({
-            "policy": policy, "target_heads_ratio": ratio, "heads_ratio": n_heads / shape.total_heads,
+            "policy": policy, "target_heads_ratio": ratio, "heads_ratio": heads_ratio,
             "flops_ratio": flops_ratio,
             "accuracy": sum(int(p == y) for p, y in zip(preds, ex.labels)) / len(ex),
             "macro_f1": float(f1_score(ex.labels, preds, average="macro", labels=list(range(len(ex.label_names))),

@@ -104,4 +104,21 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
         "levels": build_ladder(ordered[order_by]),
         "complexity": ComplexityScorer.fit(bundle.tokenizer, [(ids, m) for _, ids, m, _ in batches]).to_meta(),
     }
-    return Bundle(reorder_heads(bundle.model, order), bundle.tokenizer, meta)
+    model = reorder_heads(bundle.model, order)
+    meta["cascade"] = fit_cascade(model, bundle, examples, ordered[order_by], batch_size)
+    return Bundle(model, bundle.tokenizer, meta)
+
+
+def fit_cascade(model, bundle, examples, ordered_scores: torch.Tensor, batch_size: int = 32) -> dict:
+    """The DIHS cascade plans for every target ratio, on all calibration examples."""
+    from sklearn.metrics import roc_auc_score
+
+    from .cascade import TARGETS, fit_plans, first_pass_heads, plans_to_meta, run_pass
+
+    batches = list(bundle.batches(examples, batch_size))
+    labels = torch.tensor(examples.labels)
+    plans = fit_plans(model, batches, labels, ordered_scores, TARGETS)
+    small = run_pass(model, batches, first_pass_heads(ordered_scores, 0.25), len(labels))
+    wrong = (small.preds != labels).numpy()
+    auroc = float(roc_auc_score(wrong, 1 - small.conf.numpy())) if 0 < wrong.sum() < len(wrong) else None
+    return plans_to_meta(plans, len(labels), auroc)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from dihs_model.data import load_split
+from .common import held_out
 
 
 async def _one(client, url, text, mode):
@@ -66,8 +66,7 @@ def _summary(rows, wall):
 
 
 async def run(url, concurrency, seconds, rounds):
-    split = load_split("election-tweets")
-    ex = [(t, split.test.label_names[y]) for t, y in zip(split.test.texts, split.test.labels)]
+    ex = held_out("election-tweets", shuffle=False)
     result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
     for rnd in range(rounds):
         for mode in ("dense", "auto"):

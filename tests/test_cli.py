@@ -34,9 +34,12 @@ def test_train_eval_bench_end_to_end(trained, tmp_path):
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n"] == 80 and res["task"] == "reviews"
     policies = {r["policy"] for r in res["rows"]}
-    assert policies == {"dense", "random", "static-michel", "static-fisher", "static-attention"}
+    assert policies == {"dense", "random", "static-michel", "static-fisher", "static-attention", "dihs"}
     for r in res["rows"]:
         assert set(r) == {"policy", "target_heads_ratio", "heads_ratio", "flops_ratio", "accuracy", "macro_f1"}
+        if r["policy"] == "dihs":  # a cascade: escalated inputs pay a second, full pass
+            assert abs(r["heads_ratio"] - r["target_heads_ratio"]) <= 0.2
+            continue
         assert abs(r["heads_ratio"] - r["target_heads_ratio"]) <= 1 / 12 + 1e-9
         assert r["flops_ratio"] <= 1.0 + 1e-9 and (r["flops_ratio"] < 1.0) == (r["heads_ratio"] < 1.0)
     assert (tmp_path / "e.png").stat().st_size > 1000

@@ -16,7 +16,8 @@ import pytest
 from dihs_model.cli import main
 from loadtests.shapes import make_plan, parse_users
 from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows
-from loadtests.sweep import LOCUSTFILE, target_check
+from loadtests.report import target_check
+from loadtests.sweep import LOCUSTFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")

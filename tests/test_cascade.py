@@ -1,0 +1,57 @@
+"""The DIHS confidence cascade: thresholds hit the target mean heads on the calibration split,
+and running a plan counts both passes."""
+
+import torch
+
+from dihs_model.cascade import fit_plans, run_cascade, run_pass
+from tests.conftest import random_batch, tiny_classifier
+
+
+def _batches(n_batches=25, B=8):
+    out = []
+    for i in range(n_batches):
+        ids, mask = random_batch(B=B, T=10, seed=i, pad=False)
+        y = torch.randint(0, 3, (B,), generator=torch.Generator().manual_seed(100 + i))
+        out.append((list(range(i * B, (i + 1) * B)), ids, mask, y))
+    return out
+
+
+def _confident_tiny():
+    """A tiny model whose confidences spread out (a random init outputs near-uniform ties)."""
+    model = tiny_classifier()
+    with torch.no_grad():
+        model.classifier.weight.mul_(10.0)
+    return model
+
+
+def test_thresholds_hit_the_target_mean_heads_on_the_calibration_split():
+    model = _confident_tiny()
+    batches = _batches()
+    labels = torch.cat([b[3] for b in batches])
+    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
+    plans = fit_plans(model, batches, labels, scores, (0.75, 0.5, 0.4, 0.3))
+    assert [p.target_ratio for p in plans] == [0.75, 0.5, 0.4, 0.3]
+    for p in plans:
+        assert p.first_ratio <= p.target_ratio + 1e-9
+        assert abs(p.first_ratio + p.calib_escalated - p.target_ratio) <= 0.02, p
+        preds, heads_ratio, flops_ratio, escalated = run_cascade(model, batches, p, model.shape, len(labels))
+        assert abs(heads_ratio - p.target_ratio) <= 0.02  # same inputs: same fractions
+        assert abs(heads_ratio - (p.first_ratio + escalated)) < 1e-9
+        acc = float((preds == labels).float().mean())
+        assert abs(acc - p.calib_accuracy) < 1e-9
+
+
+def test_escalated_inputs_get_the_full_model_answer():
+    model = tiny_classifier()
+    batches = _batches(4)
+    n = 32
+    full = run_pass(model, batches, None, n)
+    first = run_pass(model, batches, [1, 1, 1], n)
+    from dihs_model.cascade import CascadePlan
+
+    everyone = CascadePlan(1.25, [1, 1, 1], 0.25, threshold=2.0, calib_escalated=1.0, calib_accuracy=0.0)
+    preds, heads_ratio, _, esc = run_cascade(model, batches, everyone, model.shape, n)
+    assert torch.equal(preds, full.preds) and esc == 1.0 and heads_ratio == 1.25
+    nobody = CascadePlan(0.25, [1, 1, 1], 0.25, threshold=-1.0, calib_escalated=0.0, calib_accuracy=0.0)
+    preds, heads_ratio, flops_ratio, esc = run_cascade(model, batches, nobody, model.shape, n)
+    assert torch.equal(preds, first.preds) and esc == 0.0 and flops_ratio < 1.0
