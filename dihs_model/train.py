@@ -37,7 +37,30 @@ def _shuffled_batches(ex: Examples, batch_size: int, rng: random.Random) -> list
     return batches
 
 
-def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool = True) -> dict:
+def full_model_loss(model, ids, mask, labels, rng) -> torch.Tensor:
+    return F.cross_entropy(model(ids, mask).logits, labels)
+
+
+def budget_robust_loss(levels: list[list[int]]):
+    """DynaBERT-style loss over the budget ladder (Hou et al. 2020; slimmable networks): the full
+    model learns from the labels; the smallest level and one other sampled level learn from the full
+    model's soft predictions (distillation) and the labels. Heads must be in importance order."""
+
+    def loss_fn(model, ids, mask, labels, rng):
+        full = model(ids, mask).logits
+        soft = full.detach().softmax(-1)
+        loss = F.cross_entropy(full, labels)
+        for heads in (levels[-1], rng.choice(levels[1:-1]) if len(levels) > 2 else levels[-1]):
+            logits = model(ids, mask, heads=heads).logits
+            loss = loss + 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.kl_div(
+                logits.log_softmax(-1), soft, reduction="batchmean")
+        return loss
+
+    return loss_fn
+
+
+def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool = True,
+              loss_fn=full_model_loss, desc: str = "train") -> dict:
     """Train `bundle.model` in place on `train`; returns a summary (loss, steps, seconds)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -58,12 +81,12 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
     t0, losses = time.perf_counter(), []
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
         for idx in _shuffled_batches(train, cfg.batch_size, rng):
             ids, mask = bundle.encode([train.texts[i] for i in idx])
             labels = torch.tensor([train.labels[i] for i in idx])
-            loss = F.cross_entropy(model(ids, mask).logits, labels)
+            loss = loss_fn(model, ids, mask, labels, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)

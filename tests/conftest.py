@@ -134,3 +134,17 @@ def stop_serve() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def need_debian_tool(name: str, package: str = "prometheus") -> str:
+    """Path of a tool from a Debian package: a failure in CI (the Makefile installs it), a skip elsewhere."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found: install Debian's {package} package (apt-get install -y {package})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

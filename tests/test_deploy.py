@@ -27,6 +27,7 @@ import yaml
 
 from service.metrics import exported_names
 from service.settings import Settings
+from tests.conftest import need_debian_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -49,16 +50,6 @@ def _base_docs() -> list[dict]:
 def _one(docs: list[dict], kind: str) -> dict:
     (doc,) = [d for d in docs if d["kind"] == kind]
     return doc
-
-
-def _need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} not found: install Debian's prometheus package (apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def _kustomize_cmd() -> list[str] | None:
@@ -376,14 +367,14 @@ def test_dockerfile():
 
 
 def test_promtool_check_config():
-    promtool = _need_tool("promtool")
+    promtool = need_debian_tool("promtool")
     out = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_promtool_check_rules():
-    promtool = _need_tool("promtool")
+    promtool = need_debian_tool("promtool")
     out = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -391,7 +382,7 @@ def test_promtool_check_rules():
 
 def test_promtool_rule_unit_tests():
     """Each alert fires on a bad series and stays quiet on a healthy one (alerts_test.yml)."""
-    promtool = _need_tool("promtool")
+    promtool = need_debian_tool("promtool")
     out = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr

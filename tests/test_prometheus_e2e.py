@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,23 +16,13 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, need_debian_tool
 
 pytestmark = pytest.mark.serve
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "deploy" / "prometheus"
 N_REQUESTS = 20
-
-
-def _need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        msg = f"{binary} not found: install Debian's prometheus package (apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +32,7 @@ def served(tmp_path_factory):
 
     from tests.conftest import start_tiny_serve, stop_serve
 
-    _need("prometheus")
+    need_debian_tool("prometheus")
     try:
         yield start_tiny_serve(tmp_path_factory.mktemp("prom-serve"), replicas=2, max_batch_size=8)
     finally:
@@ -66,7 +54,7 @@ def _scrape_config(metrics_port: int) -> dict:
 @pytest.fixture(scope="module")
 def prometheus(served, tmp_path_factory):
     """A Prometheus server on loopback; yields its URL and is terminated at teardown."""
-    binary = _need("prometheus")
+    binary = need_debian_tool("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     metrics_port = int(served["metrics"].rsplit(":", 1)[1].split("/")[0])
     config = tmp / "prometheus.yml"
