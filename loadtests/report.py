@@ -17,9 +17,9 @@ def _fmt(x, nd=1) -> str:
 
 def _cell(c: dict, m: str, nd: int) -> str:
     v, lo, hi = c[m], c[m + "_min"], c[m + "_max"]
-    if c["rounds"] < 2 or math.isnan(lo) or lo == hi:
+    if c["rounds"] < 2 or math.isnan(lo) or _fmt(lo, nd) == _fmt(hi, nd):
         return _fmt(v, nd)
-    return f"{_fmt(v, nd)} [{_fmt(lo, nd)}-{_fmt(hi, nd)}]"
+    return f"{_fmt(v, nd)} [{_fmt(lo, nd)}, {_fmt(hi, nd)}]"
 
 
 def target_check(combined: list[dict], slo_ms: float) -> dict:
@@ -61,17 +61,41 @@ def write_summary(path: Path, meta: dict, combined: list[dict], check: dict, tot
          f"(first {meta['settle_seconds']:g} s of a stage not counted); each user aims at "
          f"{meta['user_rate']:g} req/s, so offered load = users x {meta['user_rate']:g}; SLO {slo:g} ms; "
          f"{meta['rounds']} round(s), modes interleaved ({' '.join(meta['order'])}).", "",
-         f"Machine: {meta['machine']}. Wall time {meta['wall_s']:.0f} s.", "",
+         f"Machine: {meta['machine']}"
+         + (f"; 1-minute load average {meta['loadavg_start']:.1f} at the start, {meta['loadavg_end']:.1f} at the end"
+            if "loadavg_start" in meta else "") + f". Wall time {meta['wall_s']:.0f} s.", "",
          "Modes: dense = all heads; static = fixed 50% of heads; adaptive = DIHS auto (load pressure and input "
-         "complexity pick the level). Values are medians over rounds, [min-max] when rounds differ. "
+         "complexity pick the level). Values are medians over rounds, [min, max] when rounds differ. "
          "Latency over successful responses; errors = non-2xx or connection errors (503 back-pressure included).", "",
-         "| mode | users | offered req/s | req/s | p50 ms | p95 ms | p99 ms | errors | accuracy | heads ratio | pressure |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "`x dense` and `acc - dense` compare with dense in the same round and stage (ratio of req/s; "
+         "accuracy points, on nearly the same examples).", "",
+         "| mode | users | offered req/s | req/s | x dense | p50 ms | p95 ms | p99 ms | errors | accuracy "
+         "| acc - dense | heads ratio | pressure |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(combined, key=lambda c: (MODES.index(c["mode"]), c["stage"])):
-        L.append(f"| {c['mode']} | {c['users']} | {_fmt(c['offered_rps'], 0)} | {_cell(c, 'rps', 1)} | "
+        vs = ("", "") if c["mode"] == "dense" else (_cell(c, "rps_vs_dense", 2), _cell(c, "accuracy_vs_dense", 1))
+        L.append(f"| {c['mode']} | {c['users']} | {_fmt(c['offered_rps'], 0)} | {_cell(c, 'rps', 1)} | {vs[0]} | "
                  f"{_cell(c, 'p50_ms', 0)} | {_cell(c, 'p95_ms', 0)} | {_cell(c, 'p99_ms', 0)} | "
-                 f"{_cell(c, 'error_rate', 3)} | {_cell(c, 'accuracy', 3)} | {_cell(c, 'heads_ratio', 2)} | "
+                 f"{_cell(c, 'error_rate', 3)} | {_cell(c, 'accuracy', 3)} | {vs[1]} | {_cell(c, 'heads_ratio', 2)} | "
                  f"{_cell(c, 'pressure', 2)} |")
+    top = max(c["stage"] for c in combined)
+    L += ["", "## Throughput won, accuracy paid", ""]
+    for c in sorted((c for c in combined if c["mode"] != "dense"), key=lambda c: (MODES.index(c["mode"]), c["stage"])):
+        if c["stage"] == top or c["stage"] == check.get("stage"):
+            L.append(f"- {c['mode']} at {_fmt(c['offered_rps'], 0)} req/s offered ({c['users']} users): "
+                     f"{_cell(c, 'rps_vs_dense', 2)}x dense's req/s, accuracy {_cell(c, 'accuracy_vs_dense', 1)} "
+                     f"points vs dense, p95 {_cell(c, 'p95_ms', 0)} ms, heads {_cell(c, 'heads_ratio', 2)}.")
+    peak = {m: max((c for c in combined if c["mode"] == m), key=lambda c: c["rps"]) for m in MODES
+            if any(c["mode"] == m for c in combined)}
+    L.append("- highest throughput of any stage (median over rounds): " + "; ".join(
+        f"{m} {c['rps']:.1f} req/s at {c['users']} users" + (f" ({c['rps'] / peak['dense']['rps']:.2f}x dense's)"
+                                                             if m != "dense" and "dense" in peak else "")
+        for m, c in peak.items()) + ".")
+    by_mode: dict[str, list] = {}
+    for t in totals:
+        by_mode.setdefault(t["run"].rsplit("-r", 1)[0], []).append(t["accuracy"])
+    L.append("- accuracy over every answer of a run (Locust's CHECK row, all stages): " + "; ".join(
+        f"{m} {', '.join(_fmt(a, 4) for a in accs)}" for m, accs in by_mode.items()) + ".")
     L += ["", "## The issue's target", ""]
     if "dense_sustained_rps" not in check:
         L.append(f"- dense met the {slo:g} ms p95 SLO at no stage: the target cannot be evaluated.")
@@ -105,19 +129,21 @@ def write_summary(path: Path, meta: dict, combined: list[dict], check: dict, tot
 
 
 def plot(path: Path, combined: list[dict], slo_ms: float) -> None:
+    """Throughput and p95 vs offered load; accuracy vs throughput; accuracy minus dense's vs offered load."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ax = axes.ravel()
     for mode in MODES:
         cs = sorted((c for c in combined if c["mode"] == mode), key=lambda c: c["stage"])
         if not cs:
             continue
         x = [c["offered_rps"] for c in cs]
-        for k, m in ((0, "rps"), (1, "p95_ms")):
+        for k, m in ((0, "rps"), (1, "p95_ms"), (3, "accuracy_vs_dense")):
             y = [c[m] for c in cs]
             err = [[c[m] - c[m + "_min"] for c in cs], [c[m + "_max"] - c[m] for c in cs]]
             ax[k].errorbar(x, y, yerr=err, marker="o", capsize=3, label=mode)
@@ -128,10 +154,12 @@ def plot(path: Path, combined: list[dict], slo_ms: float) -> None:
               yscale="log")
     ax[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax[1].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax[2].set(xlabel="throughput (req/s)", ylabel="accuracy", title="accuracy vs throughput")
+    ax[2].set(xlabel="throughput (req/s)", ylabel="accuracy", title="accuracy vs throughput (each stage's own examples)")
+    ax[3].set(xlabel="offered load (req/s)", ylabel="accuracy - dense (points)",
+              title="accuracy paid vs offered load (same round and stage as dense)")
     for a in ax:
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

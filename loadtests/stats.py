@@ -20,8 +20,9 @@ from .shapes import Plan
 EVENT_FIELDS = ("t", "users", "route", "budget", "status", "ok", "latency_ms", "correct", "heads_ratio", "pressure",
                 "example")
 ROW_FIELDS = ("mode", "round", "stage", "users", "offered_rps", "requests", "rps", "p50_ms", "p95_ms", "p99_ms",
-              "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure")
-METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure")
+              "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure", "rps_vs_dense", "accuracy_vs_dense")
+METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure",
+           "rps_vs_dense", "accuracy_vs_dense")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,6 +72,18 @@ def stage_rows(events: list[dict], plan: Plan, settle_s: float, user_rate: float
     return rows
 
 
+def versus_dense(rows: list[dict]) -> list[dict]:
+    """Adds, from the dense row of the same round and stage (measured minutes apart, not days):
+    rps_vs_dense = rps / dense rps, and accuracy_vs_dense = accuracy - dense accuracy in points."""
+    dense = {(int(r["round"]), int(r["stage"])): r for r in rows if r["mode"] == "dense"}
+    for r in rows:
+        d = dense.get((int(r["round"]), int(r["stage"])))
+        rps, acc = float(r["rps"]), float(r["accuracy"])
+        r["rps_vs_dense"] = round(rps / float(d["rps"]), 3) if d and float(d["rps"]) > 0 else math.nan
+        r["accuracy_vs_dense"] = round(100 * (acc - float(d["accuracy"])), 2) if d else math.nan
+    return rows
+
+
 def combine(rows: list[dict]) -> list[dict]:
     """Rows of several rounds -> one per (mode, stage): the median of each metric, and its min and max."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -81,7 +94,7 @@ def combine(rows: list[dict]) -> list[dict]:
         c = {"mode": mode, "stage": stage, "users": rs[0]["users"], "offered_rps": rs[0].get("offered_rps"),
              "rounds": len(rs), "requests": sum(int(r["requests"]) for r in rs)}
         for m in METRICS:
-            vals = [float(r[m]) for r in rs if r[m] is not None and not math.isnan(float(r[m]))]
+            vals = [float(r[m]) for r in rs if r.get(m) not in (None, "") and not math.isnan(float(r[m]))]
             c[m] = statistics.median(vals) if vals else math.nan
             c[m + "_min"] = min(vals) if vals else math.nan
             c[m + "_max"] = max(vals) if vals else math.nan

@@ -33,7 +33,7 @@ from pathlib import Path
 from .common import BUDGETS, held_out
 from .report import plot, target_check, write_summary
 from .shapes import Plan, make_plan, parse_users
-from .stats import ROW_FIELDS, combine, locust_totals, read_events, read_locust_stats, stage_rows
+from .stats import ROW_FIELDS, combine, locust_totals, read_events, read_locust_stats, stage_rows, versus_dense
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WARMUP_REQUESTS = 30
@@ -278,7 +278,42 @@ def _default_data(a) -> tuple[str, str, str]:
     return "election-tweets", a.text_column, a.label_column
 
 
+def write_report(out: Path, rows: list[dict], meta: dict, totals: list[dict]) -> None:
+    """sweep.csv, sweep.png, summary.md and runs.json from the per-stage rows of every run."""
+    rows = versus_dense(rows)
+    with (out / "sweep.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ROW_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    combined = combine(rows)
+    check = target_check(combined, meta["slo_ms"])
+    plot(out / "sweep.png", combined, meta["slo_ms"])
+    write_summary(out / "summary.md", meta, combined, check, totals)
+    (out / "runs.json").write_text(json.dumps({"meta": meta, "target": check, "runs": totals}, indent=1))
+
+
+def rebuild_report(out: Path) -> None:
+    """The report again from DIR/runs.json and DIR/raw/*_events.csv, running nothing (after a change of report)."""
+    try:
+        runs = json.loads((out / "runs.json").read_text())
+        meta, totals = runs["meta"], runs["runs"]
+        plan = make_plan("step", meta["users"], meta["stage_seconds"])
+        rows = []
+        for name in meta["order"]:
+            mode, rnd = name.rsplit("-r", 1)
+            events = read_events(out / "raw" / f"{name}_events.csv")
+            rows += [{"mode": mode, "round": int(rnd), **r}
+                     for r in stage_rows(events, plan, meta["settle_seconds"], meta["user_rate"])]
+    except (OSError, ValueError, KeyError) as e:
+        raise _usage_error(f"--report-only needs a finished sweep in {out}: {e}") from None
+    write_report(out, rows, meta, totals)
+
+
 def run_sweep(a) -> Path:
+    if getattr(a, "report_only", False):
+        rebuild_report(Path(a.out))
+        print((Path(a.out) / "summary.md").read_text())
+        return Path(a.out)
     if importlib.util.find_spec("locust") is None:
         raise _usage_error("dihs loadtest needs locust: pip install locust (or the project's dev extra)")
     cfg = config_from_args(a)
@@ -300,7 +335,7 @@ def run_sweep(a) -> Path:
     plan = make_plan("step", list(cfg.users), cfg.stage_seconds)
     order = [(r, m) for r in range(cfg.rounds) for m in modes]
     say = (lambda *_: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    t_start = time.monotonic()
+    t_start, loadavg_start = time.monotonic(), os.getloadavg()[0]
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     service = progress = None
     rows, totals = [], []
@@ -345,20 +380,12 @@ def run_sweep(a) -> Path:
         if service is not None:
             say("stopping the service ...")
             service.stop()
-    wall = time.monotonic() - t_start
-    with (out / "sweep.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, ROW_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    combined = combine(rows)
-    check = target_check(combined, a.slo_ms)
     meta = {"command": shlex.join(["dihs", *sys.argv[1:]]), "started": started, "service": service_desc, "url": url,
             "data": data[0], "examples": len(examples), "route": a.route, "users": list(cfg.users),
             "stage_seconds": cfg.stage_seconds, "settle_seconds": cfg.settle_seconds, "user_rate": cfg.user_rate,
-            "rounds": cfg.rounds, "order": [f"{m}-r{r + 1}" for r, m in order], "slo_ms": a.slo_ms, "wall_s": wall,
+            "rounds": cfg.rounds, "order": [f"{m}-r{r + 1}" for r, m in order], "slo_ms": a.slo_ms,
+            "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
-    plot(out / "sweep.png", combined, a.slo_ms)
-    write_summary(out / "summary.md", meta, combined, check, totals)
-    (out / "runs.json").write_text(json.dumps({"meta": meta, "target": check, "runs": totals}, indent=1))
+    write_report(out, rows, meta, totals)
     print((out / "summary.md").read_text())
     return out

@@ -15,7 +15,7 @@ import pytest
 
 from dihs_model.cli import main
 from loadtests.shapes import make_plan, parse_users
-from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows
+from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows, versus_dense
 from loadtests.report import target_check
 from loadtests.sweep import LOCUSTFILE
 
@@ -113,6 +113,15 @@ def test_combine_rounds_gives_median_and_spread():
     (c,) = combine(rows)
     assert (c["rounds"], c["requests"], c["rps"], c["rps_min"], c["rps_max"]) == (3, 30, 3.5, 3.0, 4.0)
     assert (c["p95_ms"], c["p95_ms_min"], c["p95_ms_max"]) == (100, 80, 120)
+
+
+def test_versus_dense_pairs_rows_of_the_same_round_and_stage():
+    row = lambda mode, rnd, rps, acc: {"mode": mode, "round": rnd, "stage": 0, "rps": rps, "accuracy": acc}  # noqa: E731
+    rows = versus_dense([row("dense", 1, 20.0, 0.96), row("adaptive", 1, 25.0, 0.95),
+                         row("dense", 2, 10.0, 0.96), row("adaptive", 2, 11.0, 0.96), row("static", 3, 5.0, 0.9)])
+    assert [(r["rps_vs_dense"], r["accuracy_vs_dense"]) for r in rows[:4]] == [(1.0, 0.0), (1.25, -1.0), (1.0, 0.0),
+                                                                              (1.1, 0.0)]
+    assert math.isnan(rows[4]["rps_vs_dense"])  # no dense run in round 3
 
 
 LOCUST_STATS = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
