@@ -122,3 +122,20 @@ def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
     print(f"schemathesis: {counts}")
     assert counts["requests"] >= 200
     assert counts["5xx"] == 0 and counts["bad_shape"] == 0, counts
+
+
+def test_serve_refuses_a_missing_or_corrupt_bundle_in_one_line(tiny_bundle, tmp_path, capsys):
+    from dihs_model.bundle import save_bundle
+    from dihs_model.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a DIHS bundle" in err[0]
+    path = save_bundle(tiny_bundle, tmp_path / "b")
+    w = path / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-10])
+    assert main(["serve", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum" in err[0]
+    assert main(["serve", str(path), "--port", "0"]) == 2
+    assert "--port" in capsys.readouterr().err
