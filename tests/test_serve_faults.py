@@ -10,10 +10,10 @@ import requests
 
 pytestmark = pytest.mark.serve
 
-# a small replica (4 texts held, 4 queued) whose batches wait up to 1.5 s to fill: requests stay
-# in flight long enough to be caught by a replica kill
+# a small replica (4 texts held, 4 queued) whose batches wait up to 3 s to fill: requests stay
+# in flight long enough to be caught by a replica kill, even on a busy machine
 LIMITS = {"replicas": 1, "max_batch_size": 4, "max_ongoing_requests": 4, "max_queued_requests": 4,
-          "batch_wait_ms": 1500}
+          "batch_wait_ms": 3000}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
                                           for _ in range(3)])
 
     async def kill_soon():
-        await asyncio.sleep(0.7)  # the 3 texts wait in the replica's batch queue (1.5 s fill wait)
+        await asyncio.sleep(1.5)  # the 3 texts wait in the replica's batch queue (3 s fill wait)
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "DIHSModel" in a["name"]]
         assert len(names) == 1, names
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
