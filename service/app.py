@@ -18,7 +18,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from .batching import Engine, Item, Tracked
-from .http import ModelInfo, Overloaded, ReplicaFailed, build_http_app
+from .errors import Overloaded, ReplicaFailed
+from .http import ModelInfo, build_http_app
 from .load import LoadConfig, LoadTracker
 from .metrics import Metrics
 from .settings import Settings

@@ -7,9 +7,7 @@ The same app runs inside the Ray Serve ingress (backend: deployment handles) and
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import struct
 import uuid
 from dataclasses import dataclass
 from importlib.resources import files
@@ -24,27 +22,15 @@ from starlette.exceptions import HTTPException
 from dihs_model.policy import limits_error
 
 from .batching import Item
-from .protocol import (Budget, ClassifyRequest, ClassifyResponse, ErrorResponse, V2InferRequest,
-                       V2InferResponse, V2ModelMetadata, V2Tensor)
-from .protocol import ExplainRequest, ExplainResponse
+from .errors import ApiError, Overloaded, ReplicaFailed, error_response
+from .middleware import MaxBodySize
+from .oip import pydantic_message, read_v2, v2_texts
+from .protocol import (Budget, ClassifyRequest, ClassifyResponse, ErrorResponse, ExplainRequest, ExplainResponse,
+                       V2InferRequest, V2InferResponse, V2ModelMetadata, V2Tensor)
 from .settings import Settings
 
 log = logging.getLogger("dihs.http")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, message: str, type_: str = "invalid_request", headers: dict | None = None):
-        super().__init__(message)
-        self.code, self.message, self.type, self.headers = code, message, type_, headers
-
-
-class Overloaded(Exception):
-    """The model replicas' queues are full: answer 503 with Retry-After at once."""
-
-
-class ReplicaFailed(Exception):
-    """A model replica died while serving the request: answer 503 at once, Serve replaces it."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +52,6 @@ class Backend(Protocol):
     async def ready(self) -> bool: ...
 
 
-def _error(code: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error={"code": code, "type": type_, "message": message})
-    return JSONResponse(body.model_dump(), status_code=code, headers=headers)
-
-
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:3]:
@@ -80,46 +61,6 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-class MaxBodySize:
-    """ASGI middleware: refuse bodies over the limit before anything parses them."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
-        seen, exceeded = 0, False
-
-        async def counted():
-            nonlocal seen, exceeded
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:  # stop reading; the app sees an empty end of body
-                    exceeded = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return msg
-
-        async def guarded(message):
-            if not exceeded:
-                return await send(message)
-            if message["type"] == "http.response.start":  # replace whatever the app answered
-                await self._refuse(send)
-
-        await self.app(scope, counted, guarded)
-
-    async def _refuse(self, send):
-        body = json.dumps({"error": {"code": 413, "type": "payload_too_large",
-                                     "message": f"request body over {self.max_bytes} bytes: send fewer or shorter texts"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
 def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     info = backend.info
     app = FastAPI(title="DIHS Serve", version="0.1.0", responses=ERRORS,
@@ -127,29 +68,29 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return _count(request, _error(422, _validation_message(exc), "invalid_request"))
+        return _count(request, error_response(422, _validation_message(exc), "invalid_request"))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _count(request, _error(exc.code, exc.message, exc.type, exc.headers))
+        return _count(request, error_response(exc.code, exc.message, exc.type, exc.headers))
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
-        return _count(request, _error(503, "the service is at capacity: retry after the Retry-After delay",
+        return _count(request, error_response(503, "the service is at capacity: retry after the Retry-After delay",
                                       "overloaded", {"Retry-After": "1"}))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         if exc.status_code == 400:  # FastAPI could not even decode the body
-            return _count(request, _error(400, "the request body is not valid UTF-8 JSON: send a JSON object",
+            return _count(request, error_response(400, "the request body is not valid UTF-8 JSON: send a JSON object",
                                           "invalid_request"))
-        return _error(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         rid = request.headers.get("x-request-id", "-")
         log.exception("request %s failed", rid)
-        return _count(request, _error(500, f"internal error (request id {rid}); the request was not served", "internal"))
+        return _count(request, error_response(500, f"internal error (request id {rid}); the request was not served", "internal"))
 
     def _count(request: Request, response: JSONResponse) -> JSONResponse:
         """Count inference requests by outcome (health and metadata routes are not counted)."""
@@ -259,13 +200,13 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
               response_model=V2InferResponse, response_model_exclude_none=True)
     async def infer(name: str, request: Request, version: str = "1"):
         _known(name)
-        req = await _read_v2(request)
-        texts = _v2_texts(req)
+        req = await read_v2(request)
+        texts = v2_texts(req)
         params = dict(req.parameters or {})
         try:
             budget = Budget(**{k: params[k] for k in ("mode", "max_heads_ratio", "min_heads_ratio") if k in params})
         except ValueError as e:
-            raise ApiError(422, f"parameters: {_pydantic_message(e)}") from None
+            raise ApiError(422, f"parameters: {pydantic_message(e)}") from None
         results = await backend.classify(_items(texts, budget))
         n = len(results)
         outputs = [
@@ -291,7 +232,7 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
 
     @app.exception_handler(ReplicaFailed)
     async def _replica_failed(request: Request, exc: ReplicaFailed):
-        return _count(request, _error(503, "a model replica failed while serving this request; it is being "
+        return _count(request, error_response(503, "a model replica failed while serving this request; it is being "
                                       "replaced: retry", "replica_failed", {"Retry-After": "1"}))
 
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
@@ -304,7 +245,7 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
                 log.info("request %s %s %s -> 401 (missing or wrong API key)", rid, request.method, request.url.path)
-                return _count(request, _error(401, "this route needs `Authorization: Bearer <API key>`",
+                return _count(request, error_response(401, "this route needs `Authorization: Bearer <API key>`",
                                               "unauthorized", {"WWW-Authenticate": "Bearer", "X-Request-ID": rid}))
         response = await call_next(request)
         response.headers["X-Request-ID"] = rid
@@ -332,60 +273,3 @@ def _explain_png(exp: dict, view: str, score: str, layer: int | None, head: int 
         layer, head = top_head(exp)
     find_head(exp, layer, head)  # range check first: a clear message for a head that does not exist
     return explain_plots.attention_png(exp, layer, head)
-
-
-def _pydantic_message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}".lstrip(": ")
-                         for x in errors()[:3])
-    return str(e)
-
-
-async def _read_v2(request: Request) -> V2InferRequest:
-    """JSON body, or the binary tensor extension (JSON header + raw tensors) that tritonclient sends."""
-    body = await request.body()
-    header_len = request.headers.get("inference-header-content-length")
-    try:
-        if header_len is None:
-            return V2InferRequest.model_validate_json(body)
-        n = int(header_len)
-        head = json.loads(body[:n])
-        raw, offset = body[n:], 0
-        for inp in head.get("inputs", []):
-            size = (inp.get("parameters") or {}).pop("binary_data_size", None)
-            if size is not None:
-                inp["data"] = _unpack_bytes(raw[offset : offset + size]) if inp.get("datatype") == "BYTES" else None
-                offset += size
-        return V2InferRequest.model_validate(head)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(422, f"cannot parse the inference request: {_pydantic_message(e)}"[:500]) from None
-
-
-def _unpack_bytes(buf: bytes) -> list[str]:
-    out, i = [], 0
-    while i < len(buf):
-        (n,) = struct.unpack_from("<I", buf, i)
-        out.append(buf[i + 4 : i + 4 + n].decode("utf-8"))
-        i += 4 + n
-    return out
-
-
-def _v2_texts(req: V2InferRequest) -> list[str]:
-    texts = [t for t in req.inputs if t.name == "text"]
-    if len(req.inputs) != 1 or not texts:
-        raise ApiError(422, "send exactly one input, named 'text', datatype BYTES")
-    t = texts[0]
-    if t.datatype != "BYTES":
-        raise ApiError(422, f"input 'text' must have datatype BYTES, not {t.datatype}")
-    data = t.data
-    while data and isinstance(data[0], list):  # [[...]] for shape [n, 1]
-        data = [x for row in data for x in row]
-    if not all(isinstance(x, str) for x in data):
-        raise ApiError(422, "input 'text' data must be strings")
-    count = 1
-    for s in t.shape:
-        count *= s
-    if count != len(data):
-        raise ApiError(422, f"input 'text' has shape {t.shape} but {len(data)} elements")
-    return data
