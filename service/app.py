@@ -146,11 +146,18 @@ def build_app(args: dict | None = None):
                            logging_config=quiet).bind(model, s.shareable())
 
 
+# Serve gives a starting proxy 5 s to answer its readiness check and then kills it; on a busy
+# 2-core machine importing the proxy takes longer (seen in CI), so local runs allow a minute.
+SLOW_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+
+
 def run_local(s: Settings) -> None:
     """Start Ray and Serve on this machine and block (Ctrl-C stops)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
+    for k, v in SLOW_MACHINE_ENV.items():
+        os.environ.setdefault(k, v)
     ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)

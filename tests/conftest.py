@@ -114,14 +114,22 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
     from dihs_model.bundle import save_bundle
     from service.app import build_app
 
+    from service.app import SLOW_MACHINE_ENV
+
     path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
     http_port, metrics_port = free_port(), free_port()
+    env = {"RAY_AUTH_MODE": "disabled", **SLOW_MACHINE_ENV}
+    os.environ.update(env)
     ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
-             _system_config={"metrics_report_interval_ms": 1000})
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False})
-    args = {"bundle": str(path), "model_name": "tiny", **settings}
-    serve.run(build_app(args), name="dihs", route_prefix="/")
+             runtime_env={"env_vars": env}, _system_config={"metrics_report_interval_ms": 1000})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                    logging_config={"enable_access_log": False})
+        args = {"bundle": str(path), "model_name": "tiny", **settings}
+        serve.run(build_app(args), name="dihs", route_prefix="/")
+    except BaseException:
+        stop_serve()  # the next module can start its own
+        raise
     return {"base": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
             "bundle": path}
 
