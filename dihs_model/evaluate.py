@@ -53,6 +53,16 @@ def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: i
     return preds, flops / dense
 
 
+def level_accuracies(bundle: Bundle, ex: Examples) -> dict[str, float]:
+    """Accuracy of each ladder level (heads as stored: prefixes) on `ex`."""
+    batches = list(bundle.batches(ex, 64))
+    out = {}
+    for level in bundle.meta["levels"]:
+        preds, _ = predict(bundle, ex, level["heads"], batches=batches)
+        out[level["name"]] = round(sum(int(p == y) for p, y in zip(preds, ex.labels)) / len(ex), 4)
+    return out
+
+
 def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=TARGET_RATIOS,
              progress: bool = True) -> dict:
     shape = bundle.model.shape

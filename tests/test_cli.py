@@ -85,3 +85,17 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 def test_console_script_usage_error_exits_2():
     r = subprocess.run([sys.executable, "-m", "dihs_model.cli", "eval"], capture_output=True, text=True)
     assert r.returncode == 2 and "required" in r.stderr
+
+
+def test_budget_robust_training_records_accuracy_per_level(tiny_checkpoint, tmp_path):
+    data = write_reviews_csv(tmp_path / "reviews.csv", n=60)
+    out = tmp_path / "robust"
+    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out), "--epochs", "2",
+                 "--batch-size", "8", "--lr", "3e-3", "--budget-robust", "--quiet", "--threads", "1"]) == 0
+    meta = json.loads((out / "dihs.json").read_text())
+    robust = meta["budget_robust"]
+    names = [lv["name"] for lv in meta["levels"]]
+    assert list(robust["held_out_accuracy_before"]) == names == list(robust["held_out_accuracy_after"])
+    assert robust["train"]["epochs"] == 1
+    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--budget-robust", "--no-calibrate", "--quiet"]) == 2
