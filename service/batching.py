@@ -77,7 +77,6 @@ class Engine:
     def run(self, items: list[Item]) -> list[dict]:
         """Results in the order of `items`, as protocol.Result fields."""
         pressure = self.load.pressure()
-        t0 = time.perf_counter()
         enc, signals, decisions = self.decide(items, pressure)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         groups: dict[int, list[int]] = {}
@@ -91,7 +90,6 @@ class Engine:
                                 heads=self.heads_of(level)).logits
             for i, p in zip(idx, logits.float().softmax(-1).cpu()):
                 probs[i] = p
-        self.load.worked(time.perf_counter() - t0)
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
         return [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing))

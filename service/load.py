@@ -1,9 +1,8 @@
 """Load pressure in [0, 1] from queue depth, latency against the SLO and (on a GPU) utilization.
 
-Raw pressure is the largest of four terms:
+Raw pressure is the largest of three terms:
   queue:   texts waiting behind the one running at this replica / queue capacity
   latency: 0 while the latency EWMA is under half the SLO, 1 at the SLO
-  busy:    0 while the model computes under half of the time, 1 at 90% (reacts before a queue forms)
   gpu:     0 under 80% utilization, 1 at 100%
 The published pressure follows the raw one with hysteresis: it rises fast and falls slowly
 (asymmetric smoothing), and it does not move for changes smaller than a dead band, so a steady
@@ -29,9 +28,6 @@ class LoadConfig:
     fall: float = 0.15  # smoothing weight toward a lower one
     deadband: float = 0.05
     idle_decay_s: float = 1.0  # time constant of the latency EWMA's decay while idle
-    busy_alpha: float = 0.3  # EWMA weight of the latest interval's busy fraction
-    busy_low: float = 0.5  # busy fraction where pressure starts
-    busy_high: float = 0.9  # busy fraction that is full pressure
 
 
 def _clamp(x: float) -> float:
@@ -51,9 +47,6 @@ class LoadTracker:
         self._latency = 0.0
         self._last = clock()
         self._pressure = 0.0
-        self._busy_s = 0.0  # compute time since the last pressure() call
-        self._busy = 0.0  # EWMA of the busy fraction
-        self._last_pressure = clock()
 
     @property
     def queue_depth(self) -> int:
@@ -71,11 +64,6 @@ class LoadTracker:
             a = self.cfg.latency_alpha
             self._latency = a * latency_s + (1 - a) * self._latency
 
-    def worked(self, seconds: float) -> None:
-        """The model computed for `seconds` (one batch)."""
-        with self._lock:
-            self._busy_s += seconds
-
     def _decay(self) -> None:
         now = self._clock()
         if self._depth == 0:
@@ -86,8 +74,7 @@ class LoadTracker:
         slo = self.cfg.slo_s
         # one text in flight is no pressure: the queue term counts what waits behind it
         t = {"queue": _clamp((self._depth - 1) / self.cfg.queue_capacity),
-             "latency": _clamp((self._latency / slo - 0.5) / 0.5),
-             "busy": _clamp((self._busy - self.cfg.busy_low) / (self.cfg.busy_high - self.cfg.busy_low))}
+             "latency": _clamp((self._latency / slo - 0.5) / 0.5)}
         gpu = self._gpu()
         if gpu is not None:
             t["gpu"] = _clamp((gpu - 0.8) / 0.2)
@@ -97,11 +84,6 @@ class LoadTracker:
         """Update and return the published pressure (call once per batch)."""
         with self._lock:
             self._decay()
-            now = self._clock()
-            if now > self._last_pressure:
-                frac = min(1.0, self._busy_s / (now - self._last_pressure))
-                self._busy = self.cfg.busy_alpha * frac + (1 - self.cfg.busy_alpha) * self._busy
-            self._busy_s, self._last_pressure = 0.0, now
             raw = max(self.terms().values())
             gap = raw - self._pressure
             if abs(gap) > self.cfg.deadband or raw == 0.0:
