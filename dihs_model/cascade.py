@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .surgery import allocate_heads, as_prefix, encoder_flops
+from .levels import prefix_counts
+from .surgery import encoder_flops
 
 FIRST_PASS_RATIOS = (0.1, 0.15, 0.2, 0.25, 0.35)
 TARGETS = (0.75, 0.5, 0.4, 0.3, 0.25)
@@ -53,19 +54,13 @@ def run_pass(model, batches, heads, n: int) -> PassResult:
     return PassResult(preds, conf, tokens)
 
 
-def first_pass_heads(ordered_scores: torch.Tensor, ratio: float) -> list[int]:
-    heads = as_prefix(allocate_heads(ordered_scores, ratio))
-    assert heads is not None, "scores must be in stored (importance) order"
-    return heads
-
-
 def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
     """Plans for each target ratio in (0, 1), fitted on held-out calibration batches."""
     n, total = len(labels), ordered_scores.numel()
     full = run_pass(model, batches, None, n)
     firsts = {}
     for r0 in FIRST_PASS_RATIOS:
-        heads = first_pass_heads(ordered_scores, r0)
+        heads = prefix_counts(ordered_scores, r0)
         firsts[sum(heads) / total] = (heads, run_pass(model, batches, heads, n))
     plans = []
     for target in targets:

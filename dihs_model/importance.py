@@ -113,12 +113,13 @@ def fit_cascade(model, bundle, examples, ordered_scores: torch.Tensor, batch_siz
     """The DIHS cascade plans for every target ratio, on all calibration examples."""
     from sklearn.metrics import roc_auc_score
 
-    from .cascade import TARGETS, fit_plans, first_pass_heads, plans_to_meta, run_pass
+    from .cascade import TARGETS, fit_plans, plans_to_meta, run_pass
+    from .levels import prefix_counts
 
     batches = list(bundle.batches(examples, batch_size))
     labels = torch.tensor(examples.labels)
     plans = fit_plans(model, batches, labels, ordered_scores, TARGETS)
-    small = run_pass(model, batches, first_pass_heads(ordered_scores, 0.25), len(labels))
+    small = run_pass(model, batches, prefix_counts(ordered_scores, 0.25), len(labels))
     wrong = (small.preds != labels).numpy()
     auroc = float(roc_auc_score(wrong, 1 - small.conf.numpy())) if 0 < wrong.sum() < len(wrong) else None
     return plans_to_meta(plans, len(labels), auroc)

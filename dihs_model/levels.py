@@ -14,13 +14,19 @@ from .surgery import allocate_heads, as_prefix
 LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)
 
 
+def prefix_counts(ordered_scores: torch.Tensor, ratio: float) -> list[int]:
+    """Per-layer head counts keeping `ratio` of all heads, from scores [L, H] descending in each layer."""
+    heads = as_prefix(allocate_heads(ordered_scores, ratio))
+    assert heads is not None, "scores must be in stored (importance) order"
+    return heads
+
+
 def build_ladder(ordered_scores: torch.Tensor, ratios: tuple[float, ...] = LADDER) -> list[dict]:
     """Levels from scores [L, H] that are already descending within each layer."""
     total = ordered_scores.numel()
     levels = []
     for ratio in ratios:
-        heads = as_prefix(allocate_heads(ordered_scores, ratio))
-        assert heads is not None, "scores must be in stored (importance) order"
+        heads = prefix_counts(ordered_scores, ratio)
         levels.append({"name": f"h{round(ratio * 100)}", "target_ratio": ratio,
                        "heads": heads, "heads_ratio": sum(heads) / total})
     return levels
