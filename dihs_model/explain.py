@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from .bundle import Bundle
 from .complexity import ComplexityScorer
-from .policy import PolicyConfig, choose_level, limits_error
+from .levels import LadderPolicy
+from .policy import PolicyConfig, limits_error
 
 PER_INPUT_METHOD = ("|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
                     "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)")
@@ -58,15 +59,13 @@ def budget_for(bundle: Bundle, text: str, mode: str = "auto", min_ratio: float =
 
     Raises ValueError when no ladder level lies in [min_ratio, max_ratio].
     """
-    levels = bundle.meta["levels"]
-    ladder = [lv["heads_ratio"] for lv in levels]
-    err = limits_error(ladder, min_ratio, max_ratio)
+    ladder = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
+    err = limits_error(ladder.ratios, min_ratio, max_ratio)
     if err:
         raise ValueError(err)
     ids, mask = bundle.encode([text])
-    signal = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer).signals(ids, mask)[0]
-    d = choose_level(ladder, signal["score"], pressure, mode, min_ratio, max_ratio, policy)
-    return {"level_heads": None if d.level == 0 else levels[d.level]["heads"], "level": levels[d.level]["name"],
+    (signal,), (d,) = ladder.decide(ids, mask, pressure, [(mode, min_ratio, max_ratio)])
+    return {"level_heads": ladder.heads_of(d.level), "level": ladder.levels[d.level]["name"],
             "reason": d.reason, "signal": signal, "pressure": pressure}
 
 

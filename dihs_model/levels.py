@@ -30,3 +30,29 @@ def build_ladder(ordered_scores: torch.Tensor, ratios: tuple[float, ...] = LADDE
         levels.append({"name": f"h{round(ratio * 100)}", "target_ratio": ratio,
                        "heads": heads, "heads_ratio": sum(heads) / total})
     return levels
+
+
+class LadderPolicy:
+    """A bundle's ladder, complexity scorer and policy together: the budget decision for encoded
+    inputs, shared by the service's engine and `dihs explain`."""
+
+    def __init__(self, meta: dict, tokenizer, policy=None):
+        from .complexity import ComplexityScorer
+        from .policy import PolicyConfig
+
+        self.levels = meta["levels"]
+        self.ratios = [lv["heads_ratio"] for lv in self.levels]
+        self.scorer = ComplexityScorer.from_meta(meta, tokenizer)
+        self.policy = policy or PolicyConfig()
+
+    def decide(self, ids: torch.Tensor, mask: torch.Tensor, pressure: float, limits: list[tuple[str, float, float]]):
+        """(complexity signals, decisions) per input; limits: (mode, min_ratio, max_ratio) per input."""
+        from .policy import choose_level
+
+        signals = self.scorer.signals(ids, mask)
+        return signals, [choose_level(self.ratios, s["score"], pressure, mode, lo, hi, self.policy)
+                         for s, (mode, lo, hi) in zip(signals, limits)]
+
+    def heads_of(self, level: int) -> list[int] | None:
+        """The per-layer head counts of a level (None: the full model, its bit-exact path)."""
+        return None if level == 0 else self.levels[level]["heads"]

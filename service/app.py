@@ -67,8 +67,7 @@ class DIHSModel:
         threading.Thread(target=_hardware_gauges, args=(self.metrics,), daemon=True).start()
 
     def info(self) -> dict:
-        e = self.engine
-        return dataclasses.asdict(ModelInfo(self.name, e.bundle.labels, e.ladder, e.total_heads, e.bundle.max_length))
+        return dataclasses.asdict(self.engine.info(self.name))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def classify_batch(self, items: list[Item]) -> list[dict]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from dihs_model.bundle import Bundle
-from dihs_model.complexity import ComplexityScorer
-from dihs_model.policy import PolicyConfig, choose_level
+from dihs_model.levels import LadderPolicy
+from dihs_model.policy import PolicyConfig
 
 from .load import LoadTracker
 
@@ -37,28 +37,29 @@ class Engine:
                  policy: PolicyConfig = PolicyConfig()):
         if "levels" not in bundle.meta or "complexity" not in bundle.meta:
             raise ValueError("the bundle has no budget ladder: run `dihs calibrate BUNDLE` first")
-        self.bundle, self.model_name, self.load, self.metrics, self.policy = bundle, model_name, load, metrics, policy
+        self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
         self.model = bundle.model.eval()
         if self.device.type == "cuda":  # half precision on GPU: same slices, bf16 matmuls
             self.model = self.model.to(self.device, dtype=torch.bfloat16)
-        self.levels = bundle.meta["levels"]
-        self.ladder = [lv["heads_ratio"] for lv in self.levels]
+        self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
+        self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
+        self.heads_of = self.ladder_policy.heads_of
         self.total_heads = self.model.shape.total_heads
-        self.complexity = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer)
+
+    def info(self, model_name: str):
+        """What the HTTP front needs to know of this model (validation, v2 metadata)."""
+        from .http import ModelInfo
+
+        return ModelInfo(model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length)
 
     def decide(self, items: list[Item], pressure: float):
         """Tokens, complexity signals and the budget decision of each item (no model call)."""
         enc = self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
                                     max_length=self.bundle.max_length, return_tensors="pt")
-        signals = self.complexity.signals(enc["input_ids"], enc["attention_mask"])
-        decisions = [choose_level(self.ladder, s["score"], pressure, it.mode, it.min_ratio, it.max_ratio, self.policy)
-                     for it, s in zip(items, signals)]
+        signals, decisions = self.ladder_policy.decide(enc["input_ids"], enc["attention_mask"], pressure,
+                                                       [(it.mode, it.min_ratio, it.max_ratio) for it in items])
         return enc, signals, decisions
-
-    def heads_of(self, level: int) -> list[int] | None:
-        """The per-layer head counts of a ladder level (None: the full model, its bit-exact path)."""
-        return None if level == 0 else self.levels[level]["heads"]
 
     def explain(self, item: Item, attention: bool = True) -> dict:
         """The explanation of what run([item]) would serve now: same budget decision, heads and label.
@@ -141,11 +142,7 @@ class LocalBackend:
     """The HTTP app's backend in one process (tests, benchmarks): the Engine called directly."""
 
     def __init__(self, engine: Engine, model_name: str):
-        from .http import ModelInfo
-
-        self.engine, self.tracked = engine, Tracked(engine)
-        self.info = ModelInfo(model_name, engine.bundle.labels, engine.ladder, engine.total_heads,
-                              engine.bundle.max_length)
+        self.engine, self.tracked, self.info = engine, Tracked(engine), engine.info(model_name)
 
     async def classify(self, items: list[Item]) -> list[dict]:
         t0s = [self.tracked.begin() for _ in items]
