@@ -25,8 +25,9 @@ from .metrics import Metrics
 from .settings import Settings
 
 
-def _hardware_gauges(metrics: Metrics, period_s: float = 2.0) -> None:
-    """CPU utilization of this process, and GPU utilization/memory from NVML where there is a GPU."""
+def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> None:
+    """CPU utilization of this process, and GPU utilization/memory from NVML where there is a GPU;
+    the highest GPU utilization also goes into `latest["gpu"]` for the load tracker."""
     nvml = None
     try:
         import pynvml
@@ -46,6 +47,8 @@ def _hardware_gauges(metrics: Metrics, period_s: float = 2.0) -> None:
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             metrics.record("dihs_gpu_utilization_ratio", util.gpu / 100.0, gpu=str(i))
             metrics.record("dihs_gpu_memory_used_bytes", float(mem.used), gpu=str(i))
+        if nvml:
+            latest["gpu"] = max(pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in nvml) / 100.0
 
 
 @serve.deployment(name="DIHSModel")
@@ -58,13 +61,15 @@ class DIHSModel:
         s = Settings(**settings)
         torch.set_num_threads(s.torch_threads)
         self.metrics = Metrics(s.model_name)
-        load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.queue_capacity))
+        hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
+        load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.queue_capacity),
+                           gpu_utilization=lambda: hardware.get("gpu"))
         self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device)
         self.tracked = Tracked(self.engine)
         self.name = s.model_name
         self.classify_batch.set_max_batch_size(s.max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(s.batch_wait_ms / 1e3)
-        threading.Thread(target=_hardware_gauges, args=(self.metrics,), daemon=True).start()
+        threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 
     def info(self) -> dict:
         return dataclasses.asdict(self.engine.info(self.name))
