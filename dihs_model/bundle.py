@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .budgeted import BudgetedClassifier
 from .data import Examples
+from .device import model_device
 
 FORMAT_VERSION = 1
 META_FILE = "dihs.json"
@@ -56,10 +57,14 @@ class Bundle:
     def max_length(self) -> int:
         return self.meta["max_length"]
 
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask [B, T], padded to the longest, truncated at max_length."""
+        """Token ids and attention mask [B, T] on the model's device, padded to the longest, cut at max_length."""
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def batches(self, ex: Examples, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(indices, ids, mask, labels) in length-sorted batches: little padding, every example once."""
@@ -67,7 +72,7 @@ class Bundle:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             ids, mask = self.encode([ex.texts[i] for i in idx])
-            yield idx, ids, mask, torch.tensor([ex.labels[i] for i in idx])
+            yield idx, ids, mask, torch.tensor([ex.labels[i] for i in idx], device=ids.device)
 
 
 def check_checkpoint(base_model: str) -> None:
@@ -82,8 +87,8 @@ def check_checkpoint(base_model: str) -> None:
         raise BundleError(f"{base_model} is not a checkpoint folder; only safetensors checkpoint folders are loaded")
 
 
-def new_bundle(base_model: str, labels: list[str], max_length: int) -> Bundle:
-    """A fresh classifier on a pretrained encoder (a local folder or, with a network, a hub name)."""
+def new_bundle(base_model: str, labels: list[str], max_length: int, device: torch.device | str = "cpu") -> Bundle:
+    """A fresh classifier on a pretrained encoder (a local folder or, with a network, a hub name), on `device`."""
     check_checkpoint(base_model)
     try:
         encoder = AutoModel.from_pretrained(base_model, use_safetensors=True, attn_implementation="sdpa")
@@ -91,7 +96,7 @@ def new_bundle(base_model: str, labels: list[str], max_length: int) -> Bundle:
     except (OSError, ValueError) as e:
         raise BundleError(f"cannot load encoder {base_model!r}: {str(e).splitlines()[0]}") from None
     try:
-        model = BudgetedClassifier(encoder, len(labels)).eval()
+        model = BudgetedClassifier(encoder, len(labels)).to(device).eval()
     except ValueError as e:
         raise BundleError(str(e)) from None
     L, H = model.shape.n_layers, model.shape.n_heads
@@ -114,14 +119,16 @@ def _sha256(path: Path) -> str:
 
 
 def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
-    """Write atomically: build in a temporary sibling folder, then rename it into place."""
+    """Write atomically: build in a temporary sibling folder, then rename it into place.
+
+    The weights are written as CPU copies; the live model stays on its device."""
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v.detach().contiguous() for k, v in bundle.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE)
         bundle.model.encoder.config.save_pretrained(tmp)
         bundle.tokenizer.save_pretrained(tmp)
@@ -143,7 +150,7 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     return out
 
 
-def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
+def load_bundle(path: Path | str, verify: bool = True, device: torch.device | str = "cpu") -> Bundle:
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
@@ -169,5 +176,4 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise BundleError(f"cannot load bundle {path}: {str(e).splitlines()[0]}") from None
-    model.eval()
-    return Bundle(model, tokenizer, meta)
+    return Bundle(model.to(device).eval(), tokenizer, meta)

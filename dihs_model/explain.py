@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .bundle import Bundle
 from .complexity import ComplexityScorer
+from .device import model_device
 from .levels import LadderPolicy
 from .policy import PolicyConfig, limits_error
 
@@ -63,8 +64,8 @@ def budget_for(bundle: Bundle, text: str, mode: str = "auto", min_ratio: float =
     err = limits_error(ladder.ratios, min_ratio, max_ratio)
     if err:
         raise ValueError(err)
-    ids, mask = bundle.encode([text])
-    (signal,), (d,) = ladder.decide(ids, mask, pressure, [(mode, min_ratio, max_ratio)])
+    ids, mask = bundle.encode([text])  # the budget decision is CPU work, whatever the model's device
+    (signal,), (d,) = ladder.decide(ids.cpu(), mask.cpu(), pressure, [(mode, min_ratio, max_ratio)])
     return {"level_heads": ladder.heads_of(d.level), "level": ladder.levels[d.level]["name"],
             "reason": d.reason, "signal": signal, "pressure": pressure}
 
@@ -100,7 +101,7 @@ def explain(bundle: Bundle, text: str, level_heads: list[int] | None, *, level: 
     counts = [H] * L if level_heads is None else [int(k) for k in level_heads]
     assert len(counts) == L and all(0 <= k <= H for k in counts), counts
     enc = bundle.tokenizer([text], truncation=True, max_length=bundle.max_length, return_tensors="pt")
-    device = next(model.parameters()).device
+    device = model_device(model)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [1, T], no padding
     if signal is None and "complexity" in bundle.meta:
         signal = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer).signals(enc["input_ids"], enc["attention_mask"])[0]

@@ -85,7 +85,7 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
     for epoch in range(cfg.epochs):
         for idx in _shuffled_batches(train, cfg.batch_size, rng):
             ids, mask = bundle.encode([train.texts[i] for i in idx])
-            labels = torch.tensor([train.labels[i] for i in idx])
+            labels = torch.tensor([train.labels[i] for i in idx], device=ids.device)
             loss = loss_fn(model, ids, mask, labels, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()

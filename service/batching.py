@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from dihs_model.bundle import Bundle
+from dihs_model.device import pick_device
 from dihs_model.levels import LadderPolicy
 from dihs_model.policy import PolicyConfig
 
@@ -24,12 +25,6 @@ class Item:
     mode: str = "auto"
     min_ratio: float = 0.0
     max_ratio: float = 1.0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Engine:

@@ -45,6 +45,20 @@ def random_batch(B: int = 4, T: int = 12, seed: int = 0, pad: bool = True):
     return ids, mask
 
 
+def random_heads(L: int, H: int, seed: int):
+    """A head selection and the equivalent [L, H] head mask: per layer any subset, sometimes empty;
+    odd seeds give prefixes (int counts: the view path), even seeds index lists."""
+    g = torch.Generator().manual_seed(seed)
+    heads = []
+    for _ in range(L):
+        k = int(torch.randint(0, H + 1, (1,), generator=g))
+        heads.append(k if seed % 2 else sorted(torch.randperm(H, generator=g)[:k].tolist()))
+    mask = torch.zeros(L, H)
+    for l, c in enumerate(heads):
+        mask[l, list(range(c)) if isinstance(c, int) else c] = 1.0
+    return heads, mask
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A local safetensors BERT checkpoint folder with a word-level tokenizer: what `--model` takes."""

@@ -6,7 +6,7 @@ import torch
 from dihs_model.arch import encoder_parts, supported_families
 from dihs_model.surgery import (allocate_heads, as_prefix, encoder_flops, output_cols, qkv_rows,
                                 reorder_heads)
-from tests.conftest import random_batch, tiny_classifier, tiny_encoder
+from tests.conftest import random_batch, random_heads, tiny_classifier, tiny_encoder
 
 FAMILIES = supported_families()
 
@@ -32,14 +32,7 @@ def test_full_level_is_the_original_model_bit_for_bit(family, pad):
 def test_sliced_equals_masked_for_random_head_sets(family, seed):
     model = tiny_classifier(family, seed=seed)
     L, H = model.shape.n_layers, model.shape.n_heads
-    g = torch.Generator().manual_seed(seed)
-    heads = []
-    for _ in range(L):  # any subset, sometimes empty, sometimes a prefix (the view path)
-        k = int(torch.randint(0, H + 1, (1,), generator=g))
-        heads.append(k if seed % 2 else sorted(torch.randperm(H, generator=g)[:k].tolist()))
-    mask = torch.zeros(L, H)
-    for l, c in enumerate(heads):
-        mask[l, list(range(c)) if isinstance(c, int) else c] = 1.0
+    heads, mask = random_heads(L, H, seed)
     ids, am = random_batch(seed=seed)
     with torch.no_grad():
         sliced = model(ids, am, heads=heads).logits
