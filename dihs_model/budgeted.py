@@ -57,15 +57,17 @@ class BudgetedClassifier(nn.Module):
         heads: Selection | None = None,
         head_mask: torch.Tensor | None = None,
         attentions: list | None = None,
+        n_layers: int | None = None,
     ) -> torch.Tensor:
-        """The encoder's last hidden states [B, T, C]; appends attention maps to `attentions` if given."""
+        """The encoder's last hidden states [B, T, C] (after the first `n_layers` layers if given);
+        appends attention maps to `attentions` if given."""
         L, H = self.shape.n_layers, self.shape.n_heads
         assert heads is None or len(heads) == L, f"need {L} head choices, got {len(heads)}"
         assert head_mask is None or heads is None, "mask heads of the full model only"
         x = self.parts.embeddings(input_ids=input_ids)  # [B, T, C]
         keep = attention_mask.bool()
         attn_mask = None if bool(keep.all()) else keep[:, None, None, :]  # [B, 1, 1, T]
-        for l, layer in enumerate(self.parts.layers):
+        for l, layer in enumerate(self.parts.layers[:n_layers]):
             choice = H if heads is None else heads[l]
             mask_l = None if head_mask is None else head_mask[..., l, :]
             x = self._layer(layer, x, choice, attn_mask, mask_l, attentions)

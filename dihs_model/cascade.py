@@ -1,27 +1,33 @@
 """The DIHS per-input policy: a confidence cascade over head budgets.
 
 Every input first runs a small budget (a prefix of the importance-ordered heads); the inputs
-whose prediction at that budget is least confident run again with all heads. The small pass's
-confidence is the complexity signal: on election-tweets it predicts the small budget's errors
-with AUROC ~0.88, where length and rare-word rates score ~0.52 (see the issue note). Heads are
-counted honestly: an escalated input computed the small pass's heads *and* all heads.
+whose prediction at that budget is least confident run again at a larger budget. Confidence is
+the logit margin between the top two classes: unlike the max probability it does not saturate
+at 1.0 in float32 (on reuters-r8 most probabilities did, and ties broke the thresholds). The
+small pass's confidence is the complexity signal: on election-tweets it predicts the small budget's errors
+with AUROC ~0.9, where length and rare-word rates score ~0.52 (see the issue note). Heads are
+counted honestly: an escalated input computed the small pass's heads *and* the second pass's.
 
-For a target mean heads ratio r, a plan picks the first-pass level r0 <= r and the confidence
-threshold that escalates a fraction (r - r0) of the calibration inputs (held out from training),
-choosing the r0 with the best calibration accuracy.
+For a target mean heads ratio r, a plan picks the first-pass budget r0 <= r, the second-pass
+budget r1 > r0, and the confidence threshold that escalates a fraction (r - r0) / r1 of the
+calibration inputs (held out from training), choosing the (r0, r1) with the best calibration
+accuracy. Passes at every candidate budget run once; the search itself is arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from .levels import prefix_counts
 from .surgery import encoder_flops
 
-FIRST_PASS_RATIOS = (0.1, 0.15, 0.2, 0.25, 0.35)
+FIRST_PASS_RATIOS = (0.08, 0.1, 0.15, 0.2, 0.25, 0.35)  # 0.08: one head per layer in MiniLM
+SECOND_PASS_RATIOS = (0.4, 0.5, 0.75, 1.0)
 TARGETS = (0.75, 0.5, 0.4, 0.3, 0.25)
+TARGET_TOLERANCE = 0.02  # a plan's mean heads on the calibration split must be this close to its target
+CONFIDENCE = "logit_margin"  # stored with the plans: thresholds of another confidence do not apply
 
 
 @dataclass(frozen=True)
@@ -29,15 +35,17 @@ class CascadePlan:
     target_ratio: float
     first_heads: list[int]  # per-layer head counts of the first pass
     first_ratio: float
-    threshold: float  # escalate when the first pass's max probability is at most this
+    threshold: float  # escalate when the first pass's logit margin is at most this
     calib_escalated: float  # fraction escalated on the calibration split
     calib_accuracy: float
+    second_heads: list[int] | None = None  # per-layer head counts of the second pass (None: all heads)
+    second_ratio: float = 1.0
 
 
 @dataclass
 class PassResult:
-    preds: torch.Tensor  # [N]
-    conf: torch.Tensor  # [N] max probability
+    preds: torch.Tensor  # [N], on the CPU
+    conf: torch.Tensor  # [N] logit margin of the top two classes, on the CPU
     tokens: list[int]  # real tokens per input, for FLOPs
 
 
@@ -46,52 +54,70 @@ def run_pass(model, batches, heads, n: int) -> PassResult:
     """One forward pass at `heads` (None: all) over length-sorted batches, results in input order."""
     preds, conf, tokens = torch.zeros(n, dtype=torch.long), torch.zeros(n), [0] * n
     for idx, ids, mask, _ in batches:
-        p = model(ids, mask, heads=heads).logits.float().softmax(-1)
-        c, y = p.max(-1)
-        preds[idx], conf[idx] = y, c
+        top2 = model(ids, mask, heads=heads).logits.float().topk(2, dim=-1)
+        preds[idx], conf[idx] = top2.indices[:, 0].cpu(), (top2.values[:, 0] - top2.values[:, 1]).cpu()
         for i, t in zip(idx, mask.sum(1).tolist()):
             tokens[i] = t
     return PassResult(preds, conf, tokens)
 
 
+def _budgets(ordered_scores: torch.Tensor, ratios) -> dict[float, list[int] | None]:
+    """Measured heads ratio -> per-layer counts (None for all heads), one entry per distinct budget."""
+    total = ordered_scores.numel()
+    out = {}
+    for r in ratios:
+        heads = None if r >= 1.0 else prefix_counts(ordered_scores, r)
+        out.setdefault(1.0 if heads is None else sum(heads) / total, heads)
+    return out
+
+
 def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
     """Plans for each target ratio in (0, 1), fitted on held-out calibration batches."""
-    n, total = len(labels), ordered_scores.numel()
-    full = run_pass(model, batches, None, n)
-    firsts = {}
-    for r0 in FIRST_PASS_RATIOS:
-        heads = prefix_counts(ordered_scores, r0)
-        firsts[sum(heads) / total] = (heads, run_pass(model, batches, heads, n))
+    n = len(labels)
+    budgets = _budgets(ordered_scores, FIRST_PASS_RATIOS + SECOND_PASS_RATIOS)
+    passes = {r: run_pass(model, batches, heads, n) for r, heads in budgets.items()}
+    firsts = [r for r in budgets if r in _budgets(ordered_scores, FIRST_PASS_RATIOS)]
+    seconds = [r for r in budgets if r in _budgets(ordered_scores, SECOND_PASS_RATIOS)]
     plans = []
     for target in targets:
         best = None
-        for r0, (heads, first) in sorted(firsts.items()):
-            f = target - r0  # an escalation costs one full pass: ratio 1
-            if f < 0:
-                continue
-            k = min(n, round(f * n))  # escalate the k least confident calibration inputs
-            thr = float(first.conf.sort().values[k - 1]) if k > 0 else -1.0
-            esc = first.conf <= thr
-            acc = float((torch.where(esc, full.preds, first.preds) == labels).float().mean())
-            plan = CascadePlan(target, heads, r0, thr, float(esc.float().mean()), acc)
-            if best is None or acc > best.calib_accuracy + 1e-12:
-                best = plan
+        for r0 in sorted(firsts):
+            first = passes[r0]
+            sorted_conf = first.conf.sort().values
+            for r1 in sorted((s for s in seconds if s > r0), reverse=True):  # ties: the larger second pass
+                f = (target - r0) / r1  # each escalation costs a second pass at r1
+                if not 0 <= f <= 1:  # this pair cannot spend exactly the target
+                    continue
+                k = round(f * n)  # escalate the k least confident calibration inputs
+                thr = float(sorted_conf[k - 1]) if k > 0 else -1.0
+                esc = first.conf <= thr
+                if abs(r0 + float(esc.float().mean()) * r1 - target) > TARGET_TOLERANCE:
+                    continue  # tied confidences escalated more than k
+                acc = float((torch.where(esc, passes[r1].preds, first.preds) == labels).float().mean())
+                if best is None or acc > best.calib_accuracy + 1e-12:
+                    best = CascadePlan(target, budgets[r0], r0, thr, float(esc.float().mean()), acc,
+                                       budgets[r1], r1)
         if best is not None:
             plans.append(best)
     return plans
 
 
 def plan_from_meta(meta: dict, target: float) -> CascadePlan | None:
-    for p in meta.get("cascade", {}).get("plans", []):
+    """The bundle's plan for `target` (None: no plan, or plans of an older confidence: recalibrate)."""
+    known = {f.name for f in fields(CascadePlan)}
+    cascade = meta.get("cascade", {})
+    if cascade.get("confidence") != CONFIDENCE:
+        return None
+    for p in cascade.get("plans", []):
         if abs(p["target_ratio"] - target) < 1e-9:
-            return CascadePlan(**p)
+            return CascadePlan(**{k: v for k, v in p.items() if k in known})
     return None
 
 
-def plans_to_meta(plans: list[CascadePlan], n_calib: int, auroc: float | None) -> dict:
-    """auroc: how well (1 - confidence) at 25% of heads ranks that budget's errors on the calibration split."""
-    return {"method": "confidence cascade: first pass at a small budget, escalate the least confident to all heads",
-            "calibration_examples": n_calib, "small_budget_error_auroc": auroc,
+def plans_to_meta(plans: list[CascadePlan], n_calib: int, signals: dict) -> dict:
+    """signals: `signals.signal_report` on the same calibration split."""
+    return {"method": "confidence cascade: first pass at a small budget, escalate the least confident to a larger one",
+            "confidence": CONFIDENCE, "calibration_examples": n_calib, "signals": signals,
             "plans": [asdict(p) for p in plans]}
 
 
@@ -101,18 +127,18 @@ def run_cascade(model, batches, plan: CascadePlan, shape, n: int) -> tuple[torch
     esc = first.conf <= plan.threshold
     preds = first.preds.clone()
     if esc.any():
-        sub = [b for b in _subset_batches(batches, esc)]
-        full = run_pass(model, sub, None, n)
-        preds[esc] = full.preds[esc]
+        second = run_pass(model, list(_subset_batches(batches, esc)), plan.second_heads, n)
+        preds[esc] = second.preds[esc]
     full_counts = [shape.n_heads] * shape.n_layers
+    second_counts = plan.second_heads or full_counts
     flops = dense = 0.0
     for i, t in enumerate(first.tokens):
-        d = encoder_flops(shape, full_counts, t)
-        flops += encoder_flops(shape, plan.first_heads, t) + (d if esc[i] else 0.0)
-        dense += d
+        flops += encoder_flops(shape, plan.first_heads, t) + (encoder_flops(shape, second_counts, t) if esc[i] else 0.0)
+        dense += encoder_flops(shape, full_counts, t)
     total = shape.total_heads
-    heads_ratio = (sum(plan.first_heads) / total) + float(esc.float().mean())
-    return preds, heads_ratio, flops / dense, float(esc.float().mean())
+    escalated = float(esc.float().mean())
+    heads_ratio = sum(plan.first_heads) / total + escalated * sum(second_counts) / total
+    return preds, heads_ratio, flops / dense, escalated
 
 
 def _subset_batches(batches, keep: torch.Tensor):

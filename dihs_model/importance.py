@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .budgeted import BudgetedClassifier
+from .device import model_device
 
 SCORERS = ("michel", "fisher", "attention")
 Batch = tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]  # (indices, ids, mask, labels)
@@ -28,7 +29,7 @@ def mask_gradients(model: BudgetedClassifier, batches: Iterable[Batch]) -> torch
     L, H = model.shape.n_layers, model.shape.n_heads
     grads = []
     for _, ids, mask, labels in batches:
-        m = torch.ones(ids.shape[0], L, H, requires_grad=True)
+        m = torch.ones(ids.shape[0], L, H, device=model_device(model), requires_grad=True)
         loss = F.cross_entropy(model(ids, mask, head_mask=m).logits, labels, reduction="sum")
         (g,) = torch.autograd.grad(loss, m)
         grads.append(g)
@@ -59,7 +60,7 @@ def attention_scores(model: BudgetedClassifier, batches: Iterable[Batch]) -> tor
 
 
 def score_heads(model: BudgetedClassifier, batches: list[Batch], progress: bool = True) -> dict[str, torch.Tensor]:
-    """All three scores, [L, H] each, for the heads in their current stored positions."""
+    """All three scores, [L, H] CPU tensors each, for the heads in their current stored positions."""
     was_training = model.training
     model.eval()
     it = tqdm(batches, desc="calibrate", unit="batch", disable=not progress)
@@ -67,7 +68,7 @@ def score_heads(model: BudgetedClassifier, batches: list[Batch], progress: bool 
     scores = {"michel": michel_scores(grads), "fisher": fisher_scores(grads),
               "attention": attention_scores(model, batches)}
     model.train(was_training)
-    return scores
+    return {name: s.cpu() for name, s in scores.items()}
 
 
 def head_order(scores: torch.Tensor) -> list[list[int]]:
@@ -91,6 +92,7 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
     sample = examples.subset(list(range(0, len(examples), step))[:max_examples])
     batches = list(bundle.batches(sample, batch_size))
     scores = score_heads(bundle.model, batches, progress)
+    tokens = [(ids.cpu(), m.cpu()) for _, ids, m, _ in batches]  # token statistics are CPU work, as in serving
     order = head_order(scores[order_by])
     perm = torch.tensor(order)
     ordered = {name: s.gather(1, perm) for name, s in scores.items()}
@@ -102,24 +104,22 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
         "importance": {name: s.tolist() for name, s in ordered.items()},
         "calibration": {"examples": len(sample)},
         "levels": build_ladder(ordered[order_by]),
-        "complexity": ComplexityScorer.fit(bundle.tokenizer, [(ids, m) for _, ids, m, _ in batches]).to_meta(),
+        "complexity": ComplexityScorer.fit(bundle.tokenizer, tokens).to_meta(),
     }
-    model = reorder_heads(bundle.model, order)
-    meta["cascade"] = fit_cascade(model, bundle, examples, ordered[order_by], batch_size)
-    return Bundle(model, bundle.tokenizer, meta)
+    out = Bundle(reorder_heads(bundle.model, order), bundle.tokenizer, meta)
+    meta["cascade"] = fit_cascade(out, examples, ordered[order_by], batch_size)
+    return out
 
 
-def fit_cascade(model, bundle, examples, ordered_scores: torch.Tensor, batch_size: int = 32) -> dict:
-    """The DIHS cascade plans for every target ratio, on all calibration examples."""
-    from sklearn.metrics import roc_auc_score
-
-    from .cascade import TARGETS, fit_plans, plans_to_meta, run_pass
-    from .levels import prefix_counts
+def fit_cascade(bundle, examples, ordered_scores: torch.Tensor, batch_size: int = 32) -> dict:
+    """The DIHS cascade plans for every target ratio, and how well each complexity signal predicts a
+    small budget's errors (signals.py), on all calibration examples."""
+    from .cascade import TARGETS, fit_plans, plans_to_meta
+    from .complexity import ComplexityScorer
+    from .signals import signal_report
 
     batches = list(bundle.batches(examples, batch_size))
     labels = torch.tensor(examples.labels)
-    plans = fit_plans(model, batches, labels, ordered_scores, TARGETS)
-    small = run_pass(model, batches, prefix_counts(ordered_scores, 0.25), len(labels))
-    wrong = (small.preds != labels).numpy()
-    auroc = float(roc_auc_score(wrong, 1 - small.conf.numpy())) if 0 < wrong.sum() < len(wrong) else None
-    return plans_to_meta(plans, len(labels), auroc)
+    plans = fit_plans(bundle.model, batches, labels, ordered_scores, TARGETS)
+    scorer = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer)
+    return plans_to_meta(plans, len(labels), signal_report(bundle.model, batches, labels, ordered_scores, scorer))

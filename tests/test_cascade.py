@@ -33,10 +33,11 @@ def test_thresholds_hit_the_target_mean_heads_on_the_calibration_split():
     assert [p.target_ratio for p in plans] == [0.75, 0.5, 0.4, 0.3]
     for p in plans:
         assert p.first_ratio <= p.target_ratio + 1e-9
-        assert abs(p.first_ratio + p.calib_escalated - p.target_ratio) <= 0.02, p
+        assert p.second_ratio > p.first_ratio
+        assert abs(p.first_ratio + p.calib_escalated * p.second_ratio - p.target_ratio) <= 0.02, p
         preds, heads_ratio, flops_ratio, escalated = run_cascade(model, batches, p, model.shape, len(labels))
         assert abs(heads_ratio - p.target_ratio) <= 0.02  # same inputs: same fractions
-        assert abs(heads_ratio - (p.first_ratio + escalated)) < 1e-9
+        assert abs(heads_ratio - (p.first_ratio + escalated * p.second_ratio)) < 1e-9
         acc = float((preds == labels).float().mean())
         assert abs(acc - p.calib_accuracy) < 1e-9
 
@@ -49,9 +50,50 @@ def test_escalated_inputs_get_the_full_model_answer():
     first = run_pass(model, batches, [1, 1, 1], n)
     from dihs_model.cascade import CascadePlan
 
-    everyone = CascadePlan(1.25, [1, 1, 1], 0.25, threshold=2.0, calib_escalated=1.0, calib_accuracy=0.0)
+    everyone = CascadePlan(1.25, [1, 1, 1], 0.25, threshold=float("inf"), calib_escalated=1.0, calib_accuracy=0.0)
     preds, heads_ratio, _, esc = run_cascade(model, batches, everyone, model.shape, n)
     assert torch.equal(preds, full.preds) and esc == 1.0 and heads_ratio == 1.25
     nobody = CascadePlan(0.25, [1, 1, 1], 0.25, threshold=-1.0, calib_escalated=0.0, calib_accuracy=0.0)
     preds, heads_ratio, flops_ratio, esc = run_cascade(model, batches, nobody, model.shape, n)
     assert torch.equal(preds, first.preds) and esc == 0.0 and flops_ratio < 1.0
+
+
+def test_escalation_to_a_middle_budget_gives_that_budgets_answer_and_cost():
+    model = _confident_tiny()
+    batches = _batches(4)
+    n = 32
+    middle = run_pass(model, batches, [2, 2, 2], n)
+    from dihs_model.cascade import CascadePlan
+
+    plan = CascadePlan(0.75, [1, 1, 1], 0.25, threshold=float("inf"), calib_escalated=1.0, calib_accuracy=0.0,
+                       second_heads=[2, 2, 2], second_ratio=0.5)
+    preds, heads_ratio, flops_ratio, esc = run_cascade(model, batches, plan, model.shape, n)
+    assert torch.equal(preds, middle.preds) and esc == 1.0 and abs(heads_ratio - 0.75) < 1e-9
+    assert flops_ratio > 1.0  # the first pass's FFN work is paid again by every escalated input
+
+
+def test_plans_load_only_for_the_current_confidence_and_default_to_an_all_heads_second_pass():
+    from dihs_model.cascade import plan_from_meta
+
+    old = {"target_ratio": 0.5, "first_heads": [1, 1, 1], "first_ratio": 0.25, "threshold": 0.7,
+           "calib_escalated": 0.25, "calib_accuracy": 0.9}
+    current = {"cascade": {"confidence": "logit_margin", "plans": [old]}}
+    plan = plan_from_meta(current, 0.5)
+    assert plan.second_heads is None and plan.second_ratio == 1.0
+    assert plan_from_meta(current, 0.3) is None
+    # thresholds on the max probability (the first bundles) mean nothing for a margin: recalibrate
+    assert plan_from_meta({"cascade": {"plans": [old]}}, 0.5) is None
+
+
+def test_tied_confidences_never_give_a_plan_off_its_target():
+    """A model whose every input has the same margin: a threshold escalates all inputs or none, so
+    only plans whose budgets add up to the target (all) or equal it (none) may be kept."""
+    model = _confident_tiny()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+    batches = _batches()
+    labels = torch.cat([b[3] for b in batches])
+    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
+    for p in fit_plans(model, batches, labels, scores, (0.75, 0.5, 0.4, 0.3)):
+        assert p.calib_escalated in (0.0, 1.0)
+        assert abs(p.first_ratio + p.calib_escalated * p.second_ratio - p.target_ratio) <= 0.02, p
