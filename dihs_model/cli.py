@@ -23,6 +23,20 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--label-column", default="label", help="label column of a data file (default: label)")
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu")
+
+
+def _device(name: str):
+    """The torch device for --device, checked before any slow work starts."""
+    from .device import DeviceError, pick_device
+
+    try:
+        return pick_device(name)
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
+
+
 def _threads(n: int | None) -> None:
     import torch
 
@@ -46,6 +60,8 @@ def cmd_train(a) -> None:
         raise BundleError(f"{out} exists; pass --force to replace it")
     if a.budget_robust and a.no_calibrate:
         raise UsageError("--budget-robust needs the head order that calibration finds: drop --no-calibrate")
+    robust = not a.no_calibrate if a.budget_robust is None else a.budget_robust
+    device = _device(a.device)
     base_model = a.model or default_base_model()
     check_checkpoint(base_model)
     _threads(a.threads)
@@ -53,13 +69,13 @@ def cmd_train(a) -> None:
     fit, calib = split_calibration(split.train)
     print(f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
           f"{len(split.train.label_names)} classes", file=sys.stderr)
-    bundle = new_bundle(base_model, split.train.label_names, a.max_length)
+    bundle = new_bundle(base_model, split.train.label_names, a.max_length, device)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)
     bundle.meta["train"] = fine_tune(bundle, fit, cfg, progress=not a.quiet)
     bundle.meta["data"] = {"spec": a.data, "text_column": a.text_column, "label_column": a.label_column}
     if not a.no_calibrate:
         bundle = calibrate_bundle(bundle, calib, a.order_by, progress=not a.quiet)
-    if a.budget_robust:
+    if robust:
         bundle = _budget_robust(bundle, fit, calib, split.test, cfg, a)
     preds, _ = predict(bundle, split.test, None)
     acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
@@ -94,8 +110,9 @@ def cmd_calibrate(a) -> None:
     from .data import load_split, split_calibration
     from .importance import calibrate_bundle
 
+    device = _device(a.device)
     _threads(a.threads)
-    bundle = load_bundle(a.bundle)
+    bundle = load_bundle(a.bundle, device=device)
     spec = a.data or bundle.meta.get("data", {}).get("spec")
     if spec is None:
         raise UsageError("the bundle does not name its training data: pass --data")
@@ -108,6 +125,7 @@ def cmd_calibrate(a) -> None:
 
 def cmd_eval(a) -> None:
     from .bundle import load_bundle
+    from .cascade import CONFIDENCE
     from .data import load_eval
     from .evaluate import POLICIES, evaluate, plot_eval, write_json
 
@@ -117,12 +135,13 @@ def cmd_eval(a) -> None:
     unknown = set(a.policies) - set(POLICIES)
     if unknown:
         raise UsageError(f"unknown policy {sorted(unknown)[0]!r}; choose from {', '.join(POLICIES)}")
+    device = _device(a.device)
     _threads(a.threads)
-    bundle = load_bundle(a.bundle)
+    bundle = load_bundle(a.bundle, device=device)
     if "importance" not in bundle.meta and any(p.startswith("static-") for p in a.policies):
         raise UsageError(f"{a.bundle} has no head importance: run `dihs calibrate {a.bundle}` first")
-    if "dihs" in a.policies and "cascade" not in bundle.meta:
-        print(f"note: {a.bundle} has no DIHS cascade plans (older bundle): `dihs calibrate` adds them; "
+    if "dihs" in a.policies and bundle.meta.get("cascade", {}).get("confidence") != CONFIDENCE:
+        print(f"note: {a.bundle} has no current DIHS cascade plans (older bundle): `dihs calibrate` adds them; "
               "the dihs policy is left out", file=sys.stderr)
     ex = load_eval(a.data, bundle.labels, a.text_column, a.label_column)
     result = evaluate(bundle, ex, Path(a.data).stem if Path(a.data).suffix else a.data, a.policies,
@@ -137,22 +156,34 @@ def cmd_eval(a) -> None:
 
 def cmd_bench(a) -> None:
     from .bench import SHAPES, bench, plot_bench
+    from .decision_cost import decision_cost
     from .bundle import load_bundle
     from .evaluate import write_json
 
     json_out, plot_out = Path(a.json), a.plot and Path(a.plot)
     _writable(json_out, "JSON")
     _writable(plot_out, "the plot")
-    bundle = load_bundle(a.bundle)
+    device = _device(a.device)
+    if a.dtype == "bf16" and device.type != "cuda":
+        raise UsageError("--dtype bf16 is for GPU benchmarks: add --device cuda")
+    bundle = load_bundle(a.bundle, device=device)
+    if a.dtype == "bf16":
+        bundle.model.bfloat16()
     shapes = ((1, 32), (1, 128)) if a.quick else SHAPES
     result = bench(bundle, shapes=shapes, warmup=a.warmup, repeats=a.repeats, threads=a.threads,
                    progress=not a.quiet)
+    if device.type == "cpu" and "levels" in bundle.meta:  # the decision is CPU work beside a CPU forward
+        result["decision_cost"] = decision_cost(bundle, warmup=a.warmup, repeats=a.repeats, threads=a.threads)
     write_json(result, json_out)
     if plot_out:
         plot_bench(result, plot_out)
     for r in result["rows"]:
         print(f"{r['mode']:>11} heads {r['heads_ratio']:.2f} batch {r['batch']} seq {r['seq_len']:>3}: "
               f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f})")
+    for r in result.get("decision_cost", {}).get("rows", []):
+        print(f"budget decision, batch 1 seq {r['seq_len']:>3}: complexity + policy {r['complexity_and_policy_ms']:.3f} ms "
+              f"({r['complexity_and_policy_share']:.2%} of dense {r['dense_forward_ms']:.2f} ms), "
+              f"cascade gate {r['cascade_gate_ms']:.3f} ms ({r['cascade_gate_share']:.2%})")
 
 
 def cmd_serve(a) -> None:
@@ -305,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128, help="tokens per text; longer texts are truncated")
     p.add_argument("--order-by", choices=SCORERS, default="michel", help="scorer that orders heads in the bundle")
     p.add_argument("--no-calibrate", action="store_true", help="skip head-importance calibration")
-    p.add_argument("--budget-robust", action="store_true",
+    p.add_argument("--budget-robust", action=argparse.BooleanOptionalAction, default=None,
                    help="one more epoch training every budget level against the full model (DynaBERT-style), "
-                        "then recalibrate: smaller levels lose less accuracy (about 2.5x the time of an epoch)")
+                        "then recalibrate: smaller levels lose less accuracy (about 2.5x the time of an epoch). "
+                        "On by default unless --no-calibrate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="score head importance (michel, fisher, attention) and reorder heads")
@@ -316,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, None)
     p.add_argument("--order-by", choices=SCORERS, default="michel")
     p.add_argument("--max-examples", type=int, default=512)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="accuracy vs heads ratio for each policy (heads sliced away)")
@@ -324,15 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the results JSON")
     p.add_argument("--plot", help="where to write the accuracy-vs-heads PNG")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="CPU latency vs heads ratio, sliced vs masked")
+    p = sub.add_parser("bench", help="latency vs heads ratio, sliced vs masked (CPU, or GPU with --device cuda)")
     p.add_argument("bundle")
     p.add_argument("--json", required=True)
     p.add_argument("--plot")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="batch 1 only")
+    _add_device_arg(p)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: with --device cuda only")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="serve a bundle over HTTP with Ray Serve (127.0.0.1:8000)")

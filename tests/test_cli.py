@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dihs_model.cli import main
 from tests.conftest import write_reviews_csv
@@ -18,7 +19,8 @@ def trained(tiny_checkpoint, tmp_path):
     data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
     out = tmp_path / "bundle"
     assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out),
-                 "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1"]) == 0
+                 "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1",
+                 "--device", "cpu"]) == 0
     return out, data
 
 
@@ -30,7 +32,7 @@ def test_train_eval_bench_end_to_end(trained, tmp_path):
     assert meta["eval"]["n"] == 16 and meta["eval"]["dense_accuracy"] >= 0.9  # the words give the label away
 
     assert main(["eval", str(bundle), "--data", str(data), "--json", str(tmp_path / "e.json"),
-                 "--plot", str(tmp_path / "e.png"), "--quiet"]) == 0
+                 "--plot", str(tmp_path / "e.png"), "--quiet", "--device", "auto"]) == 0
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n"] == 80 and res["task"] == "reviews"
     policies = {r["policy"] for r in res["rows"]}
@@ -47,12 +49,15 @@ def test_train_eval_bench_end_to_end(trained, tmp_path):
     assert main(["bench", str(bundle), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
                  "--quick", "--warmup", "1", "--repeats", "3", "--quiet"]) == 0
     b = json.loads((tmp_path / "b.json").read_text())
-    assert b["threads"] == 1
+    assert b["threads"] == 1 and b["device"] == "cpu" and b["dtype"] == "float32"
     modes = {(r["mode"], r["heads_ratio"]) for r in b["rows"]}
     assert ("sliced", 0.5) in modes and ("masked", 0.5) in modes
     for r in b["rows"]:
         assert r["median_ms"] > 0 and r["speedup"] > 0
         assert r["ideal_speedup"] == 1.0 if r["mode"] != "sliced" else r["ideal_speedup"] >= 1.0
+    # the budget decision's cost beside the dense forward it steers, batch 1
+    assert [r["seq_len"] for r in b["decision_cost"]["rows"]] == [32, min(128, meta["max_length"])]
+    assert all(r["complexity_and_policy_share"] > 0 for r in b["decision_cost"]["rows"])
 
 
 def test_calibrate_rewrites_the_bundle_in_place(trained):
@@ -73,6 +78,8 @@ def test_calibrate_rewrites_the_bundle_in_place(trained):
     (["train", "--data", str(FIX / "tiny.csv"), "--model", str(FIX), "--out", "{tmp}/o"], "only safetensors"),
     (["eval", "{tmp}", "--json", "{tmp}/e.json"], "not a DIHS bundle"),
     (["bench", "{tmp}/none", "--json", "{tmp}/b.json"], "not a DIHS bundle"),
+    (["eval", "{tmp}", "--json", "{tmp}/e.json", "--device", "tpu"], "unknown device 'tpu'"),
+    (["bench", "{tmp}/none", "--json", "{tmp}/b.json", "--dtype", "bf16"], "--dtype bf16 is for GPU"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -82,16 +89,30 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("args", [
+    ["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}/o"],
+    ["calibrate", "{tmp}"],
+    ["eval", "{tmp}", "--json", "{tmp}/e.json"],
+    ["bench", "{tmp}", "--json", "{tmp}/b.json", "--dtype", "bf16"],
+])
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(args, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args] + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dihs: error: device 'cuda': no CUDA GPU is visible")
+    assert not (tmp_path / "o").exists()
+
+
 def test_console_script_usage_error_exits_2():
     r = subprocess.run([sys.executable, "-m", "dihs_model.cli", "eval"], capture_output=True, text=True)
     assert r.returncode == 2 and "required" in r.stderr
 
 
-def test_budget_robust_training_records_accuracy_per_level(tiny_checkpoint, tmp_path):
+def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(tiny_checkpoint, tmp_path):
     data = write_reviews_csv(tmp_path / "reviews.csv", n=60)
     out = tmp_path / "robust"
     assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out), "--epochs", "2",
-                 "--batch-size", "8", "--lr", "3e-3", "--budget-robust", "--quiet", "--threads", "1"]) == 0
+                 "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1"]) == 0
     meta = json.loads((out / "dihs.json").read_text())
     robust = meta["budget_robust"]
     names = [lv["name"] for lv in meta["levels"]]
@@ -99,3 +120,8 @@ def test_budget_robust_training_records_accuracy_per_level(tiny_checkpoint, tmp_
     assert robust["train"]["epochs"] == 1
     assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "x"),
                  "--budget-robust", "--no-calibrate", "--quiet"]) == 2
+    for flag in ("--no-budget-robust", "--no-calibrate"):  # either turns the extra epoch off
+        plain = tmp_path / flag.strip("-")
+        assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(plain),
+                     "--epochs", "1", "--batch-size", "8", flag, "--quiet", "--threads", "1"]) == 0
+        assert "budget_robust" not in json.loads((plain / "dihs.json").read_text())
