@@ -10,8 +10,10 @@ counted honestly: an escalated input computed the small pass's heads *and* the s
 
 For a target mean heads ratio r, a plan picks the first-pass budget r0 <= r, the second-pass
 budget r1 > r0, and the confidence threshold that escalates a fraction (r - r0) / r1 of the
-calibration inputs (held out from training), choosing the (r0, r1) with the best calibration
-accuracy. Passes at every candidate budget run once; the search itself is arithmetic.
+calibration inputs (held out from training), choosing the (r0, r1) whose answers agree most often
+with the full model's (then: the best accuracy). Agreement is the steadier criterion on a few
+hundred calibration inputs: accuracy also rewards a plan for luck on the inputs that the full
+model gets wrong. Passes at every candidate budget run once; the search itself is arithmetic.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class CascadePlan:
     threshold: float  # escalate when the first pass's logit margin is at most this
     calib_escalated: float  # fraction escalated on the calibration split
     calib_accuracy: float
+    calib_agreement: float = 1.0  # share of calibration inputs answered as the full model answers them
     second_heads: list[int] | None = None  # per-layer head counts of the second pass (None: all heads)
     second_ratio: float = 1.0
 
@@ -74,8 +77,9 @@ def _budgets(ordered_scores: torch.Tensor, ratios) -> dict[float, list[int] | No
 def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
     """Plans for each target ratio in (0, 1), fitted on held-out calibration batches."""
     n = len(labels)
-    budgets = _budgets(ordered_scores, FIRST_PASS_RATIOS + SECOND_PASS_RATIOS)
+    budgets = _budgets(ordered_scores, FIRST_PASS_RATIOS + SECOND_PASS_RATIOS + (1.0,))
     passes = {r: run_pass(model, batches, heads, n) for r, heads in budgets.items()}
+    full = passes[1.0].preds
     firsts = [r for r in budgets if r in _budgets(ordered_scores, FIRST_PASS_RATIOS)]
     seconds = [r for r in budgets if r in _budgets(ordered_scores, SECOND_PASS_RATIOS)]
     plans = []
@@ -93,9 +97,10 @@ def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor
                 esc = first.conf <= thr
                 if abs(r0 + float(esc.float().mean()) * r1 - target) > TARGET_TOLERANCE:
                     continue  # tied confidences escalated more than k
-                acc = float((torch.where(esc, passes[r1].preds, first.preds) == labels).float().mean())
-                if best is None or acc > best.calib_accuracy + 1e-12:
-                    best = CascadePlan(target, budgets[r0], r0, thr, float(esc.float().mean()), acc,
+                preds = torch.where(esc, passes[r1].preds, first.preds)
+                acc, agree = float((preds == labels).float().mean()), float((preds == full).float().mean())
+                if best is None or (agree, acc) > (best.calib_agreement + 1e-12, best.calib_accuracy + 1e-12):
+                    best = CascadePlan(target, budgets[r0], r0, thr, float(esc.float().mean()), acc, agree,
                                        budgets[r1], r1)
         if best is not None:
             plans.append(best)

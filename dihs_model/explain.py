@@ -55,7 +55,7 @@ GLOBAL_METHODS = {
 
 
 def budget_for(bundle: Bundle, text: str, mode: str = "auto", min_ratio: float = 0.0, max_ratio: float = 1.0,
-               pressure: float = 0.0, policy: PolicyConfig = PolicyConfig()) -> dict:
+               pressure: float = 0.0, policy: PolicyConfig | None = None) -> dict:
     """What the service's engine would decide for `text` at `pressure`: keyword arguments for `explain`.
 
     Raises ValueError when no ladder level lies in [min_ratio, max_ratio].

@@ -43,7 +43,7 @@ class LadderPolicy:
         self.levels = meta["levels"]
         self.ratios = [lv["heads_ratio"] for lv in self.levels]
         self.scorer = ComplexityScorer.from_meta(meta, tokenizer)
-        self.policy = policy or PolicyConfig()
+        self.policy = policy or PolicyConfig.from_meta(meta)
 
     def decide(self, ids: torch.Tensor, mask: torch.Tensor, pressure: float, limits: list[tuple[str, float, float]]):
         """(complexity signals, decisions) per input; limits: (mode, min_ratio, max_ratio) per input."""

@@ -17,6 +17,18 @@ MODES = ("auto", "fixed", "dense")
 class PolicyConfig:
     protect: float = 0.5  # share of the cut that a maximally complex input is spared
 
+    @classmethod
+    def from_meta(cls, meta: dict) -> "PolicyConfig":
+        """Spare complex inputs only as far as complexity predicts errors: protect = 2 (AUROC - 0.5),
+        clamped to [0, 1], from the complexity score's AUROC for the small budget's errors on the
+        calibration split (signals.py). A signal at chance gets no say; bundles without the
+        measurement keep the old default."""
+        try:
+            auroc = meta["cascade"]["signals"]["signals"]["length_and_subword"]["auroc"]
+        except (KeyError, TypeError):
+            return cls()
+        return cls() if auroc is None else cls(protect=min(1.0, max(0.0, 2.0 * (auroc - 0.5))))
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -8,7 +8,8 @@ OUT=${OUT:-/tmp/dihs-device-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-STEPS=${STEPS:-r8 20ng tests bench}  # a subset reruns part of it
+STEPS=${STEPS:-r8 20ng tests bench}  # a subset reruns part of it; "export" brings the r8 bundle back
+POLICIES=${POLICIES:-dense random static-michel static-fisher static-attention dihs}
 step() { echo; echo "== $(date +%T) $*"; }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -36,13 +37,25 @@ dihs() { python3 -m dihs_model.cli "$@"; }
 if wants r8; then
 step reuters-r8: train, eval
 dihs train --data reuters-r8 --model /tmp/minilm --out /tmp/b/r8 --device cuda --quiet
-dihs eval /tmp/b/r8 --data reuters-r8 --device cuda --quiet --json "$OUT/eval-reuters-r8.json" --plot "$OUT/eval-reuters-r8.png"
+dihs eval /tmp/b/r8 --data reuters-r8 --device cuda --quiet --policies $POLICIES --json "$OUT/eval-reuters-r8.json"
+fi
+
+if wants export; then
+step "export the r8 bundle: all but the frozen word embeddings (rebuilt here from the base weights), in 15 MB parts"
+python3 - <<'PY'
+from safetensors.torch import load_file, save_file
+sd = load_file("/tmp/b/r8/model.safetensors")
+del sd["encoder.embeddings.word_embeddings.weight"]
+save_file(sd, "/tmp/r8-rest.safetensors")
+PY
+split -b 15000000 -d /tmp/r8-rest.safetensors "$OUT/r8-rest.part"
+tar czf "$OUT/r8-files.tgz" -C /tmp/b/r8 --exclude model.safetensors .
 fi
 
 if wants 20ng; then
 step 20newsgroups as a user CSV: train on its train file, eval on its test file
 dihs train --data /tmp/d/20ng-train.csv --model /tmp/minilm --out /tmp/b/20ng --device cuda --quiet
-dihs eval /tmp/b/20ng --data /tmp/d/20ng-test.csv --device cuda --quiet --json "$OUT/eval-20ng.json" --plot "$OUT/eval-20ng.png"
+dihs eval /tmp/b/20ng --data /tmp/d/20ng-test.csv --device cuda --quiet --policies $POLICIES --json "$OUT/eval-20ng.json"
 fi
 python3 -c "import json, sys; json.dump({b: json.load(open(f'/tmp/b/{b}/dihs.json')) for b in sys.argv[1:]}, open('$OUT/metas.json', 'w'))" $(ls /tmp/b)
 

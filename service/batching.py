@@ -29,7 +29,7 @@ class Item:
 
 class Engine:
     def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
-                 policy: PolicyConfig = PolicyConfig()):
+                 policy: PolicyConfig | None = None):
         if "levels" not in bundle.meta or "complexity" not in bundle.meta:
             raise ValueError("the bundle has no budget ladder: run `dihs calibrate BUNDLE` first")
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics

@@ -40,6 +40,8 @@ def test_thresholds_hit_the_target_mean_heads_on_the_calibration_split():
         assert abs(heads_ratio - (p.first_ratio + escalated * p.second_ratio)) < 1e-9
         acc = float((preds == labels).float().mean())
         assert abs(acc - p.calib_accuracy) < 1e-9
+        full = run_pass(model, batches, None, len(labels)).preds
+        assert abs(float((preds == full).float().mean()) - p.calib_agreement) < 1e-9
 
 
 def test_escalated_inputs_get_the_full_model_answer():

@@ -1,11 +1,12 @@
 """Policy: monotone, bounded, deterministic (property-based); complexity: in [0, 1], deterministic."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dihs_model.complexity import ComplexityScorer
-from dihs_model.policy import choose_level, limits_error
+from dihs_model.policy import PolicyConfig, choose_level, limits_error
 
 LADDER = [1.0, 0.75, 0.5, 0.35, 0.25]
 unit = st.floats(0.0, 1.0)
@@ -64,3 +65,24 @@ def test_complexity_scores_are_in_unit_interval_and_deterministic(seqs):
     assert all(0.0 <= x["score"] <= 1.0 for x in a)
     again = ComplexityScorer.from_meta({"complexity": scorer.to_meta()}, Tok())
     assert again.signals(ids, mask) == a
+
+
+def _meta_with_auroc(auroc):
+    return {"cascade": {"signals": {"signals": {"length_and_subword": {"auroc": auroc, "flops_share": 0.0}}}}}
+
+
+@pytest.mark.parametrize("auroc, protect", [(0.5, 0.0), (0.45, 0.0), (0.75, 0.5), (1.0, 1.0), (0.6, 0.2)])
+def test_complexity_gets_a_say_only_as_far_as_it_predicts_errors(auroc, protect):
+    assert PolicyConfig.from_meta(_meta_with_auroc(auroc)).protect == pytest.approx(protect)
+
+
+def test_bundles_without_the_measurement_keep_the_old_default():
+    assert PolicyConfig.from_meta({}) == PolicyConfig()
+    assert PolicyConfig.from_meta(_meta_with_auroc(None)) == PolicyConfig()
+
+
+def test_with_a_chance_level_signal_every_input_gets_the_same_budget_under_pressure():
+    cfg = PolicyConfig.from_meta(_meta_with_auroc(0.5))
+    ladder = [1.0, 0.75, 0.5, 0.35, 0.25]
+    levels = {choose_level(ladder, c, 1.0, cfg=cfg).level for c in (0.0, 0.3, 0.7, 1.0)}
+    assert levels == {len(ladder) - 1}
