@@ -53,7 +53,7 @@ QUICK = Config(users=(2, 8, 16), stage_seconds=8.0, settle_seconds=3.0, rounds=1
 
 
 def _usage_error(msg: str) -> Exception:
-    from dihs_model.cli import UsageError
+    from dihs_model.cli_common import UsageError
 
     return UsageError(msg)
 

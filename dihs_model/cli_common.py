@@ -1,0 +1,44 @@
+"""What every `dihs` command shares: the usage error, data/device arguments, small checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_TASK = "election-tweets"
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--data", default=default, help="built-in task (election-tweets, reuters-r8) or a .csv/.tsv/.jsonl file")
+    p.add_argument("--text-column", default="text", help="text column of a data file (default: text)")
+    p.add_argument("--label-column", default="label", help="label column of a data file (default: label)")
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu")
+
+
+def _device(name: str):
+    """The torch device for --device, checked before any slow work starts."""
+    from .device import DeviceError, pick_device
+
+    try:
+        return pick_device(name)
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def _writable(path: Path | None, what: str) -> None:
+    if path is not None and path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"cannot write {what} to {path}: {path.parent} is not a folder")

@@ -1,0 +1,191 @@
+"""`dihs` commands around the service: serve | explain | report | loadtest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli_common import UsageError, _add_data_args, _threads, _writable
+
+
+def cmd_serve(a) -> None:
+    from pydantic import ValidationError
+
+    from .bundle import load_bundle
+
+    try:
+        from service.settings import Settings
+    except ImportError as e:
+        raise UsageError(f"serving needs the service package and its dependencies: {e}") from None
+    flags = {"bundle": a.bundle, "host": a.host, "port": a.port, "replicas": a.replicas, "slo_ms": a.slo_ms,
+             "model_name": a.model_name, "max_batch_size": a.max_batch_size, "device": a.device}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+    meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
+    if "levels" not in meta or "complexity" not in meta:
+        raise UsageError(f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first")
+    from service.app import run_local
+
+    run_local(settings)
+
+
+def cmd_explain(a) -> None:
+    import json
+
+    from .bundle import load_bundle
+    from .explain import budget_for, explain
+    from .policy import is_finite_ratio
+
+    json_out, png_out = a.json and Path(a.json), a.png and Path(a.png)
+    _writable(json_out, "JSON")
+    _writable(png_out, "the picture")
+    if not a.text.strip():
+        raise UsageError("the text is empty: give some words to explain")
+    if (a.layer is None) != (a.head is None):
+        raise UsageError("give both --layer and --head (that head's attention map), or neither (the head grid)")
+    if a.layer is not None and png_out is None:
+        raise UsageError("--layer/--head choose the attention map drawn to --png: pass --png OUT.png")
+    if a.heads_ratio is not None and (a.mode or "fixed") != "fixed":
+        raise UsageError(f"--heads-ratio asks for a fixed budget; it does not combine with --mode {a.mode}")
+    for flag, x in (("--heads-ratio", a.heads_ratio), ("--pressure", a.pressure)):
+        if x is not None and not is_finite_ratio(x):
+            raise UsageError(f"{flag} must be in [0, 1], not {x:g}")
+    _threads(a.threads)
+    bundle = load_bundle(a.bundle)
+    if "levels" not in bundle.meta or "complexity" not in bundle.meta:
+        raise UsageError(f"{a.bundle} has no budget ladder: run `dihs calibrate {a.bundle}` first")
+    L, H = bundle.model.shape.n_layers, bundle.model.shape.n_heads
+    if a.layer is not None and not 0 <= a.layer < L:
+        raise UsageError(f"--layer {a.layer} is out of range: the model has layers 0..{L - 1}")
+    if a.head is not None and not 0 <= a.head < H:
+        raise UsageError(f"--head {a.head} is out of range: each layer has heads 0..{H - 1}")
+    mode = "fixed" if a.heads_ratio is not None else a.mode or "auto"
+    try:
+        kw = budget_for(bundle, a.text, mode, max_ratio=1.0 if a.heads_ratio is None else a.heads_ratio,
+                        pressure=a.pressure or 0.0)
+    except ValueError as e:
+        raise UsageError(f"--heads-ratio {a.heads_ratio:g}: {e}") from None
+    exp = explain(bundle, a.text, **kw)
+    png = None
+    if png_out:
+        from .explain_plots import attention_png, head_grid_png
+
+        try:
+            png = head_grid_png(exp, a.score) if a.layer is None else attention_png(exp, a.layer, a.head)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(exp))
+    if png_out:
+        png_out.parent.mkdir(parents=True, exist_ok=True)
+        png_out.write_bytes(png)
+    hd = exp["heads"]
+    print(f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']}: {hd['active']}/{hd['total']} "
+          f"heads, per layer {' '.join(map(str, hd['per_layer']))}")
+    print(f"reason: {exp['reason']}; complexity {exp['complexity']:.3f} ({len(exp['tokens'])} tokens)")
+    ranked = sorted(((h["input_importance"], ly["layer"], h) for ly in exp["layers"] for h in ly["heads"]),
+                    key=lambda x: -x[0])[:5]
+    print("heads that mattered most for this input (layer:head |dL/dm|, * ran): " +
+          ", ".join(f"{l}:{h['head']}{'*' if h['active'] else ''} {v:.3g}" for v, l, h in ranked))
+    for what, path in (("JSON", json_out), ("picture", png_out)):
+        if path:
+            print(f"{what} written to {path}")
+
+
+def _read_result_json(path: str | None, flag: str, keys: set[str], producer: str) -> dict | None:
+    import json
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{flag} {p}: file not found")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {p} is not JSON: {e}") from None
+    rows = obj.get("rows") if isinstance(obj, dict) else None
+    if not rows or not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= set(r) for r in rows):
+        raise UsageError(f"{flag} {p} is not `{producer}` output (rows with {', '.join(sorted(keys))})")
+    return obj
+
+
+def cmd_report(a) -> None:
+    from .bundle import load_bundle
+    from .explain_plots import report_html
+
+    out = Path(a.out)
+    _writable(out, "the report")
+    ev = _read_result_json(a.eval_json, "--eval-json", {"policy", "heads_ratio", "accuracy"}, "dihs eval")
+    bn = _read_result_json(a.bench_json, "--bench-json", {"mode", "heads_ratio", "batch", "seq_len", "median_ms",
+                                                           "p10_ms", "p90_ms", "speedup", "ideal_speedup"}, "dihs bench")
+    meta = load_bundle(a.bundle).meta
+    page = report_html(str(a.bundle), meta, ev, bn)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    print(f"report written to {out} ({len(page) // 1024} KiB, self-contained)")
+
+
+def cmd_loadtest(a) -> None:
+    try:
+        from loadtests.sweep import run_sweep
+    except ImportError as e:
+        raise UsageError(f"the load test needs the loadtests package: {e}") from None
+    run_sweep(a)
+
+
+def add_service_commands(sub) -> None:
+    p = sub.add_parser("serve", help="serve a bundle over HTTP with Ray Serve (127.0.0.1:8000)")
+    p.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: $DIHS_BUNDLE or bundles/default)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, help="model replicas (default 1)")
+    p.add_argument("--slo-ms", type=float, help="latency objective in ms (default 250)")
+    p.add_argument("--model-name", help="served model name (default dihs)")
+    p.add_argument("--max-batch-size", type=int, help="texts per model batch (default 16)")
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("explain", help="explain one prediction: heads that ran, their importance, attention maps")
+    p.add_argument("bundle")
+    p.add_argument("text")
+    p.add_argument("--heads-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads")
+    p.add_argument("--mode", choices=("auto", "fixed", "dense"), help="budget mode as the service's (default auto)")
+    p.add_argument("--pressure", type=float, default=0.0, help="load pressure in [0, 1] for --mode auto (default 0)")
+    p.add_argument("--json", help="write the explanation JSON here")
+    p.add_argument("--png", help="write a picture here: the head grid, or with --layer/--head that head's attention map")
+    p.add_argument("--layer", type=int, help="layer of the attention map (0-based)")
+    p.add_argument("--head", type=int, help="head of the attention map: its id in the base checkpoint")
+    p.add_argument("--score", choices=("input", "michel", "fisher", "attention"), default="input",
+                   help="grid colour: this input's importance (default) or a global scorer")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a bundle (importance, ladder, eval, bench)")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--eval-json", help="`dihs eval` output: accuracy vs heads")
+    p.add_argument("--bench-json", help="`dihs bench` output: latency vs heads")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("loadtest", help="Locust sweep: throughput, latency and accuracy vs load, dense vs static vs adaptive")
+    p.add_argument("bundle", nargs="?", default=None, help="bundle to serve (default: $DIHS_BUNDLE or bundles/default)")
+    _add_data_args(p, None)  # default: the bundle's training task (its held-out split is sent)
+    p.add_argument("--out", required=True, help="folder for sweep.csv, sweep.png, summary.md and raw/")
+    p.add_argument("--quick", action="store_true", help="3 short stages, 1 round (about 2 minutes): a smoke test")
+    p.add_argument("--url", help="use the running service here instead of starting one")
+    p.add_argument("--model-name", default="dihs", help="served model name (v2 route; default dihs)")
+    p.add_argument("--route", choices=("v1", "v2"), default="v1", help="POST /v1/classify or /v2/models/NAME/infer")
+    p.add_argument("--modes", nargs="+", choices=("dense", "static", "adaptive"), default=["dense", "static", "adaptive"])
+    p.add_argument("--rounds", type=int, help="repeats, modes interleaved (default 2; --quick 1)")
+    p.add_argument("--users", help="users of each step, comma-separated (default 2,4,6,8,11,14,18,23,30)")
+    p.add_argument("--stage-seconds", type=float, help="seconds per step (default 13; --quick 8)")
+    p.add_argument("--settle-seconds", type=float, help="first seconds of a step left out of its figures (default 4)")
+    p.add_argument("--user-rate", type=float, help="requests per second each user aims at (default 2)")
+    p.add_argument("--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report in --out from its raw/ files")
+    p.set_defaults(func=cmd_loadtest)
