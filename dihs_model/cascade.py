@@ -64,6 +64,21 @@ def run_pass(model, batches, heads, n: int) -> PassResult:
     return PassResult(preds, conf, tokens)
 
 
+class Passes:
+    """Passes over fixed batches, each budget run once: calibration asks for the same budgets
+    several times (plans, then the signal report)."""
+
+    def __init__(self, model, batches, n: int):
+        self.model, self.batches, self.n = model, batches, n
+        self._done: dict[tuple[int, ...] | None, PassResult] = {}
+
+    def __call__(self, heads: list[int] | None) -> PassResult:
+        key = None if heads is None else tuple(heads)
+        if key not in self._done:
+            self._done[key] = run_pass(self.model, self.batches, heads, self.n)
+        return self._done[key]
+
+
 def _budgets(ordered_scores: torch.Tensor, ratios) -> dict[float, list[int] | None]:
     """Measured heads ratio -> per-layer counts (None for all heads), one entry per distinct budget."""
     total = ordered_scores.numel()
@@ -74,21 +89,19 @@ def _budgets(ordered_scores: torch.Tensor, ratios) -> dict[float, list[int] | No
     return out
 
 
-def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
+def fit_plans(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
     """Plans for each target ratio in (0, 1), fitted on held-out calibration batches."""
     n = len(labels)
-    budgets = _budgets(ordered_scores, FIRST_PASS_RATIOS + SECOND_PASS_RATIOS + (1.0,))
-    passes = {r: run_pass(model, batches, heads, n) for r, heads in budgets.items()}
-    full = passes[1.0].preds
-    firsts = [r for r in budgets if r in _budgets(ordered_scores, FIRST_PASS_RATIOS)]
-    seconds = [r for r in budgets if r in _budgets(ordered_scores, SECOND_PASS_RATIOS)]
+    full = passes(None).preds
+    firsts, seconds = _budgets(ordered_scores, FIRST_PASS_RATIOS), _budgets(ordered_scores, SECOND_PASS_RATIOS)
     plans = []
     for target in targets:
         best = None
-        for r0 in sorted(firsts):
-            first = passes[r0]
+        for r0, h0 in sorted(firsts.items()):
+            first = passes(h0)
             sorted_conf = first.conf.sort().values
-            for r1 in sorted((s for s in seconds if s > r0), reverse=True):  # ties: the larger second pass
+            # ties: the larger second pass
+            for r1, h1 in sorted(((r, h) for r, h in seconds.items() if r > r0), key=lambda x: x[0], reverse=True):
                 f = (target - r0) / r1  # each escalation costs a second pass at r1
                 if not 0 <= f <= 1:  # this pair cannot spend exactly the target
                     continue
@@ -97,23 +110,26 @@ def fit_plans(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor
                 esc = first.conf <= thr
                 if abs(r0 + float(esc.float().mean()) * r1 - target) > TARGET_TOLERANCE:
                     continue  # tied confidences escalated more than k
-                preds = torch.where(esc, passes[r1].preds, first.preds)
+                preds = torch.where(esc, passes(h1).preds, first.preds)
                 acc, agree = float((preds == labels).float().mean()), float((preds == full).float().mean())
                 if best is None or (agree, acc) > (best.calib_agreement + 1e-12, best.calib_accuracy + 1e-12):
-                    best = CascadePlan(target, budgets[r0], r0, thr, float(esc.float().mean()), acc, agree,
-                                       budgets[r1], r1)
+                    best = CascadePlan(target, h0, r0, thr, float(esc.float().mean()), acc, agree, h1, r1)
         if best is not None:
             plans.append(best)
     return plans
 
 
+def has_current_plans(meta: dict) -> bool:
+    """Whether the bundle's plans use this code's confidence (older bundles: recalibrate)."""
+    return meta.get("cascade", {}).get("confidence") == CONFIDENCE
+
+
 def plan_from_meta(meta: dict, target: float) -> CascadePlan | None:
-    """The bundle's plan for `target` (None: no plan, or plans of an older confidence: recalibrate)."""
-    known = {f.name for f in fields(CascadePlan)}
-    cascade = meta.get("cascade", {})
-    if cascade.get("confidence") != CONFIDENCE:
+    """The bundle's plan for `target` (None: no plan, or no current plans)."""
+    if not has_current_plans(meta):
         return None
-    for p in cascade.get("plans", []):
+    known = {f.name for f in fields(CascadePlan)}
+    for p in meta["cascade"].get("plans", []):
         if abs(p["target_ratio"] - target) < 1e-9:
             return CascadePlan(**{k: v for k, v in p.items() if k in known})
     return None

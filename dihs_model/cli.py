@@ -104,7 +104,7 @@ def cmd_calibrate(a) -> None:
 
 def cmd_eval(a) -> None:
     from .bundle import load_bundle
-    from .cascade import CONFIDENCE
+    from .cascade import has_current_plans
     from .data import load_eval
     from .evaluate import POLICIES, evaluate, plot_eval, write_json
 
@@ -119,7 +119,7 @@ def cmd_eval(a) -> None:
     bundle = load_bundle(a.bundle, device=device)
     if "importance" not in bundle.meta and any(p.startswith("static-") for p in a.policies):
         raise UsageError(f"{a.bundle} has no head importance: run `dihs calibrate {a.bundle}` first")
-    if "dihs" in a.policies and bundle.meta.get("cascade", {}).get("confidence") != CONFIDENCE:
+    if "dihs" in a.policies and not has_current_plans(bundle.meta):
         print(f"note: {a.bundle} has no current DIHS cascade plans (older bundle): `dihs calibrate` adds them; "
               "the dihs policy is left out", file=sys.stderr)
     ex = load_eval(a.data, bundle.labels, a.text_column, a.label_column)

@@ -104,22 +104,21 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
         "importance": {name: s.tolist() for name, s in ordered.items()},
         "calibration": {"examples": len(sample)},
         "levels": build_ladder(ordered[order_by]),
-        "complexity": ComplexityScorer.fit(bundle.tokenizer, tokens).to_meta(),
     }
+    scorer = ComplexityScorer.fit(bundle.tokenizer, tokens)
+    meta["complexity"] = scorer.to_meta()
     out = Bundle(reorder_heads(bundle.model, order), bundle.tokenizer, meta)
-    meta["cascade"] = fit_cascade(out, examples, ordered[order_by], batch_size)
+    meta["cascade"] = fit_cascade(out, examples, ordered[order_by], scorer, batch_size)
     return out
 
 
-def fit_cascade(bundle, examples, ordered_scores: torch.Tensor, batch_size: int = 32) -> dict:
+def fit_cascade(bundle, examples, ordered_scores: torch.Tensor, scorer, batch_size: int = 32) -> dict:
     """The DIHS cascade plans for every target ratio, and how well each complexity signal predicts a
     small budget's errors (signals.py), on all calibration examples."""
-    from .cascade import TARGETS, fit_plans, plans_to_meta
-    from .complexity import ComplexityScorer
+    from .cascade import TARGETS, Passes, fit_plans, plans_to_meta
     from .signals import signal_report
 
-    batches = list(bundle.batches(examples, batch_size))
     labels = torch.tensor(examples.labels)
-    plans = fit_plans(bundle.model, batches, labels, ordered_scores, TARGETS)
-    scorer = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer)
-    return plans_to_meta(plans, len(labels), signal_report(bundle.model, batches, labels, ordered_scores, scorer))
+    passes = Passes(bundle.model, list(bundle.batches(examples, batch_size)), len(labels))
+    plans = fit_plans(passes, labels, ordered_scores, TARGETS)
+    return plans_to_meta(plans, len(labels), signal_report(passes, labels, ordered_scores, scorer))

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
-from .cascade import run_pass
+from .cascade import Passes
 from .levels import prefix_counts
 from .surgery import encoder_flops
 
@@ -53,11 +53,12 @@ def _probe_confidence(feats: np.ndarray, labels: np.ndarray) -> np.ndarray | Non
     return conf
 
 
-def signal_report(model, batches, labels: torch.Tensor, ordered_scores: torch.Tensor, scorer) -> dict:
-    """{signal: {"auroc", "flops_share"}} on these (calibration) batches."""
+def signal_report(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Tensor, scorer) -> dict:
+    """{signal: {"auroc", "flops_share"}} on the passes' (calibration) batches."""
+    model, batches = passes.model, passes.batches
     n, shape = len(labels), model.shape
     y = labels.numpy()
-    wrong = (run_pass(model, batches, prefix_counts(ordered_scores, REFERENCE_RATIO), n).preds.numpy() != y)
+    wrong = passes(prefix_counts(ordered_scores, REFERENCE_RATIO)).preds.numpy() != y
     tokens = np.zeros(n)
     cheap = {"length": np.zeros(n), "subword_rate": np.zeros(n), "length_and_subword": np.zeros(n)}
     for idx, ids, mask, _ in batches:
@@ -74,7 +75,7 @@ def signal_report(model, batches, labels: torch.Tensor, ordered_scores: torch.Te
                                             "flops_share": round(k / shape.n_layers, 4)}
     for r in SMALL_PASS_RATIOS:
         heads = prefix_counts(ordered_scores, r)
-        small = run_pass(model, batches, heads, n)
+        small = passes(heads)
         report[f"small_pass_{sum(heads) / ordered_scores.numel():.2f}"] = {
             "auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
             "flops_share": round(sum(encoder_flops(shape, heads, int(t)) for t in tokens) / dense, 4)}

@@ -3,7 +3,7 @@ and running a plan counts both passes."""
 
 import torch
 
-from dihs_model.cascade import fit_plans, run_cascade, run_pass
+from dihs_model.cascade import Passes, fit_plans, run_cascade, run_pass
 from tests.conftest import random_batch, tiny_classifier
 
 
@@ -29,7 +29,7 @@ def test_thresholds_hit_the_target_mean_heads_on_the_calibration_split():
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
     scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    plans = fit_plans(model, batches, labels, scores, (0.75, 0.5, 0.4, 0.3))
+    plans = fit_plans(Passes(model, batches, len(labels)), labels, scores, (0.75, 0.5, 0.4, 0.3))
     assert [p.target_ratio for p in plans] == [0.75, 0.5, 0.4, 0.3]
     for p in plans:
         assert p.first_ratio <= p.target_ratio + 1e-9
@@ -96,6 +96,18 @@ def test_tied_confidences_never_give_a_plan_off_its_target():
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
     scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    for p in fit_plans(model, batches, labels, scores, (0.75, 0.5, 0.4, 0.3)):
+    for p in fit_plans(Passes(model, batches, len(labels)), labels, scores, (0.75, 0.5, 0.4, 0.3)):
         assert p.calib_escalated in (0.0, 1.0)
         assert abs(p.first_ratio + p.calib_escalated * p.second_ratio - p.target_ratio) <= 0.02, p
+
+
+def test_each_budget_runs_once_however_often_it_is_asked_for():
+    model = tiny_classifier()
+    batches = _batches(2)
+    calls = []
+    forward = model.forward
+    model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
+    passes = Passes(model, batches, 16)
+    first = passes([1, 1, 1])
+    assert passes([1, 1, 1]) is first and passes(None) is passes(None)
+    assert calls == [[1, 1, 1]] * len(batches) + [None] * len(batches)

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
+from dihs_model.cascade import Passes
 from dihs_model.complexity import ComplexityScorer
 from dihs_model.signals import _auroc, signal_report
 from tests.conftest import WORDS
@@ -24,7 +25,7 @@ def test_signal_report_scores_every_signal_with_its_cost():
     scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "##s"] + WORDS)})
     scorer = ComplexityScorer.fit(tok, [(ids, mask) for _, ids, mask, _ in batches])
-    report = signal_report(model, batches, labels, scores, scorer)
+    report = signal_report(Passes(model, batches, len(labels)), labels, scores, scorer)
     assert report["n"] == len(labels) and 0 < report["errors"] < len(labels)
     sig = report["signals"]
     assert {"length", "subword_rate", "length_and_subword", "probe_after_layer_1", "probe_after_layer_2"} <= set(sig)
@@ -33,4 +34,4 @@ def test_signal_report_scores_every_signal_with_its_cost():
         assert s["auroc"] is None or 0.0 <= s["auroc"] <= 1.0, name
         assert 0.0 <= s["flops_share"] < 1.0, name
     assert sig["probe_after_layer_1"]["flops_share"] == round(1 / 3, 4)  # 1 of the tiny model's 3 layers
-    assert signal_report(model, batches, labels, scores, scorer) == report  # deterministic
+    assert signal_report(Passes(model, batches, len(labels)), labels, scores, scorer) == report  # deterministic
