@@ -1,8 +1,9 @@
 """What deciding a budget costs per request, next to the dense forward it steers (batch 1).
 
 Two decisions are timed: the service's `LadderPolicy.decide` (token statistics -> complexity ->
-policy -> ladder level) and the cascade's gate (top-two logit margin, compared with the plan's
-threshold), which is all the DIHS cascade adds to a first pass besides the passes themselves.
+policy -> ladder level) and the cascade's gate (top-two logit margin, through a full window of the
+EscalationTracker that sets the threshold), which is all the DIHS cascade adds to a first pass
+besides the passes themselves.
 Interleaved with the dense forward, medians of `repeats`, on one thread, like `bench`.
 """
 
@@ -14,6 +15,7 @@ import time
 import torch
 
 from .bundle import Bundle
+from .cascade import TRACK_WINDOW, CascadePlan, EscalationTracker
 from .levels import LadderPolicy
 
 
@@ -26,10 +28,14 @@ def _ms(fn) -> float:
 def _decisions(model, ladder: LadderPolicy, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     """What is timed, as calls on one input: the dense forward and the two decisions beside it."""
     logits = model(ids, mask).logits
+    tracker = EscalationTracker(CascadePlan(0.5, [1], 0.25, 1.0, calib_escalated=0.25, calib_accuracy=0.0))
+    g = torch.Generator().manual_seed(0)
+    for c in torch.randn(TRACK_WINDOW, generator=g).tolist():  # a full window: every call also drops one
+        tracker(c)
 
-    def gate() -> bool:  # the cascade's test: top-two logit margin against a threshold
+    def gate() -> bool:  # the cascade's test: top-two logit margin against the tracked threshold
         top2 = logits.float().topk(2, dim=-1).values
-        return bool(top2[0, 0] - top2[0, 1] <= 1.0)
+        return tracker(float(top2[0, 0] - top2[0, 1]))
 
     return {
         "dense_forward": lambda: model(ids, mask),
