@@ -180,14 +180,15 @@ def plans_to_meta(plans: list[CascadePlan], n_calib: int, signals: dict) -> dict
             "plans": [asdict(p) for p in plans]}
 
 
-def run_cascade(model, batches, plan: CascadePlan, shape, n: int,
-                track: bool = True) -> tuple[torch.Tensor, float, float, float]:
+def run_cascade(model, batches, plan: CascadePlan, shape, n: int, track: bool = True,
+                first: PassResult | None = None) -> tuple[torch.Tensor, float, float, float]:
     """Predictions, mean heads ratio, FLOPs ratio and escalated fraction of a plan on these inputs.
 
     track: decide escalations with an EscalationTracker, the inputs arriving in a seeded random
     order (an input's answer does not depend on its batch); False: the calibrated threshold alone.
+    first: the first pass over these batches, if already run.
     """
-    first = run_pass(model, batches, plan.first_heads, n)
+    first = first or run_pass(model, batches, plan.first_heads, n)
     if track:
         tracker, esc = EscalationTracker(plan), torch.zeros(n, dtype=torch.bool)
         for i in torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist():

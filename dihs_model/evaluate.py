@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 from .bundle import Bundle
-from .cascade import plan_from_meta, run_cascade
+from .cascade import Passes, plan_from_meta, run_cascade
 from .data import Examples
 from .surgery import Selection, allocate_heads, encoder_flops, head_count
 
@@ -69,16 +69,22 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
     jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
     rows = []
     batches = list(bundle.batches(ex, 64))  # tokenize once for every run
+    # each distinct selection runs once: every policy's 1.0 row is the dense run, and plans share first passes
+    first_passes, static_runs = Passes(bundle.model, batches, len(ex)), {}
     for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
         if policy == "dihs" and ratio < 1.0:
             plan = plan_from_meta(bundle.meta, ratio)
             if plan is None:
                 continue  # no plan for this target: recalibrate the bundle
-            pred_t, heads_ratio, flops_ratio, _ = run_cascade(bundle.model, batches, plan, shape, len(ex))
+            pred_t, heads_ratio, flops_ratio, _ = run_cascade(bundle.model, batches, plan, shape, len(ex),
+                                                              first=first_passes(plan.first_heads))
             preds = pred_t.tolist()
         else:
             heads = None if policy == "dihs" else static_selection(bundle, policy, ratio)
-            preds, flops_ratio = predict(bundle, ex, heads, batches=batches)
+            key = None if heads is None else repr([c if isinstance(c, int) else list(c) for c in heads])
+            if key not in static_runs:
+                static_runs[key] = predict(bundle, ex, heads, batches=batches)
+            preds, flops_ratio = static_runs[key]
             heads_ratio = 1.0 if heads is None else sum(head_count(c) for c in heads) / shape.total_heads
         rows.append({
             "policy": policy, "target_heads_ratio": ratio, "heads_ratio": heads_ratio,
