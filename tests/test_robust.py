@@ -1,0 +1,30 @@
+"""Budget-robust epochs stop by the calibration split's measurements, and say why."""
+
+import pytest
+
+from dihs_model.data import Examples
+from dihs_model.robust import train_budget_robust
+from dihs_model.train import TrainConfig
+from tests.conftest import tiny_calibrated_bundle
+
+TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
+LABELS = [1, 0, 1, 0] * 4
+
+
+@pytest.mark.parametrize("gap", [1.0, -1.0])
+def test_epochs_run_while_the_smallest_level_trails_and_closes_in(tmp_path, gap):
+    bundle = tiny_calibrated_bundle(tmp_path)
+    ex = Examples(TEXTS, LABELS, ["neg", "pos"])
+    cfg = TrainConfig(batch_size=8, lr=3e-3)
+    bundle, record = train_budget_robust(bundle, ex, ex, cfg, "michel", progress=False, max_epochs=3, gap=gap)
+    epochs = record["per_epoch"]
+    assert record["epochs"] == len(epochs) and 1 <= len(epochs) <= 3
+    trails = [e["smallest_level_trails_by"] for e in epochs]
+    names = [lv["name"] for lv in bundle.meta["levels"]]
+    for e in epochs:
+        assert list(e["calibration_accuracy"]) == names and e["epochs"] == 1
+    if gap >= 1.0:  # any trail is within a gap of 1.0: one epoch
+        assert len(epochs) == 1
+    else:  # never within: every epoch but the last closed in on the one before it
+        assert all(b < a for a, b in zip(trails, trails[1:-1]))
+        assert len(epochs) == 3 or trails[-1] >= trails[-2]
