@@ -139,7 +139,7 @@ class EscalationTracker:
 
     def __init__(self, plan: CascadePlan):
         self.share = min(1.0, max(0.0, (plan.target_ratio - plan.first_ratio) / plan.second_ratio))
-        self.threshold = plan.threshold
+        self.threshold = float("inf") if self.share >= 1.0 else plan.threshold  # escalate all: nothing to track
         self._recent: deque[float] = deque(maxlen=TRACK_WINDOW)
         self._sorted: list[float] = []
 
@@ -149,9 +149,7 @@ class EscalationTracker:
             del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
         self._recent.append(conf)
         bisect.insort(self._sorted, conf)
-        if self.share >= 1.0:
-            self.threshold = float("inf")
-        elif len(self._sorted) >= TRACK_WARMUP:
+        if self.share < 1.0 and len(self._sorted) >= TRACK_WARMUP:
             k = round(self.share * len(self._sorted))
             self.threshold = self._sorted[k - 1] if k > 0 else float("-inf")
         return escalate
