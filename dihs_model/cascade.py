@@ -72,15 +72,16 @@ def run_pass(model, batches, heads, n: int) -> PassResult:
 
 
 class Passes:
-    """Passes over fixed batches, each budget run once: calibration asks for the same budgets
-    several times (plans, then the signal report)."""
+    """Passes over fixed batches, each selection run once: calibration asks for the same budgets
+    several times (plans, then the signal report), evaluation for the same selection in several rows."""
 
     def __init__(self, model, batches, n: int):
         self.model, self.batches, self.n = model, batches, n
         self._done: dict[tuple[int, ...] | None, PassResult] = {}
 
-    def __call__(self, heads: list[int] | None) -> PassResult:
-        key = None if heads is None else tuple(heads)
+    def __call__(self, heads) -> PassResult:
+        """heads: a Selection (per-layer counts or head lists), None for all heads."""
+        key = None if heads is None else tuple(h if isinstance(h, int) else tuple(h) for h in heads)
         if key not in self._done:
             self._done[key] = run_pass(self.model, self.batches, heads, self.n)
         return self._done[key]

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 from .bundle import Bundle
-from .cascade import Passes, plan_from_meta, run_cascade
+from .cascade import Passes, plan_from_meta, run_cascade, run_pass
 from .data import Examples
 from .surgery import Selection, allocate_heads, encoder_flops, head_count
 
@@ -32,25 +32,21 @@ def static_selection(bundle: Bundle, policy: str, ratio: float) -> Selection | N
     return allocate_heads(scores, ratio)
 
 
-@torch.no_grad()
+def flops_ratio(shape, heads: Selection | None, tokens: list[int]) -> float:
+    """Analytic FLOPs of `heads` (None: all) over inputs of these token counts, relative to dense."""
+    dense_counts = [shape.n_heads] * shape.n_layers
+    counts = dense_counts if heads is None else [head_count(c) for c in heads]
+    return sum(encoder_flops(shape, counts, t) for t in tokens) / sum(encoder_flops(shape, dense_counts, t) for t in tokens)
+
+
 def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: int = 64,
             batches: list | None = None) -> tuple[list[int], float]:
     """Predicted label ids, and the analytic FLOPs ratio (this selection / dense) over these inputs.
 
     `batches` (from `bundle.batches(ex, ...)`) saves re-tokenizing when predicting many times.
     """
-    shape = bundle.model.shape
-    counts = [shape.n_heads] * shape.n_layers if heads is None else [head_count(c) for c in heads]
-    dense_counts = [shape.n_heads] * shape.n_layers
-    preds = [0] * len(ex)
-    flops = dense = 0.0
-    for idx, ids, mask, _ in batches if batches is not None else bundle.batches(ex, batch_size):
-        for i, p in zip(idx, bundle.model(ids, mask, heads=heads).logits.argmax(-1).tolist()):
-            preds[i] = p
-        for t in mask.sum(1).tolist():
-            flops += encoder_flops(shape, counts, t)
-            dense += encoder_flops(shape, dense_counts, t)
-    return preds, flops / dense
+    res = run_pass(bundle.model, batches if batches is not None else bundle.batches(ex, batch_size), heads, len(ex))
+    return res.preds.tolist(), flops_ratio(bundle.model.shape, heads, res.tokens)
 
 
 def level_accuracies(bundle: Bundle, ex: Examples) -> dict[str, float]:
@@ -69,26 +65,23 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
     jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
     rows = []
     batches = list(bundle.batches(ex, 64))  # tokenize once for every run
-    # each distinct selection runs once: every policy's 1.0 row is the dense run, and plans share first passes
-    first_passes, static_runs = Passes(bundle.model, batches, len(ex)), {}
+    passes = Passes(bundle.model, batches, len(ex))  # each distinct selection runs once (1.0 rows, first passes)
     for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
         if policy == "dihs" and ratio < 1.0:
             plan = plan_from_meta(bundle.meta, ratio)
             if plan is None:
                 continue  # no plan for this target: recalibrate the bundle
-            pred_t, heads_ratio, flops_ratio, _ = run_cascade(bundle.model, batches, plan, shape, len(ex),
-                                                              first=first_passes(plan.first_heads))
-            preds = pred_t.tolist()
+            pred_t, heads_ratio, flops, _ = run_cascade(bundle.model, batches, plan, shape, len(ex),
+                                                        first=passes(plan.first_heads))
         else:
             heads = None if policy == "dihs" else static_selection(bundle, policy, ratio)
-            key = None if heads is None else repr([c if isinstance(c, int) else list(c) for c in heads])
-            if key not in static_runs:
-                static_runs[key] = predict(bundle, ex, heads, batches=batches)
-            preds, flops_ratio = static_runs[key]
+            run = passes(heads)
+            pred_t, flops = run.preds, flops_ratio(shape, heads, run.tokens)
             heads_ratio = 1.0 if heads is None else sum(head_count(c) for c in heads) / shape.total_heads
+        preds = pred_t.tolist()
         rows.append({
             "policy": policy, "target_heads_ratio": ratio, "heads_ratio": heads_ratio,
-            "flops_ratio": flops_ratio,
+            "flops_ratio": flops,
             "accuracy": sum(int(p == y) for p, y in zip(preds, ex.labels)) / len(ex),
             "macro_f1": float(f1_score(ex.labels, preds, average="macro", labels=list(range(len(ex.label_names))),
                                        zero_division=0)),
