@@ -113,12 +113,18 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
 
 
 def fit_cascade(bundle, examples, ordered_scores: torch.Tensor, scorer, batch_size: int = 32) -> dict:
-    """The DIHS cascade plans for every target ratio, and how well each complexity signal predicts a
-    small budget's errors (signals.py), on all calibration examples."""
+    """The DIHS cascade plans for every target ratio, how well each complexity signal predicts a
+    small budget's errors (signals.py), and each ladder level's accuracy, on all calibration examples."""
     from .cascade import TARGETS, Passes, fit_plans, plans_to_meta
     from .signals import signal_report
 
     labels = torch.tensor(examples.labels)
     passes = Passes(bundle.model, list(bundle.batches(examples, batch_size)), len(labels))
     plans = fit_plans(passes, labels, ordered_scores, TARGETS)
-    return plans_to_meta(plans, len(labels), signal_report(passes, labels, ordered_scores, scorer))
+    meta = plans_to_meta(plans, len(labels), signal_report(passes, labels, ordered_scores, scorer))
+    # the ladder's budgets are among the plans' budgets, so these passes already ran (all heads: None)
+    full = [bundle.model.shape.n_heads] * bundle.model.shape.n_layers
+    meta["level_accuracy"] = {
+        lv["name"]: round(float((passes(None if lv["heads"] == full else lv["heads"]).preds == labels).float().mean()), 4)
+        for lv in bundle.meta["levels"]}
+    return meta

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .evaluate import level_accuracies
 from .importance import calibrate_bundle
 from .train import TrainConfig, budget_robust_loss, fine_tune
 
@@ -27,7 +26,7 @@ def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, pro
         summary = fine_tune(bundle, fit, replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
                             progress=progress, loss_fn=budget_robust_loss(levels), desc=f"budget-robust {k + 1}")
         bundle = calibrate_bundle(bundle, calib, order_by, progress=progress)
-        acc = level_accuracies(bundle, calib)
+        acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
         trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)
         epochs.append({**summary, "calibration_accuracy": acc, "smallest_level_trails_by": trail})
         if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):

@@ -28,3 +28,19 @@ def test_epochs_run_while_the_smallest_level_trails_and_closes_in(tmp_path, gap)
     else:  # never within: every epoch but the last closed in on the one before it
         assert all(b < a for a, b in zip(trails, trails[1:-1]))
         assert len(epochs) == 3 or trails[-1] >= trails[-2]
+
+
+def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_path, monkeypatch):
+    from dihs_model import cascade
+    from dihs_model.evaluate import level_accuracies
+
+    calls, run_pass = [], cascade.run_pass
+    monkeypatch.setattr(cascade, "run_pass", lambda model, batches, heads, n: calls.append(
+        None if heads is None else tuple(heads)) or run_pass(model, batches, heads, n))
+    bundle = tiny_calibrated_bundle(tmp_path)
+    shape = bundle.model.shape
+    assert len(calls) == len(set(calls)) and None in calls  # each budget once, the full model as None
+    assert (shape.n_heads,) * shape.n_layers not in calls
+    acc = bundle.meta["cascade"]["level_accuracy"]
+    assert acc == level_accuracies(bundle, Examples(TEXTS, LABELS, ["neg", "pos"]))
+    assert list(acc) == [lv["name"] for lv in bundle.meta["levels"]]
