@@ -122,8 +122,10 @@ def cmd_eval(a) -> None:
     if plot_out:
         plot_eval(result, plot_out)
     for r in result["rows"]:
+        vs = r.get("vs_dense")
+        gap = f"  vs dense {vs['accuracy_diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else ""
         print(f"{r['policy']:>16}  heads {r['heads_ratio']:.2f}  flops {r['flops_ratio']:.2f}  "
-              f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}")
+              f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}{gap}")
 
 
 def cmd_bench(a) -> None:

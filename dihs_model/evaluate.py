@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .bundle import Bundle
 from .cascade import Passes, plan_from_meta, run_cascade, run_pass
 from .data import Examples
+from .paired import compare
 from .surgery import Selection, allocate_heads, encoder_flops, head_count
 
 TARGET_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)
@@ -63,7 +64,7 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
              progress: bool = True) -> dict:
     shape = bundle.model.shape
     jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
-    rows = []
+    rows, correct = [], {}  # correct: (policy, target) -> per-input correctness, for paired comparisons
     batches = list(bundle.batches(ex, 64))  # tokenize once for every run
     passes = Passes(bundle.model, batches, len(ex))  # each distinct selection runs once (1.0 rows, first passes)
     for policy, ratio in tqdm(jobs, desc="eval", unit="run", disable=not progress):
@@ -79,6 +80,7 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
             pred_t, flops = run.preds, flops_ratio(shape, heads, run.tokens)
             heads_ratio = 1.0 if heads is None else sum(head_count(c) for c in heads) / shape.total_heads
         preds = pred_t.tolist()
+        correct[(policy, ratio)] = [p == y for p, y in zip(preds, ex.labels)]
         rows.append({
             "policy": policy, "target_heads_ratio": ratio, "heads_ratio": heads_ratio,
             "flops_ratio": flops,
@@ -86,7 +88,23 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
             "macro_f1": float(f1_score(ex.labels, preds, average="macro", labels=list(range(len(ex.label_names))),
                                        zero_division=0)),
         })
+    _add_comparisons(rows, correct)
     return {"task": task, "n": len(ex), "rows": rows}
+
+
+def _add_comparisons(rows: list[dict], correct: dict) -> None:
+    """Below 1.0, each row against dense and each dihs row against the static policies at its target,
+    paired on the same inputs (paired.py): which gaps are more than the luck of the sample."""
+    dense = next((c for (p, r), c in correct.items() if r >= 1.0), None)
+    for row in rows:
+        key = (row["policy"], row["target_heads_ratio"])
+        if key[1] >= 1.0:
+            continue
+        if dense is not None:
+            row["vs_dense"] = compare(correct[key], dense)
+        if key[0] == "dihs":
+            row["vs_static"] = {p: compare(correct[key], c) for (p, r), c in correct.items()
+                                if p.startswith("static-") and r == key[1]}
 
 
 def plot_eval(result: dict, out: Path) -> None:
