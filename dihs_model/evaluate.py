@@ -13,7 +13,7 @@ from .bundle import Bundle
 from .cascade import Passes, plan_from_meta, run_cascade, run_pass
 from .data import Examples
 from .paired import compare
-from .surgery import Selection, allocate_heads, encoder_flops, head_count
+from .surgery import Selection, allocate_heads, flops_ratio, head_count
 
 TARGET_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)
 POLICIES = ("dense", "random", "static-michel", "static-fisher", "static-attention", "dihs")
@@ -31,13 +31,6 @@ def static_selection(bundle: Bundle, policy: str, ratio: float) -> Selection | N
     else:
         scores = torch.tensor(bundle.meta["importance"][policy.removeprefix("static-")])
     return allocate_heads(scores, ratio)
-
-
-def flops_ratio(shape, heads: Selection | None, tokens: list[int]) -> float:
-    """Analytic FLOPs of `heads` (None: all) over inputs of these token counts, relative to dense."""
-    dense_counts = [shape.n_heads] * shape.n_layers
-    counts = dense_counts if heads is None else [head_count(c) for c in heads]
-    return sum(encoder_flops(shape, counts, t) for t in tokens) / sum(encoder_flops(shape, dense_counts, t) for t in tokens)
 
 
 def predict(bundle: Bundle, ex: Examples, heads: Selection | None, batch_size: int = 64,

@@ -21,7 +21,7 @@ from sklearn.model_selection import KFold
 
 from .cascade import Passes
 from .levels import prefix_counts
-from .surgery import encoder_flops
+from .surgery import flops_ratio
 
 PROBE_LAYERS = (1, 2)
 SMALL_PASS_RATIOS = (0.08, 0.25)
@@ -66,8 +66,6 @@ def signal_report(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Te
             tokens[i] = s["tokens"]
             cheap["length"][i], cheap["subword_rate"][i] = s["length_percentile"], s["subword_percentile"]
             cheap["length_and_subword"][i] = s["score"]
-    full = [shape.n_heads] * shape.n_layers
-    dense = sum(encoder_flops(shape, full, int(t)) for t in tokens)
     report = {name: {"auroc": _auroc(wrong, v), "flops_share": 0.0} for name, v in cheap.items()}
     for k in PROBE_LAYERS:
         conf = _probe_confidence(_pooled(model, batches, n, k), y)
@@ -78,7 +76,7 @@ def signal_report(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Te
         small = passes(heads)
         report[f"small_pass_{sum(heads) / ordered_scores.numel():.2f}"] = {
             "auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
-            "flops_share": round(sum(encoder_flops(shape, heads, int(t)) for t in tokens) / dense, 4)}
+            "flops_share": round(flops_ratio(shape, heads, tokens), 4)}
     return {"reference": f"errors at {REFERENCE_RATIO:.0%} of heads", "errors": int(wrong.sum()), "n": n,
             "signals": {k: {"auroc": None if v["auroc"] is None else round(v["auroc"], 4), "flops_share": v["flops_share"]}
                         for k, v in report.items()}}

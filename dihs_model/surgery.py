@@ -108,3 +108,14 @@ def encoder_flops(shape: EncoderShape, heads_per_layer: Sequence[int], seq_len: 
         total += 2 * T * T * a * 2  # scores and attention-weighted values
         total += 2 * T * C * F * 2  # feed-forward
     return total
+
+
+def input_flops(shape: EncoderShape, heads: Selection | None, tokens: Sequence[int]) -> list[float]:
+    """Analytic FLOPs of `heads` (None: all) for each input, from its token count."""
+    counts = [shape.n_heads] * shape.n_layers if heads is None else [head_count(c) for c in heads]
+    return [encoder_flops(shape, counts, int(t)) for t in tokens]
+
+
+def flops_ratio(shape: EncoderShape, heads: Selection | None, tokens: Sequence[int]) -> float:
+    """FLOPs of `heads` over inputs of these token counts, relative to all heads."""
+    return sum(input_flops(shape, heads, tokens)) / sum(input_flops(shape, None, tokens))
