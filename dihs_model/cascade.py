@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from .levels import prefix_counts
-from .surgery import encoder_flops
+from .surgery import as_prefix, input_flops
 
 FIRST_PASS_RATIOS = (0.08, 0.1, 0.15, 0.2, 0.25, 0.35)  # 0.08: one head per layer in MiniLM
 SECOND_PASS_RATIOS = (0.4, 0.5, 0.75, 1.0)
@@ -80,7 +80,10 @@ class Passes:
         self._done: dict[tuple[int, ...] | None, PassResult] = {}
 
     def __call__(self, heads) -> PassResult:
-        """heads: a Selection (per-layer counts or head lists), None for all heads."""
+        """heads: a Selection (per-layer counts or head lists), None for all heads. Head lists that are
+        prefixes run as counts, so a static order's selection and the same ladder budget run once."""
+        if heads is not None:
+            heads = as_prefix(heads) or heads
         key = None if heads is None else tuple(h if isinstance(h, int) else tuple(h) for h in heads)
         if key not in self._done:
             self._done[key] = run_pass(self.model, self.batches, heads, self.n)
@@ -198,16 +201,13 @@ def run_cascade(model, batches, plan: CascadePlan, shape, n: int, track: bool = 
     if esc.any():
         second = run_pass(model, list(_subset_batches(batches, esc)), plan.second_heads, n)
         preds[esc] = second.preds[esc]
-    full_counts = [shape.n_heads] * shape.n_layers
-    second_counts = plan.second_heads or full_counts
-    flops = dense = 0.0
-    for i, t in enumerate(first.tokens):
-        flops += encoder_flops(shape, plan.first_heads, t) + (encoder_flops(shape, second_counts, t) if esc[i] else 0.0)
-        dense += encoder_flops(shape, full_counts, t)
-    total = shape.total_heads
+    tokens, escalated_inputs = first.tokens, esc.tolist()
+    second_flops = [f for f, e in zip(input_flops(shape, plan.second_heads, tokens), escalated_inputs) if e]
+    flops = (sum(input_flops(shape, plan.first_heads, tokens)) + sum(second_flops)) / sum(input_flops(shape, None, tokens))
+    total, second_counts = shape.total_heads, plan.second_heads or [shape.n_heads] * shape.n_layers
     escalated = float(esc.float().mean())
     heads_ratio = sum(plan.first_heads) / total + escalated * sum(second_counts) / total
-    return preds, heads_ratio, flops / dense, escalated
+    return preds, heads_ratio, flops, escalated
 
 
 def _subset_batches(batches, keep: torch.Tensor):

@@ -114,6 +114,18 @@ def test_each_budget_runs_once_however_often_it_is_asked_for():
     assert calls == [[1, 1, 1]] * len(batches) + [None] * len(batches)
 
 
+def test_a_prefix_given_as_head_lists_runs_once_as_counts_with_the_same_answers():
+    model = _confident_tiny()
+    batches = _batches(3)
+    passes = Passes(model, batches, 24)
+    as_lists = passes([[0, 1], [0], [0, 1, 2]])
+    assert passes([2, 1, 3]) is as_lists
+    sliced = run_pass(model, batches, [[0, 1], [0], [0, 1, 2]], 24)  # the head-list path, run directly
+    assert torch.equal(sliced.preds, as_lists.preds)
+    assert torch.allclose(sliced.conf, as_lists.conf, atol=1e-5)
+    assert passes([[1, 0], [0], [0, 1, 2]]) is not as_lists  # not a prefix: its own run
+
+
 def _plan(target, first, second, threshold):
     return CascadePlan(target, [1, 1, 1], first, threshold, calib_escalated=0.0, calib_accuracy=0.0,
                        second_ratio=second)
