@@ -163,6 +163,7 @@ def cmd_bench(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import POLICIES
     from .importance import SCORERS
+    from .robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
 
     ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -179,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-by", choices=SCORERS, default="michel", help="scorer that orders heads in the bundle")
     p.add_argument("--no-calibrate", action="store_true", help="skip head-importance calibration")
     p.add_argument("--budget-robust", action=argparse.BooleanOptionalAction, default=None,
-                   help="epochs training every budget level against the full model (DynaBERT-style), each "
-                        "followed by recalibration, until the smallest level trails the full one by at most 2 "
-                        "points on the calibration split (1-3 epochs, each about 2.5x a fine-tuning epoch): "
-                        "smaller levels lose less accuracy. On by default unless --no-calibrate")
+                   help="epochs training every budget level (and the cascade's first passes at "
+                        f"{', '.join(f'{r:g}' for r in CASCADE_TRAINED_RATIOS)} of the heads) against the full "
+                        "model (DynaBERT-style), each followed by recalibration, until the smallest level trails "
+                        f"the full one by at most {ROBUST_GAP * 100:g} points on the calibration split "
+                        f"(1-{ROBUST_MAX_EPOCHS} epochs, each about 2.5x a fine-tuning epoch): smaller levels lose "
+                        "less accuracy. On by default unless --no-calibrate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     _add_device_arg(p)
     p.set_defaults(func=cmd_train)

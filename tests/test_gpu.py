@@ -16,6 +16,7 @@ from dihs_model.cli import main
 from dihs_model.data import Examples, load_eval
 from dihs_model.evaluate import evaluate, predict
 from dihs_model.importance import calibrate_bundle
+from dihs_model.robust import trained_budgets
 from dihs_model.train import TrainConfig, budget_robust_loss, fine_tune
 from tests.conftest import make_tiny_checkpoint, random_batch, random_heads, tiny_classifier, write_reviews_csv
 
@@ -150,9 +151,8 @@ def test_predict_run_pass_evaluate_and_calibrate_on_cuda_match_the_cpu(trained):
         a, b = torch.tensor(c_cpu.meta["importance"][name]), torch.tensor(c_gpu.meta["importance"][name])
         assert torch.allclose(a, b, rtol=1e-2, atol=1e-6), name
 
-    levels = [lv["heads"] for lv in c_gpu.meta["levels"]]
     summary = fine_tune(c_gpu, ex, TrainConfig(epochs=1, batch_size=16, lr=1e-4), progress=False,
-                        loss_fn=budget_robust_loss(levels))
+                        loss_fn=budget_robust_loss(*trained_budgets(c_gpu.meta)))
     assert math.isfinite(summary["final_loss"])
 
 

@@ -44,3 +44,41 @@ def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_pat
     acc = bundle.meta["cascade"]["level_accuracy"]
     assert acc == level_accuracies(bundle, Examples(TEXTS, LABELS, ["neg", "pos"]))
     assert list(acc) == [lv["name"] for lv in bundle.meta["levels"]]
+
+
+def test_epochs_train_the_ladder_and_the_cascades_first_passes_each_once():
+    import torch
+
+    from dihs_model.levels import build_ladder, prefix_counts
+    from dihs_model.robust import CASCADE_TRAINED_RATIOS, trained_budgets
+
+    scores = torch.rand(6, 12, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
+    meta = {"levels": build_ladder(scores), "importance": {"michel": scores.tolist()}, "order_by": "michel"}
+    smallest, others = trained_budgets(meta)
+    assert smallest == meta["levels"][-1]["heads"]
+    wanted = [lv["heads"] for lv in meta["levels"][1:-1]] + [prefix_counts(scores, r) for r in CASCADE_TRAINED_RATIOS]
+    assert others == [h for i, h in enumerate(wanted) if h not in wanted[:i] and h != smallest]
+    assert len(others) == len(wanted)  # MiniLM's shape: all distinct, none the full model
+    assert all(sum(h) < scores.numel() for h in others)
+
+
+def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_other():
+    import random
+
+    import torch
+
+    from dihs_model.train import budget_robust_loss
+    from tests.conftest import random_batch, tiny_classifier
+
+    model = tiny_classifier()
+    calls, forward = [], model.forward
+    model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
+    ids, mask = random_batch(B=4, T=6, seed=0, pad=False)
+    others = [[3, 3, 3], [2, 2, 2]]
+    loss_fn, rng = budget_robust_loss([1, 1, 1], others), random.Random(0)
+    for _ in range(12):
+        loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
+        assert loss.requires_grad and torch.isfinite(loss)
+    steps = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(steps) == 12 and all(s[0] is None and s[1] == [1, 1, 1] and s[2] in others for s in steps)
+    assert {tuple(s[2]) for s in steps} == {tuple(h) for h in others}  # every other budget gets sampled
