@@ -7,7 +7,8 @@ is enough), by 4.1 on 20newsgroups (20 classes), where a second epoch brought it
 
 Besides the ladder, the epochs train the cascade's in-between first-pass budgets (CASCADE_TRAINED_RATIOS):
 the cascade's plans mostly start at 0.15-0.2 of the heads, and untrained those budgets fell well
-below the trained 25 % level (reuters-r52: 0.896 at 0.19 of the heads against 0.913 at 0.25)."""
+below the trained 25 % level (reuters-r52's test file: 0.896 at 0.19 of the heads against 0.913 at
+0.25)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,16 @@
-"""Budget-robust epochs stop by the calibration split's measurements, and say why."""
+"""Budget-robust epochs train the ladder and the cascade's first passes, and stop by the calibration
+split's measurements, saying why."""
+
+import random
 
 import pytest
+import torch
 
 from dihs_model.data import Examples
-from dihs_model.robust import train_budget_robust
-from dihs_model.train import TrainConfig
-from tests.conftest import tiny_calibrated_bundle
+from dihs_model.levels import build_ladder, prefix_counts
+from dihs_model.robust import CASCADE_TRAINED_RATIOS, train_budget_robust, trained_budgets
+from dihs_model.train import TrainConfig, budget_robust_loss
+from tests.conftest import random_batch, tiny_calibrated_bundle, tiny_classifier
 
 TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
 LABELS = [1, 0, 1, 0] * 4
@@ -47,11 +52,6 @@ def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_pat
 
 
 def test_epochs_train_the_ladder_and_the_cascades_first_passes_each_once():
-    import torch
-
-    from dihs_model.levels import build_ladder, prefix_counts
-    from dihs_model.robust import CASCADE_TRAINED_RATIOS, trained_budgets
-
     scores = torch.rand(6, 12, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
     meta = {"levels": build_ladder(scores), "importance": {"michel": scores.tolist()}, "order_by": "michel"}
     smallest, others = trained_budgets(meta)
@@ -63,13 +63,6 @@ def test_epochs_train_the_ladder_and_the_cascades_first_passes_each_once():
 
 
 def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_other():
-    import random
-
-    import torch
-
-    from dihs_model.train import budget_robust_loss
-    from tests.conftest import random_batch, tiny_classifier
-
     model = tiny_classifier()
     calls, forward = [], model.forward
     model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
