@@ -201,9 +201,10 @@ def run_cascade(model, batches, plan: CascadePlan, shape, n: int, track: bool = 
     if esc.any():
         second = run_pass(model, list(_subset_batches(batches, esc)), plan.second_heads, n)
         preds[esc] = second.preds[esc]
-    tokens, escalated_inputs = first.tokens, esc.tolist()
-    second_flops = [f for f, e in zip(input_flops(shape, plan.second_heads, tokens), escalated_inputs) if e]
-    flops = (sum(input_flops(shape, plan.first_heads, tokens)) + sum(second_flops)) / sum(input_flops(shape, None, tokens))
+    tokens = first.tokens
+    escalated_tokens = [t for t, e in zip(tokens, esc.tolist()) if e]  # these pay the second pass too
+    flops = (sum(input_flops(shape, plan.first_heads, tokens)) + sum(input_flops(shape, plan.second_heads, escalated_tokens))
+             ) / sum(input_flops(shape, None, tokens))
     total, second_counts = shape.total_heads, plan.second_heads or [shape.n_heads] * shape.n_layers
     escalated = float(esc.float().mean())
     heads_ratio = sum(plan.first_heads) / total + escalated * sum(second_counts) / total

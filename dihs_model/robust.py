@@ -16,14 +16,17 @@ from dataclasses import replace
 
 import torch
 
+from .cascade import FIRST_PASS_RATIOS
 from .importance import calibrate_bundle
-from .levels import prefix_counts
+from .levels import LADDER, prefix_counts
 from .train import TrainConfig, budget_robust_loss, fine_tune
 
 ROBUST_GAP = 0.02  # accuracy the smallest level may trail the full one by on the calibration split
 ROBUST_MAX_EPOCHS = 3
 ROBUST_LR_SCALE = 0.3  # of the fine-tuning learning rate: the model is already trained
-CASCADE_TRAINED_RATIOS = (0.2, 0.15)  # cascade first passes below the ladder's smallest level, trained too
+MIN_TRAINED_RATIO = 0.15  # smaller first passes (one head per layer and so on) stay untrained
+# the cascade's first passes below the ladder's smallest level, trained too: (0.2, 0.15)
+CASCADE_TRAINED_RATIOS = tuple(sorted((r for r in FIRST_PASS_RATIOS if MIN_TRAINED_RATIO <= r < LADDER[-1]), reverse=True))
 
 
 def trained_budgets(meta: dict) -> tuple[list[int], list[list[int]]]:
