@@ -1,0 +1,69 @@
+"""Write a VADER ground-truth file as text,label train and test CSVs: an English sentiment
+task from a PyPI package that no DIHS default was tuned on.
+
+The vaderSentiment sdist ships the ICWSM 2014 sentiment sets (crowd-rated movie review
+snippets, tweets, Amazon reviews, NYT editorials; mean rating in [-4, 4]):
+
+    pip download --no-deps --no-binary :all: vaderSentiment==3.3.2
+    tar xzf vaderSentiment-3.3.2.tar.gz
+    tar xzf vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz
+    python scripts/vader_to_csv.py hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt \\
+        movies-train.csv movies-test.csv --train-size 6000
+
+The label is the sign of the mean rating; rows rated exactly 0 (neutral) are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+
+
+def read_rated(path: str) -> list[tuple[str, str]]:
+    """(text, label) per line of `id<TAB>mean rating<TAB>text`, neutral lines dropped."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) < 3:
+                raise ValueError(f"{path}:{n}: expected id, rating and text separated by tabs")
+            rating, text = float(parts[1]), parts[2].strip()
+            if rating != 0 and text:
+                rows.append((text, "positive" if rating > 0 else "negative"))
+    return rows
+
+
+def write_csv(path: str, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ground_truth", help="a *_GroundTruth.txt file from hutto_ICWSM_2014")
+    p.add_argument("train_out", help="train CSV to write (columns text,label)")
+    p.add_argument("test_out", help="test CSV to write: every row not in the train CSV")
+    p.add_argument("--train-size", type=int, default=6000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle before the split")
+    a = p.parse_args()
+    try:
+        rows = read_rated(a.ground_truth)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not 0 < a.train_size < len(rows):
+        print(f"error: --train-size must be between 1 and {len(rows) - 1}", file=sys.stderr)
+        return 2
+    random.Random(a.seed).shuffle(rows)
+    write_csv(a.train_out, rows[: a.train_size])
+    write_csv(a.test_out, rows[a.train_size :])
+    print(f"{a.train_size} rows -> {a.train_out}, {len(rows) - a.train_size} rows -> {a.test_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

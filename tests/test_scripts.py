@@ -1,0 +1,64 @@
+"""scripts/vader_to_csv.py: the VADER ground-truth files as train/test CSVs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "vader_to_csv.py"
+_spec = importlib.util.spec_from_file_location("vader_to_csv", SCRIPT)
+vader_to_csv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vader_to_csv)
+
+
+def _ground_truth(tmp_path: Path) -> Path:
+    f = tmp_path / "gt.txt"
+    lines = [f"{i}\t{r}\tsnippet number {i}\r\n" for i, r in enumerate([2.5, -1.2, 0, 0.1, -3.9, 1.0], 1)]
+    f.write_text("".join(lines), encoding="utf-8")
+    return f
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def test_label_is_the_sign_of_the_rating_and_neutral_lines_are_dropped(tmp_path):
+    rows = vader_to_csv.read_rated(str(_ground_truth(tmp_path)))
+    assert rows == [
+        ("snippet number 1", "positive"),
+        ("snippet number 2", "negative"),
+        ("snippet number 4", "positive"),
+        ("snippet number 5", "negative"),
+        ("snippet number 6", "positive"),
+    ]
+
+
+def test_split_is_a_seeded_partition(tmp_path):
+    gt = _ground_truth(tmp_path)
+    outs = []
+    for run in ("a", "b"):
+        train, test = tmp_path / f"train-{run}.csv", tmp_path / f"test-{run}.csv"
+        subprocess.run([sys.executable, str(SCRIPT), str(gt), str(train), str(test), "--train-size", "3"], check=True)
+        outs.append((_rows(train), _rows(test)))
+    (train, test), again = outs[0], outs[1]
+    assert again == (train, test)
+    assert train[0] == test[0] == ["text", "label"]
+    assert len(train) == 4 and len(test) == 3
+    texts = sorted(r[0] for r in train[1:] + test[1:])
+    assert texts == sorted(t for t, _ in vader_to_csv.read_rated(str(gt)))
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    gt = _ground_truth(tmp_path)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no tabs here\n", encoding="utf-8")
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    for args in ([str(gt), "--train-size", "5"], [str(bad)], [str(tmp_path / "missing.txt")]):
+        r = subprocess.run([sys.executable, str(SCRIPT), *args[:1], str(train), str(test), *args[1:]], capture_output=True, text=True)
+        assert r.returncode == 2
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+        assert not train.exists() and not test.exists()
