@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import sys
+from pathlib import Path
 
 
 def read_rated(path: str) -> list[tuple[str, str]]:
@@ -29,17 +31,31 @@ def read_rated(path: str) -> list[tuple[str, str]]:
             parts = line.rstrip("\r\n").split("\t")
             if len(parts) < 3:
                 raise ValueError(f"{path}:{n}: expected id, rating and text separated by tabs")
-            rating, text = float(parts[1]), parts[2].strip()
+            try:
+                rating, text = float(parts[1]), parts[2].strip()
+            except ValueError:
+                raise ValueError(f"{path}:{n}: the rating {parts[1]!r} is not a number") from None
             if rating != 0 and text:
                 rows.append((text, "positive" if rating > 0 else "negative"))
     return rows
 
 
-def write_csv(path: str, rows: list[tuple[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
+def write_csvs(parts: dict[str, list[tuple[str, str]]]) -> None:
+    """Each path's rows as a text,label CSV; written beside the targets first, so a failed write
+    (a missing folder, a full disk) leaves neither file behind."""
+    tmps = {path: f"{path}.tmp" for path in parts}
+    try:
+        for path, rows in parts.items():
+            with open(tmps[path], "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["text", "label"])
+                w.writerows(rows)
+    except OSError:
+        for tmp in tmps.values():
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for path, tmp in tmps.items():
+        os.replace(tmp, path)
 
 
 def main() -> int:
@@ -59,8 +75,11 @@ def main() -> int:
         print(f"error: --train-size must be between 1 and {len(rows) - 1}", file=sys.stderr)
         return 2
     random.Random(a.seed).shuffle(rows)
-    write_csv(a.train_out, rows[: a.train_size])
-    write_csv(a.test_out, rows[a.train_size :])
+    try:
+        write_csvs({a.train_out: rows[: a.train_size], a.test_out: rows[a.train_size :]})
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{a.train_size} rows -> {a.train_out}, {len(rows) - a.train_size} rows -> {a.test_out}")
     return 0
 

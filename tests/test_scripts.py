@@ -54,11 +54,15 @@ def test_split_is_a_seeded_partition(tmp_path):
 
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     gt = _ground_truth(tmp_path)
-    bad = tmp_path / "bad.txt"
-    bad.write_text("no tabs here\n", encoding="utf-8")
+    no_tabs, bad_rating = tmp_path / "no-tabs.txt", tmp_path / "bad-rating.txt"
+    no_tabs.write_text("no tabs here\n", encoding="utf-8")
+    bad_rating.write_text("1\tvery\tsome text\n", encoding="utf-8")
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
-    for args in ([str(gt), "--train-size", "5"], [str(bad)], [str(tmp_path / "missing.txt")]):
-        r = subprocess.run([sys.executable, str(SCRIPT), *args[:1], str(train), str(test), *args[1:]], capture_output=True, text=True)
+    cases = [(gt, test, ["--train-size", "5"]), (no_tabs, test, []), (bad_rating, test, []),
+             (tmp_path / "missing.txt", test, []), (gt, tmp_path / "no-such-folder" / "test.csv", [])]
+    for source, test_out, extra in cases:
+        r = subprocess.run([sys.executable, str(SCRIPT), str(source), str(train), str(test_out), "--train-size", "3", *extra],
+                           capture_output=True, text=True)
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
-        assert not train.exists() and not test.exists()
+        assert list(tmp_path.glob("*.csv*")) == []
