@@ -1,4 +1,4 @@
-"""`dihs` command line: train | calibrate | eval | bench | serve | explain | report | loadtest.
+"""`dihs` command line: train | calibrate | eval | pool | bench | serve | explain | report | loadtest.
 
 Any input a user can get wrong ends with one line `dihs: error: ...` and exit code 2.
 """
@@ -128,6 +128,33 @@ def cmd_eval(a) -> None:
               f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}{gap}")
 
 
+def cmd_pool(a) -> None:
+    import json
+
+    from .evaluate import write_json
+    from .pool import PoolError, pool_evals
+
+    out = Path(a.json)
+    _writable(out, "JSON")
+    results = []
+    for path in a.evals:
+        try:
+            results.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"cannot read {path} as JSON: {e}") from None
+    try:
+        pooled = pool_evals(results, [Path(p).stem for p in a.evals])
+    except PoolError as e:
+        raise UsageError(str(e)) from None
+    write_json(pooled, out)
+    print(f"{len(results)} test sets, {pooled['n']} inputs")
+    for r in pooled["rows"]:
+        sets = " ".join(f"{s['wins']}/{s['losses']}" for s in r["per_set"])
+        print(f"dihs @ {r['target_heads_ratio']:<5g} vs {r['against']:<14} {r['wins']:>5}/{r['losses']:<5} "
+              f"{r['accuracy_diff'] * 100:+.2f} points [{r['ci95'][0] * 100:+.2f}, {r['ci95'][1] * 100:+.2f}] "
+              f"p {r['p_value']:.3f}   per set {sets}")
+
+
 def cmd_bench(a) -> None:
     from .bench import SHAPES, bench, plot_bench
     from .bundle import load_bundle
@@ -206,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pool", help="add up `dihs eval` comparisons (dihs vs dense and static) over different test sets")
+    p.add_argument("evals", nargs="+", metavar="EVAL_JSON", help="`dihs eval --json` results, one per test set")
+    p.add_argument("--json", required=True, help="where to write the pooled comparisons")
+    p.set_defaults(func=cmd_pool)
 
     p = sub.add_parser("bench", help="latency vs heads ratio, sliced vs masked (CPU, or GPU with --device cuda)")
     p.add_argument("bundle")

@@ -18,9 +18,15 @@ def compare(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     (`wins`) and only b gets right (`losses`), and McNemar's exact two-sided p-value."""
     if len(correct_a) != len(correct_b) or not correct_a:
         raise ValueError("compare needs two equally long, non-empty answer lists on the same inputs")
-    n = len(correct_a)
     wins = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
     losses = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
+    return from_counts(wins, losses, len(correct_a))
+
+
+def from_counts(wins: int, losses: int, n: int) -> dict:
+    """`compare`'s result from its counts over n inputs; counts of independent test sets may be
+    added (then n is their total): each set's discordant inputs are independent coins under equal
+    accuracy."""
     diff = (wins - losses) / n
     half = Z95 * math.sqrt(max(0.0, (wins + losses) / n - diff * diff) / n)
     p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
