@@ -136,6 +136,10 @@ def cmd_pool(a) -> None:
 
     out = Path(a.json)
     _writable(out, "JSON")
+    resolved = [Path(p).resolve() for p in a.evals]
+    twice = next((p for i, p in enumerate(resolved) if p in resolved[:i]), None)
+    if twice:
+        raise UsageError(f"{twice} is given twice: pool each test set once")
     results = []
     for path in a.evals:
         try:

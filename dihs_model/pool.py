@@ -38,7 +38,13 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
     for result, name in zip(results, names):
         if not isinstance(result, dict) or not isinstance(result.get("n"), int) or "rows" not in result:
             raise PoolError(f"{name} is not a `dihs eval` result (no n and rows)")
-        comps = _comparisons(result)
+        try:
+            comps = _comparisons(result)
+            counts = [(int(c["wins"]), int(c["losses"])) for c in comps.values()]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PoolError(f"{name} is not a `dihs eval` result (a dihs row without target or counts)") from None
+        if any(w < 0 or l < 0 for w, l in counts):
+            raise PoolError(f"{name} has negative win or loss counts")
         if not comps:
             raise PoolError(f"{name} has no dihs rows compared with dense or a static order: evaluate with "
                             "--policies dense dihs static-michel static-fisher")

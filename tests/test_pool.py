@@ -48,6 +48,7 @@ def test_only_what_every_set_has_is_pooled_largest_target_first():
     ([{"n": 3, "rows": []}], "at least two"),
     ([{"rows": []}, {"n": 3, "rows": []}], "not a `dihs eval` result"),
     ([{"n": 3, "rows": [{"policy": "dense", "target_heads_ratio": 1.0}]}] * 2, "--policies dense dihs"),
+    ([{"n": 3, "rows": [{"policy": "dihs", "vs_dense": {"wins": 1}}]}] * 2, "without target or counts"),
 ])
 def test_what_cannot_be_pooled_says_why(results, message):
     with pytest.raises(PoolError, match=message):
@@ -72,6 +73,8 @@ def test_cli_writes_the_pooled_json_and_bad_input_is_one_line_exit_2(tmp_path, c
     bad = tmp_path / "bad.json"
     assert main(["pool", str(paths[0]), str(tmp_path / "broken.json"), "--json", str(bad)]) == 2
     assert main(["pool", str(paths[0]), str(tmp_path / "missing.json"), "--json", str(bad)]) == 2
+    assert main(["pool", str(paths[0]), str(paths[0]), "--json", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("dihs: error: cannot read") for line in err)
+    assert len(err) == 3 and all(line.startswith("dihs: error: cannot read") for line in err[:2])
+    assert "given twice" in err[2]
     assert not bad.exists()
