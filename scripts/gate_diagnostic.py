@@ -4,7 +4,7 @@ The gate is a ridge regression from the mean-pooled embedding output (free: ever
 it) to each head's per-example importance (|dL/dm_h|, normalised per layer as Michel's score),
 fitted on the bundle's training split without its calibration part. At a ratio, each layer keeps
 the ladder's head count k_l, and the gate picks *which* k_l heads per input; the global order keeps
-the same k_l heads (its prefix) for every input. An upper bound runs the per-example importance
+the same k_l heads (its prefix) for every input. For reference, a third choice uses the per-example importance
 itself (it needs the label). All three run as head masks, which give the outputs of slicing.
 
     python scripts/gate_diagnostic.py bundles/et --data election-tweets --json gate-et.json
