@@ -40,6 +40,8 @@ def cmd_train(a) -> None:
     if a.budget_robust and a.no_calibrate:
         raise UsageError("--budget-robust needs the head order that calibration finds: drop --no-calibrate")
     robust = not a.no_calibrate if a.budget_robust is None else a.budget_robust
+    if a.sandwich and not robust:
+        raise UsageError("--sandwich changes the budget-robust epochs: drop --no-budget-robust / --no-calibrate")
     device = _device(a.device)
     base_model = a.model or default_base_model()
     check_checkpoint(base_model)
@@ -69,7 +71,7 @@ def _budget_robust(bundle, fit, calib, test, cfg, a):
     from .robust import train_budget_robust
 
     before = level_accuracies(bundle, test)
-    bundle, record = train_budget_robust(bundle, fit, calib, cfg, a.order_by, progress=not a.quiet)
+    bundle, record = train_budget_robust(bundle, fit, calib, cfg, a.order_by, progress=not a.quiet, sandwich=a.sandwich)
     after = level_accuracies(bundle, test)
     bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
     print(f"budget-robust ({record['epochs']} epochs): held-out accuracy per level {before} -> {after}",
@@ -194,6 +196,7 @@ def cmd_bench(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import POLICIES
     from .importance import SCORERS
+    from .levels import LADDER
     from .robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
 
     ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
@@ -217,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the full one by at most {ROBUST_GAP * 100:g} points on the calibration split "
                         f"(1-{ROBUST_MAX_EPOCHS} epochs, each about 2.5x a fine-tuning epoch): smaller levels lose "
                         "less accuracy. On by default unless --no-calibrate")
+    p.add_argument("--sandwich", action="store_true",
+                   help="an experiment, off by default: every budget-robust step also trains the cascade's smallest "
+                        f"first pass ({CASCADE_TRAINED_RATIOS[-1]:g} of the heads), not one step in "
+                        f"{len(LADDER) - 2 + len(CASCADE_TRAINED_RATIOS)} (about a third more time per step)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     _add_device_arg(p)
     p.set_defaults(func=cmd_train)

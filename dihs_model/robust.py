@@ -29,22 +29,30 @@ MIN_TRAINED_RATIO = 0.15  # smaller first passes (one head per layer and so on) 
 CASCADE_TRAINED_RATIOS = tuple(sorted((r for r in FIRST_PASS_RATIOS if MIN_TRAINED_RATIO <= r < LADDER[-1]), reverse=True))
 
 
-def trained_budgets(meta: dict) -> tuple[list[int], list[list[int]]]:
-    """(the ladder's smallest level, the other budgets one of which each step samples): the ladder's
-    levels below the full model and the cascade's first passes in CASCADE_TRAINED_RATIOS."""
+def trained_budgets(meta: dict, sandwich: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+    """(the budgets every step trains, the budgets one of which each step samples). Every step trains
+    the ladder's smallest level; the others are the ladder's levels below the full model and the
+    cascade's first passes in CASCADE_TRAINED_RATIOS. sandwich: every step also trains the smallest
+    of those first passes (the slimmable "sandwich rule": the smallest width every step), which
+    otherwise gets one step in len(others)."""
     ladder = [lv["heads"] for lv in meta["levels"][1:]]
     ordered = torch.tensor(meta["importance"][meta["order_by"]])
     others = ladder[:-1] + [prefix_counts(ordered, r) for r in CASCADE_TRAINED_RATIOS]
-    return ladder[-1], [h for i, h in enumerate(others) if h != ladder[-1] and h not in others[:i]]
+    others = [h for i, h in enumerate(others) if h != ladder[-1] and h not in others[:i]]
+    if sandwich and CASCADE_TRAINED_RATIOS:
+        smallest_pass = prefix_counts(ordered, CASCADE_TRAINED_RATIOS[-1])
+        if smallest_pass in others:
+            return [ladder[-1], smallest_pass], [h for h in others if h != smallest_pass]
+    return [ladder[-1]], others
 
 
 def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, progress: bool = True,
-                        max_epochs: int = ROBUST_MAX_EPOCHS, gap: float = ROBUST_GAP):
+                        max_epochs: int = ROBUST_MAX_EPOCHS, gap: float = ROBUST_GAP, sandwich: bool = False):
     """Returns the recalibrated bundle and a record of every epoch (calibration accuracy per level)."""
     epochs = []
     for k in range(max_epochs):
         summary = fine_tune(bundle, fit, replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
-                            progress=progress, loss_fn=budget_robust_loss(*trained_budgets(bundle.meta)),
+                            progress=progress, loss_fn=budget_robust_loss(*trained_budgets(bundle.meta, sandwich)),
                             desc=f"budget-robust {k + 1}")
         bundle = calibrate_bundle(bundle, calib, order_by, progress=progress)
         acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
@@ -53,4 +61,4 @@ def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, pro
         if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):
             break
     return bundle, {"epochs": len(epochs), "stop_when_smallest_level_trails_by_at_most": gap,
-                    "max_epochs": max_epochs, "per_epoch": epochs}
+                    "max_epochs": max_epochs, "sandwich": sandwich, "per_epoch": epochs}

@@ -41,16 +41,17 @@ def full_model_loss(model, ids, mask, labels, rng) -> torch.Tensor:
     return F.cross_entropy(model(ids, mask).logits, labels)
 
 
-def budget_robust_loss(smallest: list[int], others: list[list[int]]):
+def budget_robust_loss(always: list[list[int]], others: list[list[int]]):
     """DynaBERT-style loss over head budgets (Hou et al. 2020; slimmable networks): the full model
-    learns from the labels; the smallest budget and one budget sampled from `others` learn from the
-    full model's soft predictions (distillation) and the labels. Heads must be in importance order."""
+    learns from the labels; every budget in `always` (the smallest) and one budget sampled from
+    `others` learn from the full model's soft predictions (distillation) and the labels. Heads must
+    be in importance order."""
 
     def loss_fn(model, ids, mask, labels, rng):
         full = model(ids, mask).logits
         soft = full.detach().softmax(-1)
         loss = F.cross_entropy(full, labels)
-        for heads in (smallest, rng.choice(others) if others else smallest):
+        for heads in (*always, *([rng.choice(others)] if others else [])):
             logits = model(ids, mask, heads=heads).logits
             loss = loss + 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.kl_div(
                 logits.log_softmax(-1), soft, reduction="batchmean")

@@ -120,8 +120,16 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
     names = [lv["name"] for lv in meta["levels"]]
     assert list(robust["held_out_accuracy_before"]) == names == list(robust["held_out_accuracy_after"])
     assert 1 <= robust["epochs"] == len(robust["per_epoch"]) <= robust["max_epochs"]
+    assert robust["sandwich"] is False
     assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "x"),
                  "--budget-robust", "--no-calibrate", "--quiet"]) == 2
+    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--sandwich", "--no-budget-robust", "--quiet"]) == 2
+    assert not (tmp_path / "x").exists()
+    sandwich = tmp_path / "sandwich"
+    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(sandwich), "--epochs", "1",
+                 "--batch-size", "8", "--lr", "3e-3", "--sandwich", "--quiet", "--threads", "1"]) == 0
+    assert json.loads((sandwich / "dihs.json").read_text())["budget_robust"]["sandwich"] is True
     for flag in ("--no-budget-robust", "--no-calibrate"):  # either turns the extra epoch off
         plain = tmp_path / flag.strip("-")
         assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(plain),

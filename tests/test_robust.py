@@ -54,12 +54,17 @@ def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_pat
 def test_epochs_train_the_ladder_and_the_cascades_first_passes_each_once():
     scores = torch.rand(6, 12, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
     meta = {"levels": build_ladder(scores), "importance": {"michel": scores.tolist()}, "order_by": "michel"}
-    smallest, others = trained_budgets(meta)
-    assert smallest == meta["levels"][-1]["heads"]
+    always, others = trained_budgets(meta)
+    smallest = meta["levels"][-1]["heads"]
+    assert always == [smallest]
     wanted = [lv["heads"] for lv in meta["levels"][1:-1]] + [prefix_counts(scores, r) for r in CASCADE_TRAINED_RATIOS]
     assert others == [h for i, h in enumerate(wanted) if h not in wanted[:i] and h != smallest]
     assert len(others) == len(wanted)  # MiniLM's shape: all distinct, none the full model
     assert all(sum(h) < scores.numel() for h in others)
+    # sandwich: the smallest first pass moves from the sampled budgets to every step
+    always_s, others_s = trained_budgets(meta, sandwich=True)
+    first = prefix_counts(scores, CASCADE_TRAINED_RATIOS[-1])
+    assert always_s == [smallest, first] and others_s == [h for h in others if h != first]
 
 
 def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_other():
@@ -68,10 +73,13 @@ def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_oth
     model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
     ids, mask = random_batch(B=4, T=6, seed=0, pad=False)
     others = [[3, 3, 3], [2, 2, 2]]
-    loss_fn, rng = budget_robust_loss([1, 1, 1], others), random.Random(0)
-    for _ in range(12):
-        loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
-        assert loss.requires_grad and torch.isfinite(loss)
-    steps = [calls[i:i + 3] for i in range(0, len(calls), 3)]
-    assert len(steps) == 12 and all(s[0] is None and s[1] == [1, 1, 1] and s[2] in others for s in steps)
-    assert {tuple(s[2]) for s in steps} == {tuple(h) for h in others}  # every other budget gets sampled
+    for always in ([[1, 1, 1]], [[1, 1, 1], [0, 1, 1]]):  # the smallest level; with --sandwich a first pass too
+        calls.clear()
+        loss_fn, rng = budget_robust_loss(always, others), random.Random(0)
+        for _ in range(12):
+            loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
+            assert loss.requires_grad and torch.isfinite(loss)
+        k = len(always) + 2
+        steps = [calls[i:i + k] for i in range(0, len(calls), k)]
+        assert len(steps) == 12 and all(s[0] is None and s[1:-1] == always and s[-1] in others for s in steps)
+        assert {tuple(s[-1]) for s in steps} == {tuple(h) for h in others}  # every other budget gets sampled
