@@ -196,7 +196,6 @@ def cmd_bench(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import POLICIES
     from .importance import SCORERS
-    from .levels import LADDER
     from .robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
 
     ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
@@ -222,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "less accuracy. On by default unless --no-calibrate")
     p.add_argument("--sandwich", action="store_true",
                    help="an experiment, off by default: every budget-robust step also trains the cascade's smallest "
-                        f"first pass ({CASCADE_TRAINED_RATIOS[-1]:g} of the heads), not one step in "
-                        f"{len(LADDER) - 2 + len(CASCADE_TRAINED_RATIOS)} (about a third more time per step)")
+                        f"first pass ({CASCADE_TRAINED_RATIOS[-1]:g} of the heads), instead of sampling it among "
+                        "the other budgets (about a third more time per step)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     _add_device_arg(p)
     p.set_defaults(func=cmd_train)

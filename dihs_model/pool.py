@@ -16,17 +16,16 @@ class PoolError(ValueError):
     pass
 
 
-def _comparisons(result: dict) -> dict[tuple[float, str], dict]:
-    """(target ratio, against) -> the paired comparison, for every `dihs` row of one eval result."""
+def _counts(result: dict) -> dict[tuple[float, str], tuple[int, int]]:
+    """(target ratio, against) -> (wins, losses), for every `dihs` row of one eval result."""
     out = {}
     for row in result.get("rows", []):
         if row.get("policy") != "dihs":
             continue
         target = row["target_heads_ratio"]
-        if "vs_dense" in row:
-            out[(target, "dense")] = row["vs_dense"]
-        for policy, c in row.get("vs_static", {}).items():
-            out[(target, policy)] = c
+        against = {"dense": row["vs_dense"]} if "vs_dense" in row else {}
+        for name, c in {**against, **row.get("vs_static", {})}.items():
+            out[(target, name)] = (int(c["wins"]), int(c["losses"]))
     return out
 
 
@@ -39,11 +38,10 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
         if not isinstance(result, dict) or not isinstance(result.get("n"), int) or "rows" not in result:
             raise PoolError(f"{name} is not a `dihs eval` result (no n and rows)")
         try:
-            comps = _comparisons(result)
-            counts = [(int(c["wins"]), int(c["losses"])) for c in comps.values()]
+            comps = _counts(result)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PoolError(f"{name} is not a `dihs eval` result (a dihs row without target or counts)") from None
-        if any(w < 0 or l < 0 for w, l in counts):
+        if any(w < 0 or l < 0 for w, l in comps.values()):
             raise PoolError(f"{name} has negative win or loss counts")
         if not comps:
             raise PoolError(f"{name} has no dihs rows compared with dense or a static order: evaluate with "
@@ -53,7 +51,7 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
     n = sum(r["n"] for r in results)
     rows = []
     for target, against in sorted(common, key=lambda k: (-k[0], k[1])):
-        counts = [(c[(target, against)]["wins"], c[(target, against)]["losses"]) for c in per_set]
+        counts = [c[(target, against)] for c in per_set]
         pooled = from_counts(sum(w for w, _ in counts), sum(l for _, l in counts), n)
         rows.append({"target_heads_ratio": target, "against": against, **pooled,
                      "per_set": [{"set": name, "wins": w, "losses": l} for name, (w, l) in zip(names, counts)]})

@@ -88,9 +88,10 @@ def top_k_masks(scores: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def correct_under(bundle, ex, masks: torch.Tensor) -> list[bool]:
+def correct_under(bundle, ex, batches, masks: torch.Tensor) -> list[bool]:
+    """batches: `bundle.batches(ex, ...)` as a list, tokenized once for every choice and ratio."""
     pred = torch.zeros(len(ex), dtype=torch.long)
-    for idx, ids, mask, _ in bundle.batches(ex, 64):
+    for idx, ids, mask, _ in batches:
         pred[idx] = bundle.model(ids, mask, head_mask=masks[idx]).logits.argmax(-1)
     return [int(p) == y for p, y in zip(pred.tolist(), ex.labels)]
 
@@ -103,11 +104,11 @@ def run(bundle, fit, test, ratios=RATIOS, seed: int = 0) -> dict:
     truth = per_example_importance(bundle, test)
     order = torch.tensor(bundle.meta["importance"][bundle.meta["order_by"]])  # stored order: descending per layer
     choices = {"order": order.expand_as(truth), "gate": gate(pooled_embeddings(bundle, test)), "per_example_truth": truth}
-    rows = []
+    batches, rows = list(bundle.batches(test, 64)), []
     for ratio in ratios:
         counts = prefix_counts(order, ratio)
         masks = {name: top_k_masks(s, counts) for name, s in choices.items()}
-        correct = {name: correct_under(bundle, test, m) for name, m in masks.items()}
+        correct = {name: correct_under(bundle, test, batches, m) for name, m in masks.items()}
         overlap = {name: float((m * masks["per_example_truth"]).sum() / (len(test) * sum(counts)))
                    for name, m in masks.items() if name != "per_example_truth"}
         rows.append({"ratio": ratio, "heads_per_layer": counts,
