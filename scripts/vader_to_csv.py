@@ -66,21 +66,28 @@ def main() -> int:
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle before the split")
     a = p.parse_args()
+    return split_to_csvs(read_rated, a.ground_truth, a.train_out, a.test_out, a.train_size, a.seed)
+
+
+def split_to_csvs(read, source: str, train_out: str, test_out: str, train_size: int, seed: int) -> int:
+    """A CLI's body: read (text, label) rows with `read(source)`, shuffle them with `seed`, write the
+    first `train_size` to train_out and the rest to test_out. Exit code; on bad input one `error:`
+    line on stderr, 2, and nothing written."""
     try:
-        rows = read_rated(a.ground_truth)
+        rows = read(source)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not 0 < a.train_size < len(rows):
+    if not 0 < train_size < len(rows):
         print(f"error: --train-size must be between 1 and {len(rows) - 1}", file=sys.stderr)
         return 2
-    random.Random(a.seed).shuffle(rows)
+    random.Random(seed).shuffle(rows)
     try:
-        write_csvs({a.train_out: rows[: a.train_size], a.test_out: rows[a.train_size :]})
+        write_csvs({train_out: rows[:train_size], test_out: rows[train_size:]})
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.train_size} rows -> {a.train_out}, {len(rows) - a.train_size} rows -> {a.test_out}")
+    print(f"{train_size} rows -> {train_out}, {len(rows) - train_size} rows -> {test_out}")
     return 0
 
 

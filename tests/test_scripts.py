@@ -1,8 +1,9 @@
-"""scripts/: vader_to_csv.py (the VADER ground-truth files as train/test CSVs) and
+"""scripts/: vader_to_csv.py and rt_to_csv.py (unseen labelled sets as train/test CSVs) and
 gate_diagnostic.py (issue 3's per-input head gate against the global order)."""
 
 from __future__ import annotations
 
+import bz2
 import csv
 import importlib.util
 import subprocess
@@ -64,7 +65,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     cases = [(gt, test, ["--train-size", "5"]), (no_tabs, test, []), (bad_rating, test, []),
              (tmp_path / "missing.txt", test, []), (gt, tmp_path / "no-such-folder" / "test.csv", [])]
     for source, test_out, extra in cases:
-        r = subprocess.run([sys.executable, str(SCRIPT), str(source), str(train), str(test_out), "--train-size", "3", *extra],
+        r = subprocess.run([sys.executable, str(SCRIPT), str(source), str(train), str(test_out), "--train-size", "3", *extra], check=False,
                            capture_output=True, text=True)
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
@@ -106,3 +107,51 @@ def test_gate_diagnostic_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "--test" in err[1]
     assert not (tmp_path / "g.json").exists()
+
+
+RT = Path(__file__).resolve().parent.parent / "scripts" / "rt_to_csv.py"
+
+
+def _rt_corpus(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with bz2.open(path, "wt", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["category", "text", "movie_name"])
+        w.writerows([(y, t, "a film") for t, y in rows])
+    return path
+
+
+def test_rt_split_keeps_each_text_once_and_drops_conflicting_ones(tmp_path):
+    corpus = _rt_corpus(tmp_path / "rt.csv.bz2", [
+        ("Sharp and funny.", "fresh"), (" A dull mess. ", "rotten"), ("A dull mess.", "rotten"),
+        ("It is fine.", "fresh"), ("It is fine.", "rotten"), ("  ", "plot"), ("A man goes home.", "plot"),
+        ("Tender and wise.", "fresh"),
+    ])
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    subprocess.run([sys.executable, str(RT), str(corpus), str(train), str(test), "--train-size", "2"], check=True)
+    train_rows, test_rows = _rows(train), _rows(test)
+    assert train_rows[0] == test_rows[0] == ["text", "label"]
+    assert len(train_rows) == 3
+    assert sorted(map(tuple, train_rows[1:] + test_rows[1:])) == sorted([
+        ("Sharp and funny.", "fresh"), ("A dull mess.", "rotten"), ("A man goes home.", "plot"), ("Tender and wise.", "fresh")])
+
+
+def test_rt_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = _rt_corpus(src / "good.csv.bz2", [("Sharp.", "fresh"), ("Dull.", "rotten"), ("Plot.", "plot")])
+    unknown = _rt_corpus(src / "unknown.csv.bz2", [("Sharp.", "fresh"), ("So-so.", "meh")])
+    no_columns = src / "no-columns.csv"
+    no_columns.write_text("title,body\na,b\n", encoding="utf-8")
+    not_bz2 = src / "not.csv.bz2"
+    not_bz2.write_text("category,text\nfresh,hi\n", encoding="utf-8")
+    short_row = src / "short.csv"
+    short_row.write_text("category,text\nfresh\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    for source, extra in [(good, ["--train-size", "3"]), (unknown, []), (no_columns, []), (not_bz2, []),
+                          (short_row, []), (src / "missing.csv.bz2", [])]:
+        r = subprocess.run([sys.executable, str(RT), str(source), str(out / "train.csv"), str(out / "test.csv"),
+                            "--train-size", "1", *extra], check=False, capture_output=True, text=True)
+        assert r.returncode == 2, (source, r.stderr)
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+        assert list(out.iterdir()) == []
