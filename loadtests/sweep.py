@@ -53,7 +53,7 @@ QUICK = Config(users=(2, 8, 16), stage_seconds=8.0, settle_seconds=3.0, rounds=1
 
 
 def _usage_error(msg: str) -> Exception:
-    from dihs_model.cli_common import UsageError
+    from dihs_cli.common import UsageError
 
     return UsageError(msg)
 
@@ -111,7 +111,7 @@ class Service:
         self.log = log_path.open("w")
         # Ctrl-C semantics even where this process was started with SIGINT ignored (a background job)
         main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                "from dihs_model.cli import main; sys.exit(main(sys.argv[1:]))")
+                "from dihs_cli.cli import main; sys.exit(main(sys.argv[1:]))")
         cmd = [sys.executable, "-c", main, "serve", bundle, "--port", str(self.port), "--slo-ms", f"{slo_ms:g}"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

@@ -32,7 +32,7 @@ save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v 
 PY
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-dihs() { python3 -m dihs_model.cli "$@"; }
+dihs() { python3 -m dihs_cli "$@"; }
 
 if wants r8; then
 step reuters-r8: train, eval

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dihs_model.cli import main
+from dihs_cli.cli import main
 from tests.conftest import write_reviews_csv
 
 FIX = Path(__file__).parent / "fixtures"
@@ -106,7 +106,7 @@ def test_cuda_without_a_gpu_is_one_line_and_exit_2(args, tmp_path, capsys):
 
 
 def test_console_script_usage_error_exits_2():
-    r = subprocess.run([sys.executable, "-m", "dihs_model.cli", "eval"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "dihs_cli", "eval"], capture_output=True, text=True)
     assert r.returncode == 2 and "required" in r.stderr
 
 

@@ -8,7 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from dihs_model.bundle import new_bundle, save_bundle
-from dihs_model.cli import main
+from dihs_cli.cli import main
 from dihs_model.data import Examples
 from dihs_model.explain import budget_for, explain
 from dihs_model.importance import calibrate_bundle, mask_gradients

@@ -12,7 +12,7 @@ import torch
 from dihs_model.arch import supported_families
 from dihs_model.bundle import load_bundle, new_bundle, save_bundle
 from dihs_model.cascade import run_pass
-from dihs_model.cli import main
+from dihs_cli.cli import main
 from dihs_model.data import Examples, load_eval
 from dihs_model.evaluate import evaluate, predict
 from dihs_model.importance import calibrate_bundle

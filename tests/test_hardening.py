@@ -126,7 +126,7 @@ def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
 
 def test_serve_refuses_a_missing_or_corrupt_bundle_in_one_line(tiny_bundle, tmp_path, capsys):
     from dihs_model.bundle import save_bundle
-    from dihs_model.cli import main
+    from dihs_cli.cli import main
 
     assert main(["serve", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

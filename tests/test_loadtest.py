@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dihs_model.cli import main
+from dihs_cli.cli import main
 from loadtests.shapes import make_plan, parse_users
 from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows, versus_dense
 from loadtests.report import target_check
@@ -213,7 +213,7 @@ def test_quick_sweep_end_to_end(tmp_path):
     path = save_bundle(bundle, tmp_path / "bundle")
     data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
     out = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "dihs_model.cli", "loadtest", str(path), "--quick", "--data", str(data),
+    r = subprocess.run([sys.executable, "-m", "dihs_cli", "loadtest", str(path), "--quick", "--data", str(data),
                         "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     with (out / "sweep.csv").open() as fh:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dihs_model.cli import main
+from dihs_cli.cli import main
 from dihs_model.paired import compare
 from dihs_model.pool import PoolError, pool_evals
 

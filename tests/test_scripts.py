@@ -80,7 +80,7 @@ _gspec.loader.exec_module(gate_diagnostic)
 
 def test_gate_diagnostic_runs_the_global_order_as_the_ladder_does(tiny_checkpoint, tmp_path):
     from dihs_model.bundle import load_bundle
-    from dihs_model.cli import main as dihs
+    from dihs_cli.cli import main as dihs
     from dihs_model.data import load_eval, load_split, split_calibration
     from dihs_model.evaluate import predict
     from tests.conftest import write_reviews_csv

@@ -25,7 +25,7 @@ def _add_device_arg(p: argparse.ArgumentParser) -> None:
 
 def _device(name: str):
     """The torch device for --device, checked before any slow work starts."""
-    from .device import DeviceError, pick_device
+    from dihs_model.device import DeviceError, pick_device
 
     try:
         return pick_device(name)

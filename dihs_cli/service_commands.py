@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_common import UsageError, _add_data_args, _threads, _writable
+from .common import UsageError, _add_data_args, _threads, _writable
 
 
 def cmd_serve(a) -> None:
     from pydantic import ValidationError
 
-    from .bundle import load_bundle
+    from dihs_model.bundle import load_bundle
 
     try:
         from service.settings import Settings
@@ -34,9 +34,9 @@ def cmd_serve(a) -> None:
 def cmd_explain(a) -> None:
     import json
 
-    from .bundle import load_bundle
-    from .explain import budget_for, explain
-    from .policy import is_finite_ratio
+    from dihs_model.bundle import load_bundle
+    from dihs_model.explain import budget_for, explain
+    from dihs_model.policy import is_finite_ratio
 
     json_out, png_out = a.json and Path(a.json), a.png and Path(a.png)
     _writable(json_out, "JSON")
@@ -70,7 +70,7 @@ def cmd_explain(a) -> None:
     exp = explain(bundle, a.text, **kw)
     png = None
     if png_out:
-        from .explain_plots import attention_png, head_grid_png
+        from dihs_model.explain_plots import attention_png, head_grid_png
 
         try:
             png = head_grid_png(exp, a.score) if a.layer is None else attention_png(exp, a.layer, a.head)
@@ -114,8 +114,8 @@ def _read_result_json(path: str | None, flag: str, keys: set[str], producer: str
 
 
 def cmd_report(a) -> None:
-    from .bundle import load_bundle
-    from .explain_plots import report_html
+    from dihs_model.bundle import load_bundle
+    from dihs_model.explain_plots import report_html
 
     out = Path(a.out)
     _writable(out, "the report")

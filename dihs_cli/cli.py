@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_common import (
+from .common import (
     DEFAULT_TASK,
     UsageError,
     _add_data_args,
@@ -18,21 +18,21 @@ from .cli_common import (
     _threads,
     _writable,
 )
-from .cli_service import add_service_commands
+from .service_commands import add_service_commands
 
 
 def cmd_train(a) -> None:
-    from .bundle import (
+    from dihs_model.bundle import (
         BundleError,
         check_checkpoint,
         default_base_model,
         new_bundle,
         save_bundle,
     )
-    from .data import load_split, split_calibration
-    from .evaluate import predict
-    from .importance import calibrate_bundle
-    from .train import TrainConfig, fine_tune
+    from dihs_model.data import load_split, split_calibration
+    from dihs_model.evaluate import predict
+    from dihs_model.importance import calibrate_bundle
+    from dihs_model.train import TrainConfig, fine_tune
 
     out = Path(a.out)
     if out.exists() and not a.force:
@@ -67,8 +67,8 @@ def cmd_train(a) -> None:
 
 def _budget_robust(bundle, fit, calib, test, cfg, a):
     """Budget-robust epochs (robust.py); per-level held-out accuracy before and after goes into the bundle."""
-    from .evaluate import level_accuracies
-    from .robust import train_budget_robust
+    from dihs_model.evaluate import level_accuracies
+    from dihs_model.robust import train_budget_robust
 
     before = level_accuracies(bundle, test)
     bundle, record = train_budget_robust(bundle, fit, calib, cfg, a.order_by, progress=not a.quiet, sandwich=a.sandwich)
@@ -80,9 +80,9 @@ def _budget_robust(bundle, fit, calib, test, cfg, a):
 
 
 def cmd_calibrate(a) -> None:
-    from .bundle import load_bundle, save_bundle
-    from .data import load_split, split_calibration
-    from .importance import calibrate_bundle
+    from dihs_model.bundle import load_bundle, save_bundle
+    from dihs_model.data import load_split, split_calibration
+    from dihs_model.importance import calibrate_bundle
 
     device = _device(a.device)
     _threads(a.threads)
@@ -98,10 +98,10 @@ def cmd_calibrate(a) -> None:
 
 
 def cmd_eval(a) -> None:
-    from .bundle import load_bundle
-    from .cascade import has_current_plans
-    from .data import load_eval
-    from .evaluate import POLICIES, evaluate, plot_eval, write_json
+    from dihs_model.bundle import load_bundle
+    from dihs_model.cascade import has_current_plans
+    from dihs_model.data import load_eval
+    from dihs_model.evaluate import POLICIES, evaluate, plot_eval, write_json
 
     json_out, plot_out = Path(a.json), a.plot and Path(a.plot)
     _writable(json_out, "JSON")
@@ -133,8 +133,8 @@ def cmd_eval(a) -> None:
 def cmd_pool(a) -> None:
     import json
 
-    from .evaluate import write_json
-    from .pool import PoolError, pool_evals
+    from dihs_model.evaluate import write_json
+    from dihs_model.pool import PoolError, pool_evals
 
     out = Path(a.json)
     _writable(out, "JSON")
@@ -162,10 +162,10 @@ def cmd_pool(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from .bench import SHAPES, bench, plot_bench
-    from .bundle import load_bundle
-    from .decision_cost import decision_cost
-    from .evaluate import write_json
+    from dihs_model.bench import SHAPES, bench, plot_bench
+    from dihs_model.bundle import load_bundle
+    from dihs_model.decision_cost import decision_cost
+    from dihs_model.evaluate import write_json
 
     json_out, plot_out = Path(a.json), a.plot and Path(a.plot)
     _writable(json_out, "JSON")
@@ -194,9 +194,9 @@ def cmd_bench(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluate import POLICIES
-    from .importance import SCORERS
-    from .robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
+    from dihs_model.evaluate import POLICIES
+    from dihs_model.importance import SCORERS
+    from dihs_model.robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
 
     ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bundle import BundleError
-    from .data import DataError
+    from dihs_model.bundle import BundleError
+    from dihs_model.data import DataError
 
     args = build_parser().parse_args(argv)
     try:
