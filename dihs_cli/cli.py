@@ -22,61 +22,20 @@ from .service_commands import add_service_commands
 
 
 def cmd_train(a) -> None:
-    from dihs_model.bundle import (
-        BundleError,
-        check_checkpoint,
-        default_base_model,
-        new_bundle,
-        save_bundle,
-    )
-    from dihs_model.data import load_split, split_calibration
-    from dihs_model.evaluate import predict
-    from dihs_model.importance import calibrate_bundle
-    from dihs_model.train import TrainConfig, fine_tune
+    from dihs_model.pipeline import TrainPlan, train_bundle
+    from dihs_model.train import TrainConfig
 
-    out = Path(a.out)
-    if out.exists() and not a.force:
-        raise BundleError(f"{out} exists; pass --force to replace it")
-    if a.budget_robust and a.no_calibrate:
-        raise UsageError("--budget-robust needs the head order that calibration finds: drop --no-calibrate")
-    robust = not a.no_calibrate if a.budget_robust is None else a.budget_robust
-    if a.sandwich and not robust:
-        raise UsageError("--sandwich changes the budget-robust epochs: drop --no-budget-robust / --no-calibrate")
+    plan = TrainPlan(data=a.data, out=Path(a.out), base_model=a.model, text_column=a.text_column,
+                     label_column=a.label_column, max_length=a.max_length,
+                     train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr),
+                     calibrate=not a.no_calibrate, order_by=a.order_by, budget_robust=a.budget_robust,
+                     sandwich=a.sandwich, force=a.force)
+    if plan.problem():
+        raise UsageError(plan.problem())
     device = _device(a.device)
-    base_model = a.model or default_base_model()
-    check_checkpoint(base_model)
     _threads(a.threads)
-    split = load_split(a.data, a.text_column, a.label_column)
-    fit, calib = split_calibration(split.train)
-    print(f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
-          f"{len(split.train.label_names)} classes", file=sys.stderr)
-    bundle = new_bundle(base_model, split.train.label_names, a.max_length, device)
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)
-    bundle.meta["train"] = fine_tune(bundle, fit, cfg, progress=not a.quiet)
-    bundle.meta["data"] = {"spec": a.data, "text_column": a.text_column, "label_column": a.label_column}
-    if not a.no_calibrate:
-        bundle = calibrate_bundle(bundle, calib, a.order_by, progress=not a.quiet)
-    if robust:
-        bundle = _budget_robust(bundle, fit, calib, split.test, cfg, a)
-    preds, _ = predict(bundle, split.test, None)
-    acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
-    bundle.meta["eval"] = {"data": split.name, "split": "held-out", "n": len(split.test), "dense_accuracy": acc}
-    save_bundle(bundle, out, force=a.force)
-    print(f"held-out dense accuracy {acc:.4f} (n={len(split.test)}); bundle written to {out}")
-
-
-def _budget_robust(bundle, fit, calib, test, cfg, a):
-    """Budget-robust epochs (robust.py); per-level held-out accuracy before and after goes into the bundle."""
-    from dihs_model.evaluate import level_accuracies
-    from dihs_model.robust import train_budget_robust
-
-    before = level_accuracies(bundle, test)
-    bundle, record = train_budget_robust(bundle, fit, calib, cfg, a.order_by, progress=not a.quiet, sandwich=a.sandwich)
-    after = level_accuracies(bundle, test)
-    bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
-    print(f"budget-robust ({record['epochs']} epochs): held-out accuracy per level {before} -> {after}",
-          file=sys.stderr)
-    return bundle
+    record = train_bundle(plan, device, progress=not a.quiet, log=lambda msg: print(msg, file=sys.stderr))
+    print(f"held-out dense accuracy {record['dense_accuracy']:.4f} (n={record['n']}); bundle written to {plan.out}")
 
 
 def cmd_calibrate(a) -> None:

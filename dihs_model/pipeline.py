@@ -1,0 +1,95 @@
+"""Train a bundle end to end: fine-tune, calibrate, budget-robust epochs, held-out accuracy, save.
+
+What `dihs train` does, as a library call: the CLI parses flags into a TrainPlan, calls
+`train_bundle` and prints. Progress notes go to `log` (the CLI passes a stderr printer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .train import TrainConfig, fine_tune
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    data: str
+    out: Path
+    base_model: str | None = None  # None: the packaged encoder (bundle.default_base_model)
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calibrate: bool = True
+    order_by: str = "michel"
+    budget_robust: bool | None = None  # None: on when calibrating
+    sandwich: bool = False
+    force: bool = False
+
+    @property
+    def robust(self) -> bool:
+        return self.calibrate if self.budget_robust is None else self.budget_robust
+
+    def problem(self) -> str | None:
+        """Why this plan cannot run (a flag combination), or None."""
+        if self.budget_robust and not self.calibrate:
+            return "--budget-robust needs the head order that calibration finds: drop --no-calibrate"
+        if self.sandwich and not self.robust:
+            return "--sandwich changes the budget-robust epochs: drop --no-budget-robust / --no-calibrate"
+        return None
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[str], None] = _quiet) -> dict:
+    """Train, calibrate, make budget-robust, evaluate on the held-out split and save to plan.out.
+
+    Raises BundleError (bundle exists, bad checkpoint) and DataError (bad data) before slow work
+    starts. Returns the saved bundle's `eval` record (data, split, n, dense_accuracy).
+    """
+    from .bundle import BundleError, check_checkpoint, default_base_model, new_bundle, save_bundle
+    from .data import load_split, split_calibration
+    from .evaluate import predict
+    from .importance import calibrate_bundle
+
+    problem = plan.problem()
+    if problem:
+        raise ValueError(problem)
+    if plan.out.exists() and not plan.force:
+        raise BundleError(f"{plan.out} exists; pass --force to replace it")
+    base_model = plan.base_model or default_base_model()
+    check_checkpoint(base_model)
+    split = load_split(plan.data, plan.text_column, plan.label_column)
+    fit, calib = split_calibration(split.train)
+    log(f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
+        f"{len(split.train.label_names)} classes")
+    bundle = new_bundle(base_model, split.train.label_names, plan.max_length, device)
+    bundle.meta["train"] = fine_tune(bundle, fit, plan.train, progress=progress)
+    bundle.meta["data"] = {"spec": plan.data, "text_column": plan.text_column, "label_column": plan.label_column}
+    if plan.calibrate:
+        bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
+    if plan.robust:
+        bundle = budget_robust(bundle, fit, calib, split.test, plan, progress, log)
+    preds, _ = predict(bundle, split.test, None)
+    acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
+    bundle.meta["eval"] = {"data": split.name, "split": "held-out", "n": len(split.test), "dense_accuracy": acc}
+    save_bundle(bundle, plan.out, force=plan.force)
+    return bundle.meta["eval"]
+
+
+def budget_robust(bundle, fit, calib, test, plan: TrainPlan, progress: bool = True, log: Callable[[str], None] = _quiet):
+    """Budget-robust epochs (robust.py); per-level held-out accuracy before and after goes into the bundle."""
+    from .evaluate import level_accuracies
+    from .robust import train_budget_robust
+
+    before = level_accuracies(bundle, test)
+    bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress,
+                                         sandwich=plan.sandwich)
+    after = level_accuracies(bundle, test)
+    bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
+    log(f"budget-robust ({record['epochs']} epochs): held-out accuracy per level {before} -> {after}")
+    return bundle
