@@ -29,7 +29,7 @@ def cmd_train(a) -> None:
                      label_column=a.label_column, max_length=a.max_length,
                      train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr),
                      calibrate=not a.no_calibrate, order_by=a.order_by, budget_robust=a.budget_robust,
-                     sandwich=a.sandwich, force=a.force)
+                     force=a.force)
     if plan.problem():
         raise UsageError(plan.problem())
     device = _device(a.device)
@@ -41,11 +41,11 @@ def cmd_train(a) -> None:
 def cmd_calibrate(a) -> None:
     from dihs_model.bundle import load_bundle, save_bundle
     from dihs_model.data import load_split, split_calibration
-    from dihs_model.importance import calibrate_bundle
+    from dihs_model.calibrate import calibrate_bundle
 
     device = _device(a.device)
     _threads(a.threads)
-    bundle = load_bundle(a.bundle, device=device)
+    bundle = load_bundle(a.bundle, device=device, upgrade=True, with_kwon=True)  # a format-1 bundle is upgraded
     spec = a.data or bundle.meta.get("data", {}).get("spec")
     if spec is None:
         raise UsageError("the bundle does not name its training data: pass --data")
@@ -53,7 +53,9 @@ def cmd_calibrate(a) -> None:
     _, calib = split_calibration(split.train)  # the part `dihs train` held out
     bundle = calibrate_bundle(bundle, calib, a.order_by, a.max_examples, progress=not a.quiet)
     save_bundle(bundle, Path(a.bundle), force=True)
-    print(f"calibrated on {bundle.meta['calibration']['examples']} examples of {split.name}; head order by {a.order_by}")
+    print(f"calibrated on {bundle.meta['calibration']['examples']} examples of {split.name}; heads and neurons "
+          f"ordered by {a.order_by}; levels " + ", ".join(f"{lv['name']} ({lv['flops_ratio']:.2f} FLOPs)"
+                                                          for lv in bundle.meta["levels"]))
 
 
 def cmd_eval(a) -> None:
@@ -70,9 +72,12 @@ def cmd_eval(a) -> None:
         raise UsageError(f"unknown policy {min(unknown)!r}; choose from {', '.join(POLICIES)}")
     device = _device(a.device)
     _threads(a.threads)
-    bundle = load_bundle(a.bundle, device=device)
-    if "importance" not in bundle.meta and any(p.startswith("static-") for p in a.policies):
-        raise UsageError(f"{a.bundle} has no head importance: run `dihs calibrate {a.bundle}` first")
+    bundle = load_bundle(a.bundle, device=device, with_kwon="kwon" in a.policies)
+    if not bundle.meta.get("importance") and set(a.policies) - {"dense"}:
+        raise UsageError(f"{a.bundle} has no head and neuron importance: run `dihs calibrate {a.bundle}` first")
+    if "kwon" in a.policies and bundle.kwon_model is None:
+        print(f"note: {a.bundle} has no kwon baseline weights (trained without budget-robust epochs): the kwon "
+              "policy is left out", file=sys.stderr)
     if "dihs" in a.policies and not has_current_plans(bundle.meta):
         print(f"note: {a.bundle} has no current DIHS cascade plans (older bundle): `dihs calibrate` adds them; "
               "the dihs policy is left out", file=sys.stderr)
@@ -85,8 +90,9 @@ def cmd_eval(a) -> None:
     for r in result["rows"]:
         vs = r.get("vs_dense")
         gap = f"  vs dense {vs['accuracy_diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else ""
-        print(f"{r['policy']:>16}  heads {r['heads_ratio']:.2f}  flops {r['flops_ratio']:.2f}  "
-              f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}{gap}")
+        print(f"{r['policy']:>14} @ {r['target_flops_ratio']:<4g} flops {r['flops_ratio']:.3f}  heads "
+              f"{r['heads_ratio']:.2f}  neurons {r['neurons_ratio']:.2f}  acc {r['accuracy']:.4f}  "
+              f"macro-F1 {r['macro_f1']:.4f}{gap}")
 
 
 def cmd_pool(a) -> None:
@@ -115,13 +121,13 @@ def cmd_pool(a) -> None:
     print(f"{len(results)} test sets, {pooled['n']} inputs")
     for r in pooled["rows"]:
         sets = " ".join(f"{s['wins']}/{s['losses']}" for s in r["per_set"])
-        print(f"dihs @ {r['target_heads_ratio']:<5g} vs {r['against']:<14} {r['wins']:>5}/{r['losses']:<5} "
+        print(f"dihs @ {r['target_flops_ratio']:<5g} vs {r['against']:<14} {r['wins']:>5}/{r['losses']:<5} "
               f"{r['accuracy_diff'] * 100:+.2f} points [{r['ci95'][0] * 100:+.2f}, {r['ci95'][1] * 100:+.2f}] "
               f"p {r['p_value']:.3f}   per set {sets}")
 
 
 def cmd_bench(a) -> None:
-    from dihs_model.bench import SHAPES, bench, plot_bench
+    from dihs_model.bench import SHAPES, bench, plot_bench, replay
     from dihs_model.bundle import load_bundle
     from dihs_model.decision_cost import decision_cost
     from dihs_model.evaluate import write_json
@@ -135,27 +141,46 @@ def cmd_bench(a) -> None:
     bundle = load_bundle(a.bundle, device=device)
     if a.dtype == "bf16":
         bundle.model.bfloat16()
+    if not bundle.meta.get("levels"):
+        raise UsageError(f"{a.bundle} has no width ladder: run `dihs calibrate {a.bundle}` first")
+    texts = None
+    if a.replay:
+        from dihs_model.data import load_eval
+
+        texts = load_eval(a.replay, bundle.labels, a.text_column, a.label_column).texts
+        if a.replay_max and a.replay_max < len(texts):
+            texts = texts[:: -(-len(texts) // a.replay_max)]
     shapes = ((1, 32), (1, 128)) if a.quick else SHAPES
     result = bench(bundle, shapes=shapes, warmup=a.warmup, repeats=a.repeats, threads=a.threads,
                    progress=not a.quiet)
-    if device.type == "cpu" and "levels" in bundle.meta:  # the decision is CPU work beside a CPU forward
+    if device.type == "cpu":  # the decision is CPU work beside a CPU forward
         result["decision_cost"] = decision_cost(bundle, warmup=a.warmup, repeats=a.repeats, threads=a.threads)
+    if texts is not None:
+        try:
+            result["replay"] = replay(bundle, texts, a.replay_target, threads=a.threads, progress=not a.quiet)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     write_json(result, json_out)
     if plot_out:
         plot_bench(result, plot_out)
     for r in result["rows"]:
-        print(f"{r['mode']:>11} heads {r['heads_ratio']:.2f} batch {r['batch']} seq {r['seq_len']:>3}: "
-              f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f})")
+        print(f"{r['mode']:>11} {r['level']:>5} flops {r['flops_ratio']:.3f} batch {r['batch']} seq {r['seq_len']:>3}: "
+              f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f}, "
+              f"{r['of_ideal']:.0%} of it)")
     for r in result.get("decision_cost", {}).get("rows", []):
         print(f"budget decision, batch 1 seq {r['seq_len']:>3}: complexity + policy {r['complexity_and_policy_ms']:.3f} ms "
               f"({r['complexity_and_policy_share']:.2%} of dense {r['dense_forward_ms']:.2f} ms), "
               f"cascade gate {r['cascade_gate_ms']:.3f} ms ({r['cascade_gate_share']:.2%})")
+    if "replay" in result:
+        r = result["replay"]
+        print(f"replay of {r['n']} texts one at a time: cascade at FLOPs target {r['target_flops_ratio']:g} took "
+              f"{r['time_ratio']:.3f}x dense's time (FLOPs ratio {r['flops_ratio']:.3f}, {r['escalated']:.1%} escalated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dihs_model.evaluate import POLICIES
-    from dihs_model.importance import SCORERS
-    from dihs_model.robust import CASCADE_TRAINED_RATIOS, ROBUST_GAP, ROBUST_MAX_EPOCHS
+    from dihs_model.importance import NEURON_SCORERS
+    from dihs_model.robust import ROBUST_GAP, ROBUST_MAX_EPOCHS, TRAINED_RATIOS
 
     ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -169,36 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-length", type=int, default=128, help="tokens per text; longer texts are truncated")
-    p.add_argument("--order-by", choices=SCORERS, default="michel", help="scorer that orders heads in the bundle")
-    p.add_argument("--no-calibrate", action="store_true", help="skip head-importance calibration")
+    p.add_argument("--order-by", choices=NEURON_SCORERS, default="michel",
+                   help="scorer that orders heads and FFN neurons in the bundle")
+    p.add_argument("--no-calibrate", action="store_true", help="skip importance calibration (and the width ladder)")
     p.add_argument("--budget-robust", action=argparse.BooleanOptionalAction, default=None,
-                   help="epochs training every budget level (and the cascade's first passes at "
-                        f"{', '.join(f'{r:g}' for r in CASCADE_TRAINED_RATIOS)} of the heads) against the full "
-                        "model (DynaBERT-style), each followed by recalibration, until the smallest level trails "
-                        f"the full one by at most {ROBUST_GAP * 100:g} points on the calibration split "
-                        f"(1-{ROBUST_MAX_EPOCHS} epochs, each about 2.5x a fine-tuning epoch): smaller levels lose "
-                        "less accuracy. On by default unless --no-calibrate")
-    p.add_argument("--sandwich", action="store_true",
-                   help="an experiment, off by default: every budget-robust step also trains the cascade's smallest "
-                        f"first pass ({CASCADE_TRAINED_RATIOS[-1]:g} of the heads), instead of sampling it among "
-                        "the other budgets (about a third more time per step)")
+                   help="width-training epochs: every step the full model, the smallest width budget and one other "
+                        f"(FLOPs {', '.join(f'{r:g}' for r in TRAINED_RATIOS)}) learn together, the smaller ones "
+                        "distilled from the full model (DynaBERT-style), each epoch followed by recalibration, until "
+                        f"the smallest level trails the full one by at most {ROBUST_GAP * 100:g} points on the "
+                        f"calibration split (1-{ROBUST_MAX_EPOCHS} epochs). On by default unless --no-calibrate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     _add_device_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="score head importance (michel, fisher, attention) and reorder heads")
+    p = sub.add_parser("calibrate", help="score head and neuron importance, reorder them, rebuild the width ladder "
+                                         "and cascade plans (also upgrades a format-1 bundle)")
     p.add_argument("bundle")
     _add_data_args(p, None)
-    p.add_argument("--order-by", choices=SCORERS, default="michel")
+    p.add_argument("--order-by", choices=NEURON_SCORERS, default="michel")
     p.add_argument("--max-examples", type=int, default=512)
     _add_device_arg(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("eval", help="accuracy vs heads ratio for each policy (heads sliced away)")
+    p = sub.add_parser("eval", help="accuracy vs FLOPs ratio for each policy (heads and neurons sliced away)")
     p.add_argument("bundle")
     _add_data_args(p, DEFAULT_TASK)
     p.add_argument("--json", required=True, help="where to write the results JSON")
-    p.add_argument("--plot", help="where to write the accuracy-vs-heads PNG")
+    p.add_argument("--plot", help="where to write the accuracy-vs-FLOPs PNG")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
@@ -208,13 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the pooled comparisons")
     p.set_defaults(func=cmd_pool)
 
-    p = sub.add_parser("bench", help="latency vs heads ratio, sliced vs masked (CPU, or GPU with --device cuda)")
+    p = sub.add_parser("bench", help="latency of every width level vs its FLOP ideal, sliced vs masked (CPU, or GPU "
+                                     "with --device cuda); --replay: the cascade vs dense, one text at a time")
     p.add_argument("bundle")
     p.add_argument("--json", required=True)
     p.add_argument("--plot")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="batch 1 only")
+    p.add_argument("--replay", metavar="DATA", help="also replay this test set (a task name or CSV) one text at a "
+                   "time through dense and the cascade, interleaved, gate included")
+    p.add_argument("--replay-target", type=float, default=0.5, help="the cascade plan's FLOPs target (default 0.5)")
+    p.add_argument("--replay-max", type=int, default=None, help="replay at most this many texts (evenly spaced)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
     _add_device_arg(p)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: with --device cuda only")
     p.set_defaults(func=cmd_bench)

@@ -1,4 +1,6 @@
-"""Latency vs heads: sliced (heads removed) vs masked (heads zeroed, same compute as dense).
+"""Latency vs FLOPs: each width level sliced (what it removes is not computed) vs masked (zeroed,
+the same compute as dense), against its FLOP-ideal speedup; and a replay of a test set one input at
+a time, the cascade against the full model, gate and second passes included.
 
 Variants are interleaved (A B C ... A B C ...) after a warm-up, so drift on a noisy machine hits
 all of them alike; `dense` is timed twice (`dense` and `dense-again`) to show the noise floor.
@@ -14,34 +16,43 @@ import time
 import torch
 from tqdm import tqdm
 
+from .budget import Budget
 from .bundle import Bundle
-from .surgery import encoder_flops
+from .cascade import ARRIVAL_SEED, EscalationTracker, cascade_flops, plan_from_meta
+from .passes import margin
 
-BENCH_RATIOS = (1.0, 0.75, 0.5, 0.25)
 SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))  # (batch, seq_len)
 
 
-def _variants(bundle: Bundle, ratios):
-    L, H = bundle.model.shape.n_layers, bundle.model.shape.n_heads
+def _variants(bundle: Bundle):
+    """(mode, budget, forward kwargs): dense twice, then every ladder level sliced and masked."""
+    shape = bundle.model.shape
     weight = next(bundle.model.parameters())
-    yield "dense", 1.0, H, {}
-    yield "dense-again", 1.0, H, {}
-    for r in ratios:
-        k = round(r * H)
-        yield "sliced", k / H, k, {"heads": [k] * L}
-        mask = torch.zeros(L, H, device=weight.device, dtype=weight.dtype)
-        mask[:, :k] = 1.0
-        yield "masked", k / H, k, {"head_mask": mask}
+    full = Budget.full(shape)
+    yield "dense", full, {}
+    yield "dense-again", full, {}
+    for lv in bundle.meta["levels"][1:]:
+        b = Budget.from_meta(lv)
+        yield "sliced", b, {"budget": b}
+        hm = torch.zeros(shape.n_layers, shape.n_heads, device=weight.device, dtype=weight.dtype)
+        nm = torch.zeros(shape.n_layers, shape.ffn, device=weight.device, dtype=weight.dtype)
+        for l in range(shape.n_layers):
+            hm[l, : b.heads[l]], nm[l, : b.neurons[l]] = 1.0, 1.0
+        yield "masked", b, {"head_mask": hm, "neuron_mask": nm}
+
+
+def _sync(device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 @torch.inference_mode()
-def bench(bundle: Bundle, ratios=BENCH_RATIOS, shapes=SHAPES, warmup: int = 10, repeats: int = 20,
-          threads: int = 1, progress: bool = True) -> dict:
+def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, threads: int = 1,
+          progress: bool = True) -> dict:
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     model, shape = bundle.model.eval(), bundle.model.shape
     device, dtype = bundle.device, next(model.parameters()).dtype
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = _sync(device)
     vocab = model.encoder.get_input_embeddings().num_embeddings
     rows = []
     # a model never sees more than the bundle's max_length tokens: time what it would really run
@@ -51,10 +62,10 @@ def bench(bundle: Bundle, ratios=BENCH_RATIOS, shapes=SHAPES, warmup: int = 10, 
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g).to(device)  # skip specials
             mask = torch.ones_like(ids)
-            variants = list(_variants(bundle, ratios))
+            variants = list(_variants(bundle))
             times = {i: [] for i in range(len(variants))}
             for rep in range(warmup + repeats):
-                for i, (_, _, _, kw) in enumerate(variants):
+                for i, (_, _, kw) in enumerate(variants):
                     sync()
                     t0 = time.perf_counter()
                     model(ids, mask, **kw)
@@ -62,23 +73,77 @@ def bench(bundle: Bundle, ratios=BENCH_RATIOS, shapes=SHAPES, warmup: int = 10, 
                     if rep >= warmup:
                         times[i].append((time.perf_counter() - t0) * 1e3)
             dense_ms = statistics.median(times[0])
-            dense_flops = encoder_flops(shape, [shape.n_heads] * shape.n_layers, seq)
-            for i, (mode, ratio, k, _) in enumerate(variants):
+            for i, (mode, budget, _) in enumerate(variants):
                 med = statistics.median(times[i])
                 q = statistics.quantiles(times[i], n=10)
-                flops = encoder_flops(shape, [k] * shape.n_layers, seq)
+                ratio = budget.flops_ratio(shape, [seq])
                 rows.append({
-                    "mode": mode, "heads_ratio": ratio, "batch": batch, "seq_len": seq,
+                    "mode": mode, "level": budget.name, "flops_ratio": round(ratio, 4),
+                    "heads_ratio": round(budget.heads_ratio(shape), 4),
+                    "neurons_ratio": round(budget.neurons_ratio(shape), 4), "batch": batch, "seq_len": seq,
                     "median_ms": round(med, 3), "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
-                    # masked runs all heads: its work is dense whatever the mask says
-                    "ideal_speedup": round(dense_flops / (dense_flops if mode == "masked" else flops), 4),
+                    # masked runs everything: its work is dense whatever the mask says
+                    "ideal_speedup": round(1.0 if mode == "masked" else 1.0 / ratio, 4),
                     "speedup": round(dense_ms / med, 4),
+                    "of_ideal": round(dense_ms / med * (1.0 if mode == "masked" else ratio), 4),
                 })
     finally:
         torch.set_num_threads(prev_threads)
     gpu = {"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
     return {"threads": threads, "warmup": warmup, "repeats": repeats, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), **gpu, "torch": torch.__version__, "rows": rows}
+
+
+@torch.inference_mode()
+def replay(bundle: Bundle, texts: list[str], target: float = 0.5, threads: int = 1, warmup: int = 20,
+           progress: bool = True) -> dict:
+    """Each text alone (batch 1, in one seeded arrival order), through the full model and through the
+    cascade plan for `target` (first pass, margin gate with its live tracker, second pass if escalated),
+    interleaved text by text; tokenization is done beforehand for both (it is the same work)."""
+    plan = plan_from_meta(bundle.meta, target)
+    if plan is None:
+        raise ValueError(f"the bundle has no cascade plan for FLOPs target {target:g}: run `dihs calibrate`")
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model, shape, device = bundle.model.eval(), bundle.model.shape, bundle.device
+    sync = _sync(device)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist()
+    encoded = [bundle.encode([texts[i]]) for i in order]
+    tracker = EscalationTracker(plan)
+
+    def dense(ids, mask):
+        model(ids, mask)
+
+    def cascade(ids, mask) -> bool:
+        _, conf = margin(model(ids, mask, budget=plan.first).logits)
+        escalate = tracker(float(conf[0]))
+        if escalate:
+            model(ids, mask, budget=plan.second)
+        return escalate
+
+    totals, escalated, tokens = {"dense": 0.0, "cascade": 0.0}, [], []
+    try:
+        for ids, mask in encoded[:warmup]:
+            dense(ids, mask), cascade(ids, mask)
+        tracker = EscalationTracker(plan)  # the warm-up's decisions do not count
+        for ids, mask in tqdm(encoded, desc="replay", unit="text", disable=not progress):
+            for name, fn in (("dense", dense), ("cascade", cascade)):
+                sync()
+                t0 = time.perf_counter()
+                out = fn(ids, mask)
+                sync()
+                totals[name] += time.perf_counter() - t0
+                if name == "cascade":
+                    escalated.append(bool(out))
+            tokens.append(int(mask.sum()))
+    finally:
+        torch.set_num_threads(prev_threads)
+    return {"target_flops_ratio": target, "n": len(texts), "threads": threads, "device": str(device),
+            "dense_total_s": round(totals["dense"], 3), "cascade_total_s": round(totals["cascade"], 3),
+            "time_ratio": round(totals["cascade"] / totals["dense"], 4),
+            "flops_ratio": round(cascade_flops(shape, plan.first, plan.second, tokens, escalated), 4),
+            "escalated": round(sum(escalated) / len(escalated), 4),
+            "first_pass": plan.first.name, "second_pass": (plan.second or Budget.full(shape)).name}
 
 
 def plot_bench(result: dict, out) -> None:
@@ -92,11 +157,11 @@ def plot_bench(result: dict, out) -> None:
     for ax, (b, t) in zip(axes[0], shapes):
         rows = [r for r in result["rows"] if (r["batch"], r["seq_len"]) == (b, t)]
         for mode, style in (("sliced", "o-"), ("masked", "s--")):
-            rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["heads_ratio"])
-            ax.plot([r["heads_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=mode)
-        rs = sorted((r for r in rows if r["mode"] == "sliced"), key=lambda r: r["heads_ratio"])
-        ax.plot([r["heads_ratio"] for r in rs], [r["ideal_speedup"] for r in rs], ":", color="gray", label="FLOP ideal")
-        ax.set(title=f"batch {b}, seq {t}", xlabel="heads ratio")
+            rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["flops_ratio"])
+            ax.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=mode)
+        rs = sorted((r for r in rows if r["mode"] == "sliced"), key=lambda r: r["flops_ratio"])
+        ax.plot([r["flops_ratio"] for r in rs], [r["ideal_speedup"] for r in rs], ":", color="gray", label="FLOP ideal")
+        ax.set(title=f"batch {b}, seq {t}", xlabel="FLOPs ratio")
         ax.grid(alpha=0.3)
     where = result.get("device_name") or f"{result['threads']} thread(s), CPU"
     axes[0][0].set_ylabel(f"speedup vs dense ({result.get('dtype', 'float32')}, {where})")

@@ -1,9 +1,10 @@
-"""The runtime model: one set of encoder weights, any head budget as slices of it.
+"""The runtime model: one set of encoder weights, any budget as slices of it.
 
-`BudgetedClassifier.forward(..., heads=selection)` runs each layer with only the chosen heads'
-Q/K/V rows and O columns (views for prefixes, see surgery.py), so removed heads cost nothing.
-`head_mask` instead multiplies heads' outputs by a mask: same compute as dense, differentiable,
-used for importance scoring and as the reference that slicing must match.
+`BudgetedClassifier.forward(..., budget=b)` runs layer l with only its first b.heads[l] heads'
+Q/K/V rows and O columns and its first b.neurons[l] FFN neurons (views, see surgery.py), so what a
+budget removes costs nothing. `head_mask` / `neuron_mask` instead multiply heads' outputs and FFN
+activations by a mask: the same compute as dense, differentiable, used for importance scoring and
+as the reference that slicing must match.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import LayerParts, encoder_parts
-from .surgery import Selection, head_count, output_cols, qkv_rows
+from .budget import Budget
+from .surgery import ffn_slices, output_cols, qkv_rows
 
 
 @dataclass
@@ -39,13 +41,14 @@ class BudgetedClassifier(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        heads: Selection | None = None,
+        budget: Budget | None = None,
         head_mask: torch.Tensor | None = None,
+        neuron_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ClassifierOutput:
-        """heads: one HeadChoice per layer (None = all heads); head_mask: [L, H] or [B, L, H]."""
+        """budget: None = the full model; head_mask [L, H] or [B, L, H]; neuron_mask [L, F] or [B, L, F]."""
         attentions = [] if output_attentions else None
-        x = self.hidden(input_ids, attention_mask, heads, head_mask, attentions)  # [B, T, C]
+        x = self.hidden(input_ids, attention_mask, budget, head_mask, neuron_mask, attentions)  # [B, T, C]
         m = attention_mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # mean over real tokens
         return ClassifierOutput(self.classifier(self.dropout(pooled)), attentions)
@@ -54,44 +57,39 @@ class BudgetedClassifier(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        heads: Selection | None = None,
+        budget: Budget | None = None,
         head_mask: torch.Tensor | None = None,
+        neuron_mask: torch.Tensor | None = None,
         attentions: list | None = None,
         n_layers: int | None = None,
     ) -> torch.Tensor:
         """The encoder's last hidden states [B, T, C] (after the first `n_layers` layers if given);
         appends attention maps to `attentions` if given."""
-        L, H = self.shape.n_layers, self.shape.n_heads
-        assert heads is None or len(heads) == L, f"need {L} head choices, got {len(heads)}"
-        assert head_mask is None or heads is None, "mask heads of the full model only"
+        L, H, Fn = self.shape.n_layers, self.shape.n_heads, self.shape.ffn
+        assert budget is None or len(budget.heads) == L, f"need {L} layers in the budget, got {len(budget.heads)}"
+        assert (head_mask is None and neuron_mask is None) or budget is None, "mask the full model only"
         x = self.parts.embeddings(input_ids=input_ids)  # [B, T, C]
         keep = attention_mask.bool()
         attn_mask = None if bool(keep.all()) else keep[:, None, None, :]  # [B, 1, 1, T]
         for l, layer in enumerate(self.parts.layers[:n_layers]):
-            choice = H if heads is None else heads[l]
-            mask_l = None if head_mask is None else head_mask[..., l, :]
-            x = self._layer(layer, x, choice, attn_mask, mask_l, attentions)
+            k, n = (H, Fn) if budget is None else (budget.heads[l], budget.neurons[l])
+            hm = None if head_mask is None else head_mask[..., l, :]
+            nm = None if neuron_mask is None else neuron_mask[..., l, :]
+            x = self._attention(layer, x, k, attn_mask, hm, attentions)
+            x = self._ffn(layer, x, n, nm)
         return x
 
-    def _layer(
-        self,
-        p: LayerParts,
-        x: torch.Tensor,
-        choice,
-        attn_mask: torch.Tensor | None,
-        head_mask: torch.Tensor | None,
-        attentions: list | None,
-    ) -> torch.Tensor:
+    def _attention(self, p: LayerParts, x: torch.Tensor, k: int, attn_mask: torch.Tensor | None,
+                   head_mask: torch.Tensor | None, attentions: list | None) -> torch.Tensor:
         B, T, C = x.shape
         d = self.shape.head_dim
-        k = head_count(choice)
         if k == 0:  # every head removed: the attention block adds only O's bias
             attn = p.output.bias.expand(B, T, C)
             if attentions is not None:
                 attentions.append(x.new_zeros(B, 0, T, T))
         else:
             q, kk, v = (
-                F.linear(x, *qkv_rows(lin.weight, lin.bias, choice, d)).view(B, T, k, d).transpose(1, 2)
+                F.linear(x, *qkv_rows(lin.weight, lin.bias, k, d)).view(B, T, k, d).transpose(1, 2)
                 for lin in (p.query, p.key, p.value)
             )  # each [B, k, T, d]
             drop = self.shape.attn_dropout if self.training else 0.0
@@ -107,7 +105,18 @@ class BudgetedClassifier(nn.Module):
             if head_mask is not None:  # [H] or [B, H]
                 ctx = ctx * head_mask.view(-1 if head_mask.dim() == 2 else 1, k, 1, 1)
             ctx = ctx.transpose(1, 2).reshape(B, T, k * d)
-            attn = F.linear(ctx, output_cols(p.output.weight, choice, d), p.output.bias)
-        x = p.attn_norm(self.dropout(attn) + x)
-        h = p.ffn_out(p.act(p.ffn_in(x)))
+            attn = F.linear(ctx, output_cols(p.output.weight, k, d), p.output.bias)
+        return p.attn_norm(self.dropout(attn) + x)
+
+    def _ffn(self, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None) -> torch.Tensor:
+        if n == self.shape.ffn:  # the modules themselves: the full model's exact path
+            a = p.act(p.ffn_in(x))
+            if neuron_mask is not None:  # [F] or [B, F]
+                a = a * (neuron_mask if neuron_mask.dim() == 1 else neuron_mask[:, None, :])
+            h = p.ffn_out(a)
+        elif n == 0:  # every neuron removed: the block adds only the second linear's bias
+            h = p.ffn_out.bias.expand_as(x)
+        else:
+            w_in, b_in, w_out = ffn_slices(p.ffn_in, p.ffn_out, n)
+            h = F.linear(p.act(F.linear(x, w_in, b_in)), w_out, p.ffn_out.bias)
         return p.ffn_norm(self.dropout(h) + x)

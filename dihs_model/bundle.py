@@ -3,7 +3,10 @@
     DIR/model.safetensors   encoder + classifier weights, heads stored in importance order
     DIR/config.json         the encoder's transformers config
     DIR/tokenizer*.json ... the tokenizer
-    DIR/dihs.json           labels, head importance and order, budget ladder, eval figures, checksums
+    DIR/dihs.json           labels, head and neuron importance and order, width ladder, cascade
+                            plans, eval figures, checksums (schema: meta.py)
+    DIR/kwon.safetensors    optional: the plainly fine-tuned weights in Fisher order, for the
+                            `kwon` baseline of `dihs eval` (kwon.py); never served
 
 Bundles are written to a temporary folder and renamed into place, so a failed write leaves
 nothing half-written. Only safetensors is ever read.
@@ -12,7 +15,6 @@ nothing half-written. Only safetensors is ever read.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -28,9 +30,10 @@ from .budgeted import BudgetedClassifier
 from .data import Examples
 from .device import model_device
 
-FORMAT_VERSION = 1
-META_FILE = "dihs.json"
+from .meta import FORMAT_VERSION, META_FILE, MetaError, dumps, read_meta, upgrade_v1
+
 WEIGHTS_FILE = "model.safetensors"
+KWON_FILE = "kwon.safetensors"
 
 
 class BundleError(ValueError):
@@ -48,6 +51,7 @@ class Bundle:
     model: BudgetedClassifier
     tokenizer: object
     meta: dict = field(default_factory=dict)
+    kwon_model: BudgetedClassifier | None = None  # the `kwon` baseline's weights (kwon.py), if attached
 
     @property
     def labels(self) -> list[str]:
@@ -106,6 +110,7 @@ def new_bundle(base_model: str, labels: list[str], max_length: int, device: torc
         "labels": list(labels),
         "max_length": int(min(max_length, tokenizer.model_max_length, encoder.config.max_position_embeddings)),
         "head_order": [list(range(H)) for _ in range(L)],  # original head id at each stored position
+        "neuron_order": [list(range(model.shape.ffn)) for _ in range(L)],  # original neuron id likewise
     }
     return Bundle(model, tokenizer, meta)
 
@@ -128,13 +133,14 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS_FILE)
+        for model, name in ((bundle.model, WEIGHTS_FILE), (bundle.kwon_model, KWON_FILE)):
+            if model is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / name)
         bundle.model.encoder.config.save_pretrained(tmp)
         bundle.tokenizer.save_pretrained(tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {**bundle.meta, "files": files}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        (tmp / META_FILE).write_text(dumps(meta, str(out / META_FILE)), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -150,17 +156,15 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     return out
 
 
-def load_bundle(path: Path | str, verify: bool = True, device: torch.device | str = "cpu") -> Bundle:
+def load_bundle(path: Path | str, verify: bool = True, device: torch.device | str = "cpu",
+                upgrade: bool = False, with_kwon: bool = False) -> Bundle:
+    """upgrade: accept a format-1 bundle as format 2 with every neuron kept (for `dihs calibrate`);
+    with_kwon: also load the `kwon` baseline's weights, if the bundle has them."""
     path = Path(path)
-    meta_path = path / META_FILE
-    if not meta_path.is_file():
-        raise BundleError(f"{path} is not a DIHS bundle (no {META_FILE}); create one with `dihs train`")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{meta_path} is corrupt: {e}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path} has bundle format {meta.get('format_version')}, this version reads {FORMAT_VERSION}")
+        meta = read_meta(path, allow_v1=upgrade)
+    except MetaError as e:
+        raise BundleError(str(e)) from None
     if verify:
         for name, digest in meta.get("files", {}).items():
             f = path / name
@@ -170,10 +174,25 @@ def load_bundle(path: Path | str, verify: bool = True, device: torch.device | st
                 raise BundleError(f"{path}/{name} does not match its checksum: the bundle is corrupt")
     try:
         config = AutoConfig.from_pretrained(path)
-        encoder = AutoModel.from_config(config, attn_implementation="sdpa")
-        model = BudgetedClassifier(encoder, len(meta["labels"]))
-        model.load_state_dict(load_file(path / WEIGHTS_FILE))
         tokenizer = AutoTokenizer.from_pretrained(path)
+
+        def weights(name: str) -> BudgetedClassifier:
+            model = BudgetedClassifier(AutoModel.from_config(config, attn_implementation="sdpa"), len(meta["labels"]))
+            model.load_state_dict(load_file(path / name))
+            return model.to(device).eval()
+
+        model = weights(WEIGHTS_FILE)
+        kwon = weights(KWON_FILE) if with_kwon and (path / KWON_FILE).is_file() else None
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise BundleError(f"cannot load bundle {path}: {str(e).splitlines()[0]}") from None
-    return Bundle(model.to(device).eval(), tokenizer, meta)
+    shape = model.shape
+    try:
+        if meta["format_version"] == 1:
+            meta = upgrade_v1(meta, shape.n_layers, shape.ffn, str(path / META_FILE))
+        for lv in meta.get("levels") or []:
+            if max(lv["heads"]) > shape.n_heads or max(lv["neurons"]) > shape.ffn:
+                raise MetaError(f"{path / META_FILE} is malformed: level {lv['name']!r} keeps more heads or "
+                                "neurons than the model has")
+    except MetaError as e:
+        raise BundleError(str(e)) from None
+    return Bundle(model, tokenizer, meta, kwon)

@@ -1,38 +1,37 @@
-"""The DIHS per-input policy: a confidence cascade over head budgets.
+"""The DIHS per-input policy: a confidence cascade over width budgets.
 
-Every input first runs a small budget (a prefix of the importance-ordered heads); the inputs
-whose prediction at that budget is least confident run again at a larger budget. Confidence is
-the logit margin between the top two classes: unlike the max probability it does not saturate
-at 1.0 in float32 (on reuters-r8 most probabilities did, and ties broke the thresholds). The
-small pass's confidence is the complexity signal: on election-tweets it predicts the small budget's errors
-with AUROC ~0.9, where length and rare-word rates score ~0.52 (see the issue note). Heads are
-counted honestly: an escalated input computed the small pass's heads *and* the second pass's.
-When a plan runs, its threshold follows the traffic (EscalationTracker), so it spends its target
-heads ratio even where traffic is less confident than the calibration split.
+Every input first runs a small budget (a prefix of the importance-ordered heads and FFN neurons);
+the inputs whose prediction at that budget is least confident run again at a larger budget.
+Confidence is the logit margin between the top two classes: unlike the max probability it does not
+saturate at 1.0 in float32. The small pass's confidence is the complexity signal (signals.py
+measures it against the token statistics). Cost is counted honestly, in FLOPs: an escalated input
+paid for the first pass *and* the second. When a plan runs, its threshold follows the traffic
+(EscalationTracker), so it spends its target FLOPs ratio even where traffic is less confident than
+the calibration split.
 
-For a target mean heads ratio r, a plan picks the first-pass budget r0 <= r, the second-pass
-budget r1 > r0, and the confidence threshold that escalates a fraction (r - r0) / r1 of the
-calibration inputs (held out from training), choosing the (r0, r1) whose answers agree most often
-with the full model's (then: the best accuracy). Agreement is the steadier criterion on a few
-hundred calibration inputs: accuracy also rewards a plan for luck on the inputs that the full
-model gets wrong. Passes at every candidate budget run once; the search itself is arithmetic.
+For a target mean FLOPs ratio r, a plan picks the first-pass budget r0 < r, the second-pass budget
+r1 > r0, and the confidence threshold that escalates a fraction (r - r0) / r1 of the calibration
+inputs (held out from training), choosing the (r0, r1) whose answers agree most often with the full
+model's (then: the best accuracy). Agreement is the steadier criterion on a few hundred calibration
+inputs: accuracy also rewards a plan for luck on the inputs that the full model gets wrong. Passes
+at every candidate budget run once; the search itself is arithmetic.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from .levels import prefix_counts
-from .surgery import as_prefix, input_flops
+from .budget import Allocator, Budget
+from .passes import Passes, PassResult, run_pass
 
-FIRST_PASS_RATIOS = (0.08, 0.1, 0.15, 0.2, 0.25, 0.35)  # 0.08: one head per layer in MiniLM
-SECOND_PASS_RATIOS = (0.4, 0.5, 0.75, 1.0)
+FIRST_PASS_RATIOS = (0.1, 0.15, 0.2, 0.25)  # FLOPs
+SECOND_PASS_RATIOS = (0.35, 0.5, 0.75, 1.0)
 TARGETS = (0.75, 0.5, 0.4, 0.3, 0.25)
-TARGET_TOLERANCE = 0.02  # a plan's mean heads on the calibration split must be this close to its target
+TARGET_TOLERANCE = 0.02  # a plan's mean FLOPs ratio on the calibration split must be this close to its target
 CONFIDENCE = "logit_margin"  # stored with the plans: thresholds of another confidence do not apply
 TRACK_WARMUP = 64  # inputs seen before the live quantile replaces the calibrated threshold
 TRACK_WINDOW = 2048  # the threshold follows this many recent first-pass confidences
@@ -41,108 +40,99 @@ ARRIVAL_SEED = 0  # evaluation replays its inputs in one seeded random order, as
 
 @dataclass(frozen=True)
 class CascadePlan:
-    target_ratio: float
-    first_heads: list[int]  # per-layer head counts of the first pass
-    first_ratio: float
+    target_flops_ratio: float
+    first: Budget
+    first_ratio: float  # FLOPs ratio of the first pass at the calibration lengths
     threshold: float  # escalate when the first pass's logit margin is at most this
     calib_escalated: float  # fraction escalated on the calibration split
     calib_accuracy: float
     calib_agreement: float = 1.0  # share of calibration inputs answered as the full model answers them
-    second_heads: list[int] | None = None  # per-layer head counts of the second pass (None: all heads)
+    second: Budget | None = None  # None: the full model
     second_ratio: float = 1.0
+    calib_flops_ratio: float = 0.0  # both passes counted, on the calibration split
+
+    def to_meta(self) -> dict:
+        return {"target_flops_ratio": self.target_flops_ratio, "first": _budget_meta(self.first),
+                "first_ratio": self.first_ratio, "threshold": self.threshold, "calib_escalated": self.calib_escalated,
+                "calib_accuracy": self.calib_accuracy, "calib_agreement": self.calib_agreement,
+                "second": None if self.second is None else _budget_meta(self.second),
+                "second_ratio": self.second_ratio, "calib_flops_ratio": self.calib_flops_ratio}
+
+    @classmethod
+    def from_meta(cls, d: dict) -> "CascadePlan":
+        return cls(d["target_flops_ratio"], Budget.from_meta(d["first"]), d["first_ratio"], d["threshold"],
+                   d["calib_escalated"], d["calib_accuracy"], d["calib_agreement"],
+                   None if d["second"] is None else Budget.from_meta(d["second"]), d["second_ratio"],
+                   d.get("calib_flops_ratio", 0.0))
 
 
-@dataclass
-class PassResult:
-    preds: torch.Tensor  # [N], on the CPU
-    conf: torch.Tensor  # [N] logit margin of the top two classes, on the CPU
-    tokens: list[int]  # real tokens per input, for FLOPs
+def _budget_meta(b: Budget) -> dict:
+    return {"name": b.name, "heads": list(b.heads), "neurons": list(b.neurons)}
 
 
-@torch.no_grad()
-def run_pass(model, batches, heads, n: int) -> PassResult:
-    """One forward pass at `heads` (None: all) over length-sorted batches, results in input order."""
-    preds, conf, tokens = torch.zeros(n, dtype=torch.long), torch.zeros(n), [0] * n
-    for idx, ids, mask, _ in batches:
-        top2 = model(ids, mask, heads=heads).logits.float().topk(2, dim=-1)
-        preds[idx], conf[idx] = top2.indices[:, 0].cpu(), (top2.values[:, 0] - top2.values[:, 1]).cpu()
-        for i, t in zip(idx, mask.sum(1).tolist()):
-            tokens[i] = t
-    return PassResult(preds, conf, tokens)
-
-
-class Passes:
-    """Passes over fixed batches, each selection run once: calibration asks for the same budgets
-    several times (plans, then the signal report), evaluation for the same selection in several rows."""
-
-    def __init__(self, model, batches, n: int):
-        self.model, self.batches, self.n = model, batches, n
-        self._done: dict[tuple[int, ...] | None, PassResult] = {}
-
-    def __call__(self, heads) -> PassResult:
-        """heads: a Selection (per-layer counts or head lists), None for all heads. Head lists that are
-        prefixes run as counts, so a static order's selection and the same ladder budget run once."""
-        if heads is not None:
-            heads = as_prefix(heads) or heads
-        key = None if heads is None else tuple(h if isinstance(h, int) else tuple(h) for h in heads)
-        if key not in self._done:
-            self._done[key] = run_pass(self.model, self.batches, heads, self.n)
-        return self._done[key]
-
-
-def _budgets(ordered_scores: torch.Tensor, ratios) -> dict[float, list[int] | None]:
-    """Measured heads ratio -> per-layer counts (None for all heads), one entry per distinct budget."""
-    total = ordered_scores.numel()
+def candidate_budgets(allocator: Allocator, ratios) -> dict[float, Budget | None]:
+    """Measured FLOPs ratio -> budget (None for the full model), one entry per distinct budget."""
     out = {}
     for r in ratios:
-        heads = None if r >= 1.0 else prefix_counts(ordered_scores, r)
-        out.setdefault(1.0 if heads is None else sum(heads) / total, heads)
+        b = None if r >= 1.0 else allocator(r)
+        out.setdefault(1.0 if b is None else allocator.ratio(b), b)
     return out
 
 
-def fit_plans(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Tensor, targets) -> list[CascadePlan]:
-    """Plans for each target ratio in (0, 1), fitted on held-out calibration batches."""
-    n = len(labels)
+def cascade_flops(shape, first: Budget, second: Budget | None, tokens: list[int], escalated: list[bool]) -> float:
+    """Mean FLOPs ratio of a cascade over inputs of these lengths: every input pays the first pass,
+    the escalated ones the second pass too."""
+    full = Budget.full(shape)
+    second = second or full
+    spent = sum(first.flops(shape, t) + (second.flops(shape, t) if e else 0.0) for t, e in zip(tokens, escalated))
+    return spent / sum(full.flops(shape, t) for t in tokens)
+
+
+def fit_plans(passes: Passes, labels: torch.Tensor, allocator: Allocator, targets) -> list[CascadePlan]:
+    """Plans for each target FLOPs ratio in (0, 1), fitted on held-out calibration batches."""
+    n, shape = len(labels), passes.model.shape
     full = passes(None).preds
-    firsts, seconds = _budgets(ordered_scores, FIRST_PASS_RATIOS), _budgets(ordered_scores, SECOND_PASS_RATIOS)
+    firsts = candidate_budgets(allocator, FIRST_PASS_RATIOS)
+    seconds = candidate_budgets(allocator, SECOND_PASS_RATIOS)
     plans = []
     for target in targets:
         best = None
-        for r0, h0 in sorted(firsts.items()):
-            first = passes(h0)
+        for r0, b0 in sorted(firsts.items()):
+            first = passes(b0)
             sorted_conf = first.conf.sort().values
             # ties: the larger second pass
-            for r1, h1 in sorted(((r, h) for r, h in seconds.items() if r > r0), key=lambda x: x[0], reverse=True):
+            for r1, b1 in sorted(((r, b) for r, b in seconds.items() if r > r0), key=lambda x: x[0], reverse=True):
                 f = (target - r0) / r1  # each escalation costs a second pass at r1
                 if not 0 <= f <= 1:  # this pair cannot spend exactly the target
                     continue
                 k = round(f * n)  # escalate the k least confident calibration inputs
                 thr = float(sorted_conf[k - 1]) if k > 0 else -1.0
                 esc = first.conf <= thr
-                if abs(r0 + float(esc.float().mean()) * r1 - target) > TARGET_TOLERANCE:
-                    continue  # tied confidences escalated more than k
-                preds = torch.where(esc, passes(h1).preds, first.preds)
+                spent = cascade_flops(shape, b0, b1, first.tokens, esc.tolist())
+                if abs(spent - target) > TARGET_TOLERANCE:
+                    continue  # tied confidences, or escalated inputs longer than the average
+                preds = torch.where(esc, passes(b1).preds, first.preds)
                 acc, agree = float((preds == labels).float().mean()), float((preds == full).float().mean())
                 if best is None or (agree, acc) > (best.calib_agreement + 1e-12, best.calib_accuracy + 1e-12):
-                    best = CascadePlan(target, h0, r0, thr, float(esc.float().mean()), acc, agree, h1, r1)
+                    best = CascadePlan(target, b0, r0, thr, float(esc.float().mean()), acc, agree, b1, r1, spent)
         if best is not None:
             plans.append(best)
     return plans
 
 
 class EscalationTracker:
-    """Holds a plan's escalated share, and so its mean heads, on live traffic.
+    """Holds a plan's escalated share, and so its mean FLOPs, on live traffic.
 
     A calibrated threshold assumes traffic as confident as the calibration split; where it is less
     (20newsgroups' test posts are later than its training posts), a fixed threshold escalates more
-    inputs and overspends heads (0.54 for a 0.5 target). The tracker escalates an input when its
+    inputs and overspends (0.54 of the heads for a 0.5 target). The tracker escalates an input when its
     first-pass confidence is at most the plan's escalated-share quantile of the recent confidences;
     the calibrated threshold serves until TRACK_WARMUP inputs have been seen. Each decision uses only
     inputs that came before it: no look-ahead.
     """
 
     def __init__(self, plan: CascadePlan):
-        self.share = min(1.0, max(0.0, (plan.target_ratio - plan.first_ratio) / plan.second_ratio))
+        self.share = min(1.0, max(0.0, (plan.target_flops_ratio - plan.first_ratio) / plan.second_ratio))
         self.threshold = float("inf") if self.share >= 1.0 else plan.threshold  # escalate all: nothing to track
         self._recent: deque[float] = deque(maxlen=TRACK_WINDOW)
         self._sorted: list[float] = []
@@ -168,29 +158,38 @@ def plan_from_meta(meta: dict, target: float) -> CascadePlan | None:
     """The bundle's plan for `target` (None: no plan, or no current plans)."""
     if not has_current_plans(meta):
         return None
-    known = {f.name for f in fields(CascadePlan)}
     for p in meta["cascade"].get("plans", []):
-        if abs(p["target_ratio"] - target) < 1e-9:
-            return CascadePlan(**{k: v for k, v in p.items() if k in known})
+        if abs(p["target_flops_ratio"] - target) < 1e-9:
+            return CascadePlan.from_meta(p)
     return None
 
 
 def plans_to_meta(plans: list[CascadePlan], n_calib: int, signals: dict) -> dict:
     """signals: `signals.signal_report` on the same calibration split."""
-    return {"method": "confidence cascade: first pass at a small budget, escalate the least confident to a larger one",
+    return {"method": "confidence cascade: first pass at a small width budget, escalate the least confident to a larger one",
             "confidence": CONFIDENCE, "calibration_examples": n_calib, "signals": signals,
-            "plans": [asdict(p) for p in plans]}
+            "plans": [p.to_meta() for p in plans]}
 
 
-def run_cascade(model, batches, plan: CascadePlan, shape, n: int, track: bool = True,
-                first: PassResult | None = None) -> tuple[torch.Tensor, float, float, float]:
-    """Predictions, mean heads ratio, FLOPs ratio and escalated fraction of a plan on these inputs.
+@dataclass(frozen=True)
+class CascadeRun:
+    preds: torch.Tensor
+    flops_ratio: float  # both passes of escalated inputs counted, at the inputs' real lengths
+    heads_ratio: float  # mean heads computed per input over all heads, both passes counted
+    neurons_ratio: float
+    escalated: float
+
+
+def run_cascade(model, batches, plan: CascadePlan, n: int, track: bool = True,
+                first: PassResult | None = None) -> CascadeRun:
+    """A plan on these inputs.
 
     track: decide escalations with an EscalationTracker, the inputs arriving in a seeded random
     order (an input's answer does not depend on its batch); False: the calibrated threshold alone.
     first: the first pass over these batches, if already run.
     """
-    first = first or run_pass(model, batches, plan.first_heads, n)
+    shape = model.shape
+    first = first or run_pass(model, batches, plan.first, n)
     if track:
         tracker, esc = EscalationTracker(plan), torch.zeros(n, dtype=torch.bool)
         for i in torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist():
@@ -199,16 +198,13 @@ def run_cascade(model, batches, plan: CascadePlan, shape, n: int, track: bool = 
         esc = first.conf <= plan.threshold
     preds = first.preds.clone()
     if esc.any():
-        second = run_pass(model, list(_subset_batches(batches, esc)), plan.second_heads, n)
+        second = run_pass(model, list(_subset_batches(batches, esc)), plan.second, n)
         preds[esc] = second.preds[esc]
-    tokens = first.tokens
-    escalated_tokens = [t for t, e in zip(tokens, esc.tolist()) if e]  # these pay the second pass too
-    flops = (sum(input_flops(shape, plan.first_heads, tokens)) + sum(input_flops(shape, plan.second_heads, escalated_tokens))
-             ) / sum(input_flops(shape, None, tokens))
-    total, second_counts = shape.total_heads, plan.second_heads or [shape.n_heads] * shape.n_layers
     escalated = float(esc.float().mean())
-    heads_ratio = sum(plan.first_heads) / total + escalated * sum(second_counts) / total
-    return preds, heads_ratio, flops, escalated
+    second = plan.second or Budget.full(shape)
+    return CascadeRun(preds, cascade_flops(shape, plan.first, plan.second, first.tokens, esc.tolist()),
+                      plan.first.heads_ratio(shape) + escalated * second.heads_ratio(shape),
+                      plan.first.neurons_ratio(shape) + escalated * second.neurons_ratio(shape), escalated)
 
 
 def _subset_batches(batches, keep: torch.Tensor):

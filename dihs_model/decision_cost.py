@@ -15,6 +15,7 @@ import time
 import torch
 
 from .bundle import Bundle
+from .budget import Budget
 from .cascade import TRACK_WINDOW, CascadePlan, EscalationTracker
 from .levels import LadderPolicy
 
@@ -28,7 +29,8 @@ def _ms(fn) -> float:
 def _decisions(model, ladder: LadderPolicy, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     """What is timed, as calls on one input: the dense forward and the two decisions beside it."""
     logits = model(ids, mask).logits
-    tracker = EscalationTracker(CascadePlan(0.5, [1], 0.25, 1.0, calib_escalated=0.25, calib_accuracy=0.0))
+    first = Budget("first", (1,) * model.shape.n_layers, (0,) * model.shape.n_layers)
+    tracker = EscalationTracker(CascadePlan(0.5, first, 0.25, 1.0, calib_escalated=0.25, calib_accuracy=0.0))
     g = torch.Generator().manual_seed(0)
     for c in torch.randn(TRACK_WINDOW, generator=g).tolist():  # a full window: every call also drops one
         tracker(c)

@@ -1,6 +1,6 @@
 """Per-request explanations: which heads ran for one input, how much each mattered, where they looked.
 
-`explain(bundle, text, level_heads, ...)` runs the model once at the chosen budget (the served
+`explain(bundle, text, budget, ...)` runs the model once at the chosen width budget (the served
 prediction, with the attention maps of the heads that ran) and once more on the full model with a
 head-mask variable m = 1 ([1, L, H]) to get this input's head importance |dL/dm_h|, the loss being
 cross-entropy against the predicted label (Michel et al. 2019's score for a single input). No Ray,
@@ -13,6 +13,8 @@ that layer by the bundle's `order_by` scorer; `head` is the head's id in the bas
       "text": str, "tokens": [str, ...],            # T tokens, specials included, after truncation
       "label": str, "probabilities": {label: float},  # the prediction at the chosen budget
       "heads": {"active": int, "total": int, "ratio": float, "per_layer": [int] * L},
+      "neurons": {"active": int, "total": int, "ratio": float, "per_layer": [int] * L},  # FFN units
+      "flops_ratio": float,                         # this budget's FLOPs / dense FLOPs at this length
       "complexity": float,                          # score in [0, 1], as /v1/classify reports it
       "complexity_signals": {"tokens": int, "subword_rate": float, "length_percentile": float,
                              "subword_percentile": float, "score": float},
@@ -23,6 +25,7 @@ that layer by the bundle's `order_by` scorer; `head` is the head's id in the bas
       "input_importance": [[float] * H] * L,        # this input's |dL/dm|, stored order
       "layers": [{
         "layer": int, "active": int,                # heads that ran in this layer (a prefix)
+        "neurons_active": int,                      # FFN neurons that ran in this layer (a prefix)
         "heads": [{
           "position": int, "head": int, "active": bool,
           "input_importance": float,                # |dL/dm_h| for this input
@@ -39,6 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .budget import Budget
 from .bundle import Bundle
 from .complexity import ComplexityScorer
 from .device import model_device
@@ -48,7 +52,8 @@ from .policy import PolicyConfig, limits_error
 PER_INPUT_METHOD = ("|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
                     "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)")
 GLOBAL_METHODS = {
-    "michel": "E_x |dL/dm_h| over the calibration set, normalised per layer (Michel et al. 2019)",
+    "michel": "E_x |dL/dm_h| over the calibration set (Michel et al. 2019), not normalised: in the same units as "
+              "the FFN neurons' scores, which it is ranked with",
     "fisher": "sum_x (dL/dm_h)^2 over the calibration set (Kwon et al. 2022)",
     "attention": "mean over tokens of the head's largest attention weight (Voita et al. 2019)",
 }
@@ -66,7 +71,7 @@ def budget_for(bundle: Bundle, text: str, mode: str = "auto", min_ratio: float =
         raise ValueError(err)
     ids, mask = bundle.encode([text])  # the budget decision is CPU work, whatever the model's device
     (signal,), (d,) = ladder.decide(ids.cpu(), mask.cpu(), pressure, [(mode, min_ratio, max_ratio)])
-    return {"level_heads": ladder.heads_of(d.level), "level": ladder.levels[d.level]["name"],
+    return {"budget": ladder.budget_of(d.level), "level": ladder.levels[d.level]["name"],
             "reason": d.reason, "signal": signal, "pressure": pressure}
 
 
@@ -81,25 +86,31 @@ def input_gradients(model, ids: torch.Tensor, mask: torch.Tensor, label: int) ->
     return g[0].float().cpu()
 
 
-def _level_name(bundle: Bundle, counts: list[int]) -> str:
-    for lv in bundle.meta.get("levels", []):
-        if list(lv["heads"]) == counts:
+def _level_name(bundle: Bundle, budget: Budget) -> str:
+    for lv in bundle.meta.get("levels") or []:
+        if Budget.from_meta(lv).key == budget.key:
             return lv["name"]
-    return "custom"
+    return budget.name or "custom"
 
 
-def explain(bundle: Bundle, text: str, level_heads: list[int] | None, *, level: str | None = None,
+def _units(per_layer: list[int], per_layer_total: int) -> dict:
+    total = per_layer_total * len(per_layer)
+    return {"active": sum(per_layer), "total": total, "ratio": round(sum(per_layer) / total, 4), "per_layer": per_layer}
+
+
+def explain(bundle: Bundle, text: str, budget: Budget | None, *, level: str | None = None,
             reason: str = "", signal: dict | None = None, pressure: float = 0.0, attention: bool = True,
             model=None, decimals: int = 4) -> dict:
-    """Explain the prediction for `text` when layer l runs its first `level_heads[l]` heads (None: all).
+    """Explain the prediction for `text` at `budget` (None: the full model).
 
     level/reason/signal/pressure: the budget decision to report (from `budget_for` or the service's
     engine); `model` defaults to `bundle.model` (the engine passes its own, possibly on a GPU).
     """
     model = bundle.model if model is None else model
     L, H = model.shape.n_layers, model.shape.n_heads
-    counts = [H] * L if level_heads is None else [int(k) for k in level_heads]
-    assert len(counts) == L and all(0 <= k <= H for k in counts), counts
+    shown = budget or Budget.full(model.shape)
+    shown.check(model.shape)
+    counts = list(shown.heads)
     enc = bundle.tokenizer([text], truncation=True, max_length=bundle.max_length, return_tensors="pt")
     device = model_device(model)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [1, T], no padding
@@ -108,12 +119,13 @@ def explain(bundle: Bundle, text: str, level_heads: list[int] | None, *, level: 
     signal = signal or {}
 
     with torch.no_grad():
-        out = model(ids, mask, heads=level_heads, output_attentions=True)
+        out = model(ids, mask, budget=budget, output_attentions=True)
     probs = out.logits.float().softmax(-1)[0].cpu()
     pred = int(probs.argmax())
     grads = input_gradients(model, ids, mask, pred)  # [L, H]
     importance = grads.abs()
-    glob = {name: torch.tensor(s, dtype=torch.float64) for name, s in bundle.meta.get("importance", {}).items()}
+    heads_importance = (bundle.meta.get("importance") or {}).get("heads", {})
+    glob = {name: torch.tensor(s, dtype=torch.float64) for name, s in heads_importance.items()}
     order = bundle.meta["head_order"]
 
     def r(x: torch.Tensor):
@@ -132,20 +144,21 @@ def explain(bundle: Bundle, text: str, level_heads: list[int] | None, *, level: 
                 "global_importance": {name: round(float(s[l, p]), 8) for name, s in glob.items()},
                 "attention": r(att[p].float().cpu()) if att is not None and p < counts[l] else None,
             })
-        layers.append({"layer": l, "active": counts[l], "heads": heads})
+        layers.append({"layer": l, "active": counts[l], "neurons_active": shown.neurons[l], "heads": heads})
 
     labels = bundle.labels
-    active = sum(counts)
     return {
         "text": text,
         "tokens": bundle.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist()),
         "label": labels[pred],
         "probabilities": {name: round(float(x), 6) for name, x in zip(labels, probs)},
-        "heads": {"active": active, "total": L * H, "ratio": round(active / (L * H), 4), "per_layer": counts},
+        "heads": _units(counts, H),
+        "neurons": _units(list(shown.neurons), model.shape.ffn),
+        "flops_ratio": round(shown.flops_ratio(model.shape, [int(ids.shape[1])]), 4),
         "complexity": signal.get("score", 0.0),
         "complexity_signals": signal,
         "pressure": round(float(pressure), 4),
-        "level": level or _level_name(bundle, counts),
+        "level": level or _level_name(bundle, shown),
         "reason": reason,
         "truncated": bool(enc.encodings[0].overflowing),
         "per_input_method": PER_INPUT_METHOD,

@@ -104,7 +104,7 @@ def attention_png(explanation: dict, layer: int, head: int) -> bytes:
 
 def importance_png(meta: dict) -> bytes:
     """The bundle's global head importance, one grid per scorer (stored order)."""
-    imp = meta["importance"]
+    imp = meta["importance"]["heads"]
     ids = meta["head_order"]
     fig = _figure(5.2 * len(imp), max(2.8, 0.45 * len(ids) + 1.6))
     for i, (name, rows) in enumerate(imp.items()):
@@ -114,13 +114,13 @@ def importance_png(meta: dict) -> bytes:
 
 
 def ladder_png(meta: dict) -> bytes:
-    """Per head: the smallest ladder level that still runs it (heads that run only at 100% are darkest)."""
+    """Per head: the smallest ladder level (FLOPs ratio) that still runs it (heads that run only at 100% are darkest)."""
     levels = meta["levels"]
     L, H = len(meta["head_order"]), len(meta["head_order"][0])
     keep = np.ones((L, H))
     for lv in levels:
         for l, k in enumerate(lv["heads"]):
-            keep[l, :k] = np.minimum(keep[l, :k], lv["heads_ratio"])
+            keep[l, :k] = np.minimum(keep[l, :k], lv["flops_ratio"])
     fig = _figure(max(5.0, 0.5 * H + 2), max(2.5, 0.45 * L + 1.5))
     ax = fig.add_subplot()
     im = ax.imshow(keep, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
@@ -129,7 +129,7 @@ def ladder_png(meta: dict) -> bytes:
             ax.text(p, l, f"{keep[l, p]:.0%}", ha="center", va="center", fontsize=6,
                     color="white" if keep[l, p] < 0.6 else "black")
     ax.set(xticks=range(H), yticks=range(L), xlabel="position in layer (importance rank)", ylabel="layer")
-    ax.set_title("budget ladder: smallest level (heads ratio) at which each head still runs", fontsize=9)
+    ax.set_title("width ladder: smallest level (FLOPs ratio) at which each head still runs", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     return _png(fig)
 
@@ -167,48 +167,53 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;p
 
 
 def report_html(bundle_path: str, meta: dict, eval_result: dict | None = None, bench_result: dict | None = None) -> str:
-    """One self-contained page: global head importance, the ladder, accuracy and latency vs heads."""
+    """One self-contained page: global head importance, the width ladder, accuracy and latency vs FLOPs."""
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>DIHS report: {e(bundle_path)}</title>"
              f"<style>{CSS}</style></head><body><h1>DIHS bundle report</h1>"]
     facts = [["bundle", bundle_path], ["base model", meta.get("base_model", "?")],
              ["labels", ", ".join(meta.get("labels", []))], ["max tokens", meta.get("max_length", "?")],
-             ["heads ordered by", meta.get("order_by", "not calibrated")],
-             ["calibration examples", meta.get("calibration", {}).get("examples", "-")]]
+             ["heads and neurons ordered by", meta.get("order_by") or "not calibrated"],
+             ["allocation", meta.get("allocation") or "-"],
+             ["calibration examples", (meta.get("calibration") or {}).get("examples", "-")]]
     if "eval" in meta:
         ev = meta["eval"]
         facts.append(["dense accuracy", f"{ev['dense_accuracy']:.4f} ({ev.get('data', '?')}, {ev.get('split', '')}, "
                                         f"n={ev.get('n', '?')})"])
     parts.append(_table(None, facts))
-    if "importance" in meta:
+    if meta.get("importance"):
         parts.append("<h2>Global head importance</h2><p>Rows are layers, columns the heads in stored order "
                      "(most important first); cell text is the head's id in the base checkpoint.</p>")
         parts += [_img(importance_png(meta), "global head importance"),
                   "<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in
                                    GLOBAL_METHODS.items()) + "</ul>"]
-    if "levels" in meta:
-        parts.append("<h2>Budget ladder</h2>")
-        parts.append(_table(["level", "target", "heads ratio", "heads per layer"],
-                            [[lv["name"], f"{lv['target_ratio']:.2f}", f"{lv['heads_ratio']:.3f}",
-                              " ".join(map(str, lv["heads"]))] for lv in meta["levels"]]))
+    if meta.get("levels"):
+        parts.append("<h2>Width ladder</h2>")
+        parts.append(_table(["level", "target FLOPs", "FLOPs ratio", "heads ratio", "neurons ratio", "heads per layer",
+                             "neurons per layer"],
+                            [[lv["name"], f"{lv['target_flops_ratio']:.2f}", f"{lv['flops_ratio']:.3f}",
+                              f"{lv['heads_ratio']:.3f}", f"{lv['neurons_ratio']:.3f}", " ".join(map(str, lv["heads"])),
+                              " ".join(map(str, lv["neurons"]))] for lv in meta["levels"]]))
         parts.append(_img(ladder_png(meta), "budget ladder"))
     else:
         parts.append("<p>No head importance or ladder: run <code>dihs calibrate</code> on the bundle.</p>")
     if eval_result:
-        parts.append(f"<h2>Accuracy vs heads</h2><p>task {e(str(eval_result.get('task')))}, "
-                     f"n={e(str(eval_result.get('n')))}; heads removed by slicing.</p>")
-        parts.append(_img(eval_png(eval_result), "accuracy vs heads"))
-        parts.append(_table(["policy", "heads ratio", "FLOPs ratio", "accuracy", "macro-F1"],
-                            [[r["policy"], f"{r['heads_ratio']:.3f}", f"{r.get('flops_ratio', float('nan')):.3f}",
+        parts.append(f"<h2>Accuracy vs FLOPs</h2><p>task {e(str(eval_result.get('task')))}, "
+                     f"n={e(str(eval_result.get('n')))}; heads and neurons removed by slicing.</p>")
+        parts.append(_img(eval_png(eval_result), "accuracy vs FLOPs"))
+        parts.append(_table(["policy", "FLOPs ratio", "heads ratio", "neurons ratio", "accuracy", "macro-F1"],
+                            [[r["policy"], f"{r['flops_ratio']:.3f}", f"{r['heads_ratio']:.3f}",
+                              f"{r.get('neurons_ratio', 1.0):.3f}",
                               f"{r['accuracy']:.4f}", f"{r.get('macro_f1', float('nan')):.4f}"]
                              for r in eval_result["rows"]]))
     if bench_result:
-        parts.append(f"<h2>Latency vs heads</h2><p>{e(str(bench_result.get('device', 'cpu')))}, "
+        parts.append(f"<h2>Latency vs FLOPs</h2><p>{e(str(bench_result.get('device', 'cpu')))}, "
                      f"{e(str(bench_result.get('dtype', '')))}, {e(str(bench_result.get('threads', '?')))} thread(s); "
                      "median of interleaved repeats; speedup = dense median / variant median.</p>")
-        parts.append(_img(bench_png(bench_result), "latency vs heads"))
-        parts.append(_table(["mode", "heads ratio", "batch", "seq", "median ms", "p10-p90 ms", "speedup", "FLOP ideal"],
-                            [[r["mode"], f"{r['heads_ratio']:.2f}", r["batch"], r["seq_len"], r["median_ms"],
+        parts.append(_img(bench_png(bench_result), "latency vs FLOPs"))
+        parts.append(_table(["mode", "level", "FLOPs ratio", "batch", "seq", "median ms", "p10-p90 ms", "speedup",
+                             "FLOP ideal"],
+                            [[r["mode"], r.get("level", "-"), f"{r['flops_ratio']:.2f}", r["batch"], r["seq_len"], r["median_ms"],
                               f"{r['p10_ms']}-{r['p90_ms']}", r["speedup"], r["ideal_speedup"]]
                              for r in bench_result["rows"]]))
     parts.append("</body></html>")

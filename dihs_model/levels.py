@@ -1,35 +1,22 @@
-"""The budget ladder: a few fixed head budgets (levels) that requests are mapped to.
+"""The budget ladder: a few fixed width budgets (levels) that requests are mapped to.
 
 A small ladder lets batches group by level (one sliced forward per group) and lets a GPU keep
-one graph per level. Each level keeps, per layer, a prefix of the importance-ordered heads,
-allocated by global ranking (Michel 2019), so layers that matter more keep more heads.
+one graph per level. Each level is a FLOPs target turned into heads and FFN neurons per layer by
+the bundle's allocation (budget.py); its FLOPs ratio is measured at the calibration split's lengths.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .surgery import allocate_heads, as_prefix
+from .budget import Allocator, Budget
 
-LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)
-
-
-def prefix_counts(ordered_scores: torch.Tensor, ratio: float) -> list[int]:
-    """Per-layer head counts keeping `ratio` of all heads, from scores [L, H] descending in each layer."""
-    heads = as_prefix(allocate_heads(ordered_scores, ratio))
-    assert heads is not None, "scores must be in stored (importance) order"
-    return heads
+LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # FLOPs targets
 
 
-def build_ladder(ordered_scores: torch.Tensor, ratios: tuple[float, ...] = LADDER) -> list[dict]:
-    """Levels from scores [L, H] that are already descending within each layer."""
-    total = ordered_scores.numel()
-    levels = []
-    for ratio in ratios:
-        heads = prefix_counts(ordered_scores, ratio)
-        levels.append({"name": f"h{round(ratio * 100)}", "target_ratio": ratio,
-                       "heads": heads, "heads_ratio": sum(heads) / total})
-    return levels
+def build_ladder(allocator: Allocator, targets: tuple[float, ...] = LADDER) -> list[dict]:
+    """Level records for dihs.json (budget counts and their measured ratios)."""
+    return [allocator(t).to_meta(allocator.shape, allocator.tokens, target_flops_ratio=t) for t in targets]
 
 
 class LadderPolicy:
@@ -41,7 +28,8 @@ class LadderPolicy:
         from .policy import PolicyConfig
 
         self.levels = meta["levels"]
-        self.ratios = [lv["heads_ratio"] for lv in self.levels]
+        self.budgets = [Budget.from_meta(lv) for lv in self.levels]
+        self.ratios = [lv["flops_ratio"] for lv in self.levels]
         self.scorer = ComplexityScorer.from_meta(meta, tokenizer)
         self.policy = policy or PolicyConfig.from_meta(meta)
 
@@ -53,6 +41,6 @@ class LadderPolicy:
         return signals, [choose_level(self.ratios, s["score"], pressure, mode, lo, hi, self.policy)
                          for s, (mode, lo, hi) in zip(signals, limits)]
 
-    def heads_of(self, level: int) -> list[int] | None:
-        """The per-layer head counts of a level (None: the full model, its bit-exact path)."""
-        return None if level == 0 else self.levels[level]["heads"]
+    def budget_of(self, level: int) -> Budget | None:
+        """The budget of a level (None: the full model, its bit-exact path)."""
+        return None if level == 0 else self.budgets[level]

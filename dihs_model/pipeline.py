@@ -1,4 +1,5 @@
-"""Train a bundle end to end: fine-tune, calibrate, budget-robust epochs, held-out accuracy, save.
+"""Train a bundle end to end: fine-tune, calibrate, the kwon baseline, budget-robust (width) epochs,
+held-out accuracy, save.
 
 What `dihs train` does, as a library call: the CLI parses flags into a TrainPlan, calls
 `train_bundle` and prints. Progress notes go to `log` (the CLI passes a stderr printer).
@@ -25,7 +26,6 @@ class TrainPlan:
     calibrate: bool = True
     order_by: str = "michel"
     budget_robust: bool | None = None  # None: on when calibrating
-    sandwich: bool = False
     force: bool = False
 
     @property
@@ -35,9 +35,7 @@ class TrainPlan:
     def problem(self) -> str | None:
         """Why this plan cannot run (a flag combination), or None."""
         if self.budget_robust and not self.calibrate:
-            return "--budget-robust needs the head order that calibration finds: drop --no-calibrate"
-        if self.sandwich and not self.robust:
-            return "--sandwich changes the budget-robust epochs: drop --no-budget-robust / --no-calibrate"
+            return "--budget-robust needs the head and neuron order that calibration finds: drop --no-calibrate"
         return None
 
 
@@ -54,7 +52,9 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     from .bundle import BundleError, check_checkpoint, default_base_model, new_bundle, save_bundle
     from .data import load_split, split_calibration
     from .evaluate import predict
-    from .importance import calibrate_bundle
+    from .calibrate import calibrate_bundle
+    from .evaluate import KWON_TARGETS, allocation_comparison
+    from .kwon import attach_kwon
 
     problem = plan.problem()
     if problem:
@@ -72,6 +72,10 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     bundle.meta["data"] = {"spec": plan.data, "text_column": plan.text_column, "label_column": plan.label_column}
     if plan.calibrate:
         bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
+        # on the plainly fine-tuned weights: the two allocations side by side, and the kwon baseline
+        bundle.meta["allocation_comparison"] = allocation_comparison(bundle, calib)
+        if plan.robust:
+            bundle = attach_kwon(bundle, KWON_TARGETS)
     if plan.robust:
         bundle = budget_robust(bundle, fit, calib, split.test, plan, progress, log)
     preds, _ = predict(bundle, split.test, None)
@@ -87,8 +91,7 @@ def budget_robust(bundle, fit, calib, test, plan: TrainPlan, progress: bool = Tr
     from .robust import train_budget_robust
 
     before = level_accuracies(bundle, test)
-    bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress,
-                                         sandwich=plan.sandwich)
+    bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress)
     after = level_accuracies(bundle, test)
     bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
     log(f"budget-robust ({record['epochs']} epochs): held-out accuracy per level {before} -> {after}")

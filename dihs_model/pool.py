@@ -22,7 +22,7 @@ def _counts(result: dict) -> dict[tuple[float, str], tuple[int, int]]:
     for row in result.get("rows", []):
         if row.get("policy") != "dihs":
             continue
-        target = row["target_heads_ratio"]
+        target = row["target_flops_ratio"]
         against = {"dense": row["vs_dense"]} if "vs_dense" in row else {}
         for name, c in {**against, **row.get("vs_static", {})}.items():
             out[(target, name)] = (int(c["wins"]), int(c["losses"]))
@@ -45,7 +45,7 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
             raise PoolError(f"{name} has negative win or loss counts")
         if not comps:
             raise PoolError(f"{name} has no dihs rows compared with dense or a static order: evaluate with "
-                            "--policies dense dihs static-michel static-fisher")
+                            "--policies dense dihs static-heads static-width kwon")
         per_set.append(comps)
     common = set.intersection(*(set(c) for c in per_set))
     n = sum(r["n"] for r in results)
@@ -53,6 +53,6 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
     for target, against in sorted(common, key=lambda k: (-k[0], k[1])):
         counts = [c[(target, against)] for c in per_set]
         pooled = from_counts(sum(w for w, _ in counts), sum(l for _, l in counts), n)
-        rows.append({"target_heads_ratio": target, "against": against, **pooled,
+        rows.append({"target_flops_ratio": target, "against": against, **pooled,
                      "per_set": [{"set": name, "wins": w, "losses": l} for name, (w, l) in zip(names, counts)]})
     return {"sets": [{"set": name, "n": r["n"]} for name, r in zip(names, results)], "n": n, "rows": rows}

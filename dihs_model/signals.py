@@ -1,13 +1,13 @@
 """Which complexity signal predicts a small budget's errors best, and what it costs.
 
-Measured on the calibration split (held out from training) against the errors of the 25 %-heads
-budget: the AUROC with which each signal ranks the inputs that budget gets wrong first (0.5 is
+Measured on the calibration split (held out from training) against the errors of the 25 %-FLOPs
+width budget: the AUROC with which each signal ranks the inputs that budget gets wrong first (0.5 is
 chance), and its cost as a share of the dense forward's FLOPs.
 
 - length, subword rate and their mean (`complexity.py`): token statistics, no model call;
 - probe after layer k: 1 - max probability of a logistic-regression probe on the mean-pooled
   hidden state after k full-head layers (two-fold cross-fitted on the calibration split);
-- small pass at r: minus the top-two logit margin of the model at r of the heads: the cascade's signal,
+- small pass at r: minus the top-two logit margin of the model at r of the FLOPs: the cascade's signal,
   whose work is also the answer for every input it does not escalate.
 """
 
@@ -19,12 +19,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
-from .cascade import Passes
-from .levels import prefix_counts
-from .surgery import flops_ratio
+from .budget import Allocator
+from .passes import Passes
 
 PROBE_LAYERS = (1, 2)
-SMALL_PASS_RATIOS = (0.08, 0.25)
+SMALL_PASS_RATIOS = (0.1, 0.25)  # FLOPs
 REFERENCE_RATIO = 0.25  # the budget whose errors every signal is scored against
 
 
@@ -53,12 +52,12 @@ def _probe_confidence(feats: np.ndarray, labels: np.ndarray) -> np.ndarray | Non
     return conf
 
 
-def signal_report(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Tensor, scorer) -> dict:
+def signal_report(passes: Passes, labels: torch.Tensor, allocator: Allocator, scorer) -> dict:
     """{signal: {"auroc", "flops_share"}} on the passes' (calibration) batches."""
     model, batches = passes.model, passes.batches
     n, shape = len(labels), model.shape
     y = labels.numpy()
-    wrong = passes(prefix_counts(ordered_scores, REFERENCE_RATIO)).preds.numpy() != y
+    wrong = passes(allocator(REFERENCE_RATIO)).preds.numpy() != y
     tokens = np.zeros(n)
     cheap = {"length": np.zeros(n), "subword_rate": np.zeros(n), "length_and_subword": np.zeros(n)}
     for idx, ids, mask, _ in batches:
@@ -72,11 +71,11 @@ def signal_report(passes: Passes, labels: torch.Tensor, ordered_scores: torch.Te
         report[f"probe_after_layer_{k}"] = {"auroc": None if conf is None else _auroc(wrong, 1 - conf),
                                             "flops_share": round(k / shape.n_layers, 4)}
     for r in SMALL_PASS_RATIOS:
-        heads = prefix_counts(ordered_scores, r)
-        small = passes(heads)
-        report[f"small_pass_{sum(heads) / ordered_scores.numel():.2f}"] = {
-            "auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
-            "flops_share": round(flops_ratio(shape, heads, tokens), 4)}
-    return {"reference": f"errors at {REFERENCE_RATIO:.0%} of heads", "errors": int(wrong.sum()), "n": n,
+        budget = allocator(r)
+        small = passes(budget)
+        share = budget.flops_ratio(shape, tokens.astype(int).tolist())
+        report[f"small_pass_{share:.2f}"] = {"auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
+                                             "flops_share": round(share, 4)}
+    return {"reference": f"errors at {REFERENCE_RATIO:.0%} of the FLOPs", "errors": int(wrong.sum()), "n": n,
             "signals": {k: {"auroc": None if v["auroc"] is None else round(v["auroc"], 4), "flops_share": v["flops_share"]}
                         for k, v in report.items()}}

@@ -1,121 +1,85 @@
-"""Pure head surgery: which heads a layer keeps, and the weight slices that compute only those.
+"""Pure surgery: prefix slices of heads and FFN neurons, and reorderings that make any choice a prefix.
 
-A layer's head choice is either an int k (the first k heads: the fast path, plain views of the
-weights because heads are stored in importance order) or a sequence of head indices (any subset:
-gathered copies, used by random/static baselines and tests). Nothing here mutates its inputs.
+Heads and neurons are stored in importance order, so a budget keeps the first k heads and the
+first n neurons of every layer: plain views of one weight set (nothing is copied per request).
+Reordering is function-preserving: a head's Q/K/V rows and O columns move together; a neuron's
+row and bias in the first FFN linear and its column in the second move together. Nothing here
+mutates its inputs.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import nn
 
-from .arch import EncoderShape, encoder_parts
-
-HeadChoice = Union[int, Sequence[int]]
-Selection = Sequence[HeadChoice]  # one HeadChoice per layer
+from .arch import encoder_parts
 
 
-def head_count(choice: HeadChoice) -> int:
-    return choice if isinstance(choice, int) else len(choice)
+def qkv_rows(weight: torch.Tensor, bias: torch.Tensor | None, k: int, head_dim: int):
+    """Rows of a Q/K/V projection ([heads*head_dim, C]) that produce the first k heads: views."""
+    n = k * head_dim
+    return weight[:n], None if bias is None else bias[:n]
 
 
-def _row_index(heads: Sequence[int], head_dim: int, device: torch.device) -> torch.Tensor:
+def output_cols(weight: torch.Tensor, k: int, head_dim: int) -> torch.Tensor:
+    """Columns of the O projection ([C, heads*head_dim]) that read the first k heads: a view."""
+    return weight[:, : k * head_dim]
+
+
+def ffn_slices(ffn_in: nn.Linear, ffn_out: nn.Linear, n: int):
+    """(first-linear rows, their bias, second-linear columns) of the first n FFN neurons: views."""
+    return ffn_in.weight[:n], ffn_in.bias[:n], ffn_out.weight[:, :n]
+
+
+def _head_rows(heads: Sequence[int], head_dim: int, device: torch.device) -> torch.Tensor:
     idx = torch.as_tensor(list(heads), dtype=torch.long, device=device)
     return (idx[:, None] * head_dim + torch.arange(head_dim, device=device)).reshape(-1)
 
 
-def qkv_rows(
-    weight: torch.Tensor, bias: torch.Tensor | None, choice: HeadChoice, head_dim: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows of a Q/K/V projection ([heads*head_dim, C]) that produce the chosen heads."""
-    if isinstance(choice, int):
-        n = choice * head_dim
-        return weight[:n], None if bias is None else bias[:n]
-    idx = _row_index(choice, head_dim, weight.device)
-    return weight.index_select(0, idx), None if bias is None else bias.index_select(0, idx)
-
-
-def output_cols(weight: torch.Tensor, choice: HeadChoice, head_dim: int) -> torch.Tensor:
-    """Columns of the O projection ([C, heads*head_dim]) that read the chosen heads."""
-    if isinstance(choice, int):
-        return weight[:, : choice * head_dim]
-    return weight.index_select(1, _row_index(choice, head_dim, weight.device))
-
-
-def reorder_heads(model: nn.Module, order: Sequence[Sequence[int]]) -> nn.Module:
-    """A copy of `model` (with an `encoder`) whose layer l has its heads in the order `order[l]`.
-
-    The input is untouched. Permuting heads is function-preserving: Q/K/V rows and O columns move
-    together.
-    """
+def reorder(model: nn.Module, head_order: Sequence[Sequence[int]] | None = None,
+            neuron_order: Sequence[Sequence[int]] | None = None) -> nn.Module:
+    """A copy of `model` (with an `encoder`) whose layer l stores head head_order[l][p] and neuron
+    neuron_order[l][p] at position p (None: leave that kind as it is). The input is untouched."""
     model = copy.deepcopy(model)
     parts = encoder_parts(model.encoder)
     hd = parts.shape.head_dim
     with torch.no_grad():
-        for layer, perm in zip(parts.layers, order, strict=True):
-            assert sorted(perm) == list(range(parts.shape.n_heads)), f"not a permutation: {perm}"
-            idx = _row_index(perm, hd, layer.query.weight.device)
-            for lin in (layer.query, layer.key, layer.value):
-                lin.weight.copy_(lin.weight.index_select(0, idx))
-                lin.bias.copy_(lin.bias.index_select(0, idx))
-            layer.output.weight.copy_(layer.output.weight.index_select(1, idx))
+        for l, layer in enumerate(parts.layers):
+            if head_order is not None:
+                perm = head_order[l]
+                assert sorted(perm) == list(range(parts.shape.n_heads)), f"not a permutation: {perm}"
+                idx = _head_rows(perm, hd, layer.query.weight.device)
+                for lin in (layer.query, layer.key, layer.value):
+                    lin.weight.copy_(lin.weight.index_select(0, idx))
+                    lin.bias.copy_(lin.bias.index_select(0, idx))
+                layer.output.weight.copy_(layer.output.weight.index_select(1, idx))
+            if neuron_order is not None:
+                idx = torch.as_tensor(list(neuron_order[l]), dtype=torch.long, device=layer.ffn_in.weight.device)
+                assert sorted(idx.tolist()) == list(range(parts.shape.ffn)), "not a permutation of the neurons"
+                layer.ffn_in.weight.copy_(layer.ffn_in.weight.index_select(0, idx))
+                layer.ffn_in.bias.copy_(layer.ffn_in.bias.index_select(0, idx))
+                layer.ffn_out.weight.copy_(layer.ffn_out.weight.index_select(1, idx))
     return model
 
 
-def allocate_heads(scores: torch.Tensor, ratio: float, min_per_layer: int = 1) -> list[list[int]]:
-    """Keep round(ratio * L*H) heads by global ranking of `scores` [L, H] (Michel 2019).
+def per_layer_normalized(scores: torch.Tensor) -> torch.Tensor:
+    """Scores [L, N] divided by their layer's L2 norm (Michel 2019 ranks heads across layers so)."""
+    return scores / scores.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    Every layer keeps at least its `min_per_layer` best heads. Returns sorted head indices per
-    layer; when scores are descending within each layer the result is a prefix per layer.
-    """
+
+def allocate_heads(scores: torch.Tensor, ratio: float, min_per_layer: int = 1) -> list[int]:
+    """Per-layer counts keeping round(ratio * L*H) heads by global ranking of `scores` [L, H], which
+    are descending within each layer (stored order); every layer keeps `min_per_layer`."""
     L, H = scores.shape
     assert 0.0 <= ratio <= 1.0, ratio
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all()), "scores must be in stored (descending) order"
     n_keep = max(round(ratio * L * H), L * min_per_layer)
-    keep = torch.zeros(L, H, dtype=torch.bool)
-    ranked_in_layer = scores.argsort(dim=1, descending=True, stable=True)
-    keep.scatter_(1, ranked_in_layer[:, :min_per_layer], True)
-    rest = scores.masked_fill(keep, float("-inf")).flatten()
-    extra = rest.argsort(descending=True, stable=True)[: n_keep - int(keep.sum())]
-    keep.view(-1)[extra] = True
-    return [torch.nonzero(row).flatten().tolist() for row in keep]
-
-
-def as_prefix(selection: Selection) -> list[int] | None:
-    """Per-layer head counts if every layer's choice is a prefix, else None."""
-    counts = []
-    for choice in selection:
-        if isinstance(choice, int):
-            counts.append(choice)
-        elif list(choice) == list(range(len(choice))):
-            counts.append(len(choice))
-        else:
-            return None
+    counts = [min_per_layer] * L
+    rest = [(float(scores[l, p]), l) for l in range(L) for p in range(min_per_layer, H)]
+    rest.sort(key=lambda u: u[0], reverse=True)  # stable: ties keep layer and position order
+    for _, l in rest[: n_keep - L * min_per_layer]:
+        counts[l] += 1
     return counts
-
-
-def encoder_flops(shape: EncoderShape, heads_per_layer: Sequence[int], seq_len: int) -> float:
-    """Analytic multiply-add FLOPs (x2) of the encoder layers for one sequence."""
-    T, C, F, d = seq_len, shape.hidden, shape.ffn, shape.head_dim
-    total = 0.0
-    for k in heads_per_layer:
-        a = k * d
-        total += 2 * T * C * a * 4  # Q, K, V and O projections
-        total += 2 * T * T * a * 2  # scores and attention-weighted values
-        total += 2 * T * C * F * 2  # feed-forward
-    return total
-
-
-def input_flops(shape: EncoderShape, heads: Selection | None, tokens: Sequence[int]) -> list[float]:
-    """Analytic FLOPs of `heads` (None: all) for each input, from its token count."""
-    counts = [shape.n_heads] * shape.n_layers if heads is None else [head_count(c) for c in heads]
-    return [encoder_flops(shape, counts, int(t)) for t in tokens]
-
-
-def flops_ratio(shape: EncoderShape, heads: Selection | None, tokens: Sequence[int]) -> float:
-    """FLOPs of `heads` over inputs of these token counts, relative to all heads."""
-    return sum(input_flops(shape, heads, tokens)) / sum(input_flops(shape, None, tokens))

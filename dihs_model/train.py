@@ -1,4 +1,4 @@
-"""Fine-tuning an encoder classifier (all heads) with AdamW and a linear warm-up/decay schedule."""
+"""Fine-tuning an encoder classifier (the full model, or width budgets with budget_robust_loss) with AdamW and a linear warm-up/decay schedule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .budget import Budget
 from .bundle import Bundle
 from .data import Examples
 
@@ -41,18 +42,18 @@ def full_model_loss(model, ids, mask, labels, rng) -> torch.Tensor:
     return F.cross_entropy(model(ids, mask).logits, labels)
 
 
-def budget_robust_loss(always: list[list[int]], others: list[list[int]]):
-    """DynaBERT-style loss over head budgets (Hou et al. 2020; slimmable networks): the full model
+def budget_robust_loss(always: list[Budget], others: list[Budget]):
+    """DynaBERT-style loss over width budgets (Hou et al. 2020; slimmable networks): the full model
     learns from the labels; every budget in `always` (the smallest) and one budget sampled from
-    `others` learn from the full model's soft predictions (distillation) and the labels. Heads must
-    be in importance order."""
+    `others` learn from the full model's soft predictions (distillation) and the labels. Heads and
+    neurons must be in importance order."""
 
     def loss_fn(model, ids, mask, labels, rng):
         full = model(ids, mask).logits
         soft = full.detach().softmax(-1)
         loss = F.cross_entropy(full, labels)
-        for heads in (*always, *([rng.choice(others)] if others else [])):
-            logits = model(ids, mask, heads=heads).logits
+        for budget in (*always, *([rng.choice(others)] if others else [])):
+            logits = model(ids, mask, budget=budget).logits
             loss = loss + 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.kl_div(
                 logits.log_softmax(-1), soft, reduction="batchmean")
         return loss

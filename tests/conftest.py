@@ -107,7 +107,7 @@ def tiny_calibrated_bundle(tmp_path):
     """A tiny two-class bundle with importance, ladder and complexity calibration."""
     from dihs_model.bundle import new_bundle
     from dihs_model.data import Examples
-    from dihs_model.importance import calibrate_bundle
+    from dihs_model.calibrate import calibrate_bundle
 
     texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
     return calibrate_bundle(new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),

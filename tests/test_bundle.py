@@ -7,7 +7,7 @@ import torch
 
 from dihs_model import bundle as bundle_mod
 from dihs_model.bundle import BundleError, load_bundle, new_bundle, save_bundle
-from dihs_model.importance import calibrate_bundle
+from dihs_model.calibrate import calibrate_bundle
 from dihs_model.data import Examples
 
 
@@ -31,19 +31,64 @@ def test_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]  # no temp folders left
 
 
-def test_calibrated_bundle_stores_heads_in_importance_order(tiny_bundle, tmp_path):
+def test_calibrated_bundle_stores_heads_and_neurons_in_importance_order(tiny_bundle, tmp_path):
     cal = calibrate_bundle(tiny_bundle, _examples(), progress=False)
     for name in ("michel", "fisher", "attention"):
-        assert torch.tensor(cal.meta["importance"][name]).shape == (3, 4)
-    michel = torch.tensor(cal.meta["importance"]["michel"])
-    assert (michel[:, :-1] >= michel[:, 1:]).all()
+        assert torch.tensor(cal.meta["importance"]["heads"][name]).shape == (3, 4)
+    for name in ("michel", "fisher"):
+        assert torch.tensor(cal.meta["importance"]["neurons"][name]).shape == (3, 64)
+    for kind in ("heads", "neurons"):
+        michel = torch.tensor(cal.meta["importance"][kind]["michel"])
+        assert (michel[:, :-1] >= michel[:, 1:]).all()
     assert all(sorted(row) == [0, 1, 2, 3] for row in cal.meta["head_order"])
-    assert cal.meta["levels"][0]["heads"] == [4, 4, 4]
+    assert all(sorted(row) == list(range(64)) for row in cal.meta["neuron_order"])
+    assert cal.meta["levels"][0]["heads"] == [4, 4, 4] and cal.meta["levels"][0]["neurons"] == [64, 64, 64]
     ids, mask = cal.encode(["good movie"])
-    with torch.no_grad():  # same function, heads only moved
+    with torch.no_grad():  # same function, heads and neurons only moved
         assert (cal.model(ids, mask).logits - tiny_bundle.model(ids, mask).logits).abs().max() < 1e-5
     loaded = load_bundle(save_bundle(cal, tmp_path / "c"))
     assert loaded.meta["head_order"] == cal.meta["head_order"]
+    assert loaded.meta["neuron_order"] == cal.meta["neuron_order"]
+
+
+def _rewrite_meta(path, change):
+    meta = json.loads((path / "dihs.json").read_text())
+    change(meta)
+    (path / "dihs.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("labels"), "labels: Field required"),
+    (lambda m: m.update(labels="pos"), "labels: Input should be a valid list"),
+    (lambda m: m["levels"][1].update(neurons=[1, 2]), "has 3 head counts and 2 neuron counts"),
+    (lambda m: m["levels"][1].update(heads=[1, 1, 1, 1], neurons=[1, 1, 1, 1]), "has 4 layers; the model has 3"),
+    (lambda m: m["levels"][1].update(heads=[9, 9, 9]), "keeps more heads or neurons than the model has"),
+    (lambda m: m["levels"].pop(0), "levels must start with the full model"),
+    (lambda m: m["cascade"]["plans"][0].pop("first"), "cascade.plans.0.first: Field required"),
+])
+def test_a_malformed_dihs_json_is_refused_with_one_line(tiny_bundle, tmp_path, change, message):
+    out = save_bundle(calibrate_bundle(tiny_bundle, _examples(), progress=False), tmp_path / "b")
+    _rewrite_meta(out, change)
+    with pytest.raises(BundleError) as e:
+        load_bundle(out, verify=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_format_1_bundle_is_refused_by_name_and_upgraded_by_calibrate(tiny_bundle, tmp_path):
+    out = save_bundle(tiny_bundle, tmp_path / "b")
+
+    def to_v1(m):  # what a format-1 bundle looked like: heads-only levels, no neuron order
+        m.update(format_version=1, levels=[{"name": "h100", "target_ratio": 1.0, "heads": [4, 4, 4], "heads_ratio": 1.0}])
+        m.pop("neuron_order")
+
+    _rewrite_meta(out, to_v1)
+    with pytest.raises(BundleError, match=r"bundle format 1; this version reads 2: upgrade it with `dihs calibrate"):
+        load_bundle(out, verify=False)
+    old = load_bundle(out, verify=False, upgrade=True)
+    assert old.meta["format_version"] == 2 and "levels" not in old.meta
+    assert old.meta["neuron_order"] == [list(range(64))] * 3
+    cal = calibrate_bundle(old, _examples(), progress=False)
+    assert cal.meta["levels"][0]["neurons"] == [64, 64, 64]
 
 
 def test_existing_output_needs_force(tiny_bundle, tmp_path):

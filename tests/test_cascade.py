@@ -1,5 +1,5 @@
-"""The DIHS confidence cascade: thresholds hit the target mean heads on the calibration split,
-and running a plan counts both passes."""
+"""The DIHS confidence cascade over width budgets: thresholds hit the target mean FLOPs on the
+calibration split with both passes counted, and running a plan counts both passes."""
 
 import random
 
@@ -7,14 +7,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dihs_model.cascade import TRACK_WARMUP, CascadePlan, EscalationTracker, Passes, fit_plans, run_cascade, run_pass
+from dihs_model.budget import Allocator, Budget
+from dihs_model.cascade import (TRACK_WARMUP, CascadePlan, EscalationTracker, cascade_flops, fit_plans, plan_from_meta,
+                                run_cascade)
+from dihs_model.passes import Passes, run_pass
 from tests.conftest import random_batch, tiny_classifier
+
+T = 10  # every test input has T real tokens: FLOPs ratios are then the same for every input
 
 
 def _batches(n_batches=25, B=8):
     out = []
     for i in range(n_batches):
-        ids, mask = random_batch(B=B, T=10, seed=i, pad=False)
+        ids, mask = random_batch(B=B, T=T, seed=i, pad=False)
         y = torch.randint(0, 3, (B,), generator=torch.Generator().manual_seed(100 + i))
         out.append((list(range(i * B, (i + 1) * B)), ids, mask, y))
     return out
@@ -28,78 +33,82 @@ def _confident_tiny():
     return model
 
 
-def test_thresholds_hit_the_target_mean_heads_on_the_calibration_split():
+def _allocator(model, method="global"):
+    g = torch.Generator().manual_seed(0)
+    hs = torch.rand(3, 4, generator=g).sort(dim=1, descending=True).values
+    ns = torch.rand(3, model.shape.ffn, generator=g).sort(dim=1, descending=True).values * 0.2
+    return Allocator(model.shape, [T] * 50, method, hs, ns)
+
+
+SMALL = Budget("s", (1, 1, 1), (8, 8, 8))
+MIDDLE = Budget("m", (2, 2, 2), (32, 32, 32))
+
+
+def test_thresholds_hit_the_target_mean_flops_on_the_calibration_split():
     model = _confident_tiny()
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
-    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    plans = fit_plans(Passes(model, batches, len(labels)), labels, scores, (0.75, 0.5, 0.4, 0.3))
-    assert [p.target_ratio for p in plans] == [0.75, 0.5, 0.4, 0.3]
+    plans = fit_plans(Passes(model, batches, len(labels)), labels, _allocator(model), (0.75, 0.5, 0.4, 0.3))
+    assert [p.target_flops_ratio for p in plans] == [0.75, 0.5, 0.4, 0.3]
     for p in plans:
-        assert p.first_ratio <= p.target_ratio + 1e-9
-        assert p.second_ratio > p.first_ratio
-        assert abs(p.first_ratio + p.calib_escalated * p.second_ratio - p.target_ratio) <= 0.02, p
-        preds, heads_ratio, flops_ratio, escalated = run_cascade(model, batches, p, model.shape, len(labels),
-                                                                 track=False)
-        assert abs(heads_ratio - p.target_ratio) <= 0.02  # same inputs: same fractions
-        assert abs(heads_ratio - (p.first_ratio + escalated * p.second_ratio)) < 1e-9
-        acc = float((preds == labels).float().mean())
+        assert p.first_ratio < p.target_flops_ratio and p.second_ratio > p.first_ratio
+        assert abs(p.calib_flops_ratio - p.target_flops_ratio) <= 0.02, p
+        run = run_cascade(model, batches, p, len(labels), track=False)
+        assert abs(run.flops_ratio - p.calib_flops_ratio) < 1e-9  # same inputs: same cost
+        # both passes counted: every input pays the first, the escalated ones the second too
+        assert abs(run.flops_ratio - (p.first_ratio + run.escalated * p.second_ratio)) < 1e-6
+        acc = float((run.preds == labels).float().mean())
         assert abs(acc - p.calib_accuracy) < 1e-9
         full = run_pass(model, batches, None, len(labels)).preds
-        assert abs(float((preds == full).float().mean()) - p.calib_agreement) < 1e-9
+        assert abs(float((run.preds == full).float().mean()) - p.calib_agreement) < 1e-9
 
 
-def test_escalated_inputs_get_the_full_model_answer():
-    model = tiny_classifier()
-    batches = _batches(4)
-    n = 32
-    full = run_pass(model, batches, None, n)
-    first = run_pass(model, batches, [1, 1, 1], n)
-    everyone = CascadePlan(1.25, [1, 1, 1], 0.25, threshold=float("inf"), calib_escalated=1.0, calib_accuracy=0.0)
-    preds, heads_ratio, _, esc = run_cascade(model, batches, everyone, model.shape, n)
-    assert torch.equal(preds, full.preds) and esc == 1.0 and heads_ratio == 1.25
-    nobody = CascadePlan(0.25, [1, 1, 1], 0.25, threshold=-1.0, calib_escalated=0.0, calib_accuracy=0.0)
-    preds, heads_ratio, flops_ratio, esc = run_cascade(model, batches, nobody, model.shape, n)
-    assert torch.equal(preds, first.preds) and esc == 0.0 and flops_ratio < 1.0
-
-
-def test_escalation_to_a_middle_budget_gives_that_budgets_answer_and_cost():
+def test_escalated_inputs_get_the_second_pass_answer_and_pay_both_passes():
     model = _confident_tiny()
     batches = _batches(4)
     n = 32
-    middle = run_pass(model, batches, [2, 2, 2], n)
-    plan = CascadePlan(0.75, [1, 1, 1], 0.25, threshold=float("inf"), calib_escalated=1.0, calib_accuracy=0.0,
-                       second_heads=[2, 2, 2], second_ratio=0.5)
-    preds, heads_ratio, flops_ratio, esc = run_cascade(model, batches, plan, model.shape, n)
-    assert torch.equal(preds, middle.preds) and esc == 1.0 and abs(heads_ratio - 0.75) < 1e-9
-    assert flops_ratio > 1.0  # the first pass's FFN work is paid again by every escalated input
+    full, first, middle = (run_pass(model, batches, b, n) for b in (None, SMALL, MIDDLE))
+    everyone = CascadePlan(1.1, SMALL, 0.1, threshold=float("inf"), calib_escalated=1.0, calib_accuracy=0.0)
+    run = run_cascade(model, batches, everyone, n)
+    assert torch.equal(run.preds, full.preds) and run.escalated == 1.0 and run.flops_ratio > 1.0
+    nobody = CascadePlan(0.25, SMALL, 0.1, threshold=-1e9, calib_escalated=0.0, calib_accuracy=0.0)
+    run = run_cascade(model, batches, nobody, n)
+    assert torch.equal(run.preds, first.preds) and run.escalated == 0.0
+    assert abs(run.flops_ratio - SMALL.flops_ratio(model.shape, [T])) < 1e-9
+    to_middle = CascadePlan(0.6, SMALL, 0.1, float("inf"), 1.0, 0.0, second=MIDDLE, second_ratio=0.5)
+    run = run_cascade(model, batches, to_middle, n)
+    assert torch.equal(run.preds, middle.preds)
+    want = SMALL.flops_ratio(model.shape, [T]) + MIDDLE.flops_ratio(model.shape, [T])
+    assert abs(run.flops_ratio - want) < 1e-9
 
 
-def test_plans_load_only_for_the_current_confidence_and_default_to_an_all_heads_second_pass():
-    from dihs_model.cascade import plan_from_meta
+def test_cascade_flops_count_what_each_input_ran_at_its_length():
+    shape = tiny_classifier().shape
+    full = Budget.full(shape)
+    tokens, esc = [4, 40], [False, True]
+    spent = SMALL.flops(shape, 4) + SMALL.flops(shape, 40) + full.flops(shape, 40)
+    assert abs(cascade_flops(shape, SMALL, None, tokens, esc) - spent / (full.flops(shape, 4) + full.flops(shape, 40))) < 1e-12
 
-    old = {"target_ratio": 0.5, "first_heads": [1, 1, 1], "first_ratio": 0.25, "threshold": 0.7,
-           "calib_escalated": 0.25, "calib_accuracy": 0.9}
-    current = {"cascade": {"confidence": "logit_margin", "plans": [old]}}
-    plan = plan_from_meta(current, 0.5)
-    assert plan.second_heads is None and plan.second_ratio == 1.0
-    assert plan_from_meta(current, 0.3) is None
-    # thresholds on the max probability (the first bundles) mean nothing for a margin: recalibrate
-    assert plan_from_meta({"cascade": {"plans": [old]}}, 0.5) is None
+
+def test_plans_round_trip_through_meta_and_load_only_for_the_current_confidence():
+    plan = CascadePlan(0.5, SMALL, 0.1, 0.7, 0.4, 0.9, 0.95, MIDDLE, 0.5, 0.5)
+    meta = {"cascade": {"confidence": "logit_margin", "plans": [plan.to_meta()]}}
+    assert plan_from_meta(meta, 0.5) == plan
+    assert plan_from_meta(meta, 0.3) is None
+    assert plan_from_meta({"cascade": {"plans": [plan.to_meta()]}}, 0.5) is None  # other confidence: recalibrate
 
 
 def test_tied_confidences_never_give_a_plan_off_its_target():
-    """A model whose every input has the same margin: a threshold escalates all inputs or none, so
-    only plans whose budgets add up to the target (all) or equal it (none) may be kept."""
+    """Every input has the same margin: a threshold escalates all inputs or none, so only plans
+    whose budgets add up to the target (all) or equal it (none) may be kept."""
     model = _confident_tiny()
     with torch.no_grad():
         model.classifier.weight.zero_()
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
-    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    for p in fit_plans(Passes(model, batches, len(labels)), labels, scores, (0.75, 0.5, 0.4, 0.3)):
+    for p in fit_plans(Passes(model, batches, len(labels)), labels, _allocator(model), (0.75, 0.5, 0.4, 0.3)):
         assert p.calib_escalated in (0.0, 1.0)
-        assert abs(p.first_ratio + p.calib_escalated * p.second_ratio - p.target_ratio) <= 0.02, p
+        assert abs(p.calib_flops_ratio - p.target_flops_ratio) <= 0.02, p
 
 
 def test_each_budget_runs_once_however_often_it_is_asked_for():
@@ -107,33 +116,21 @@ def test_each_budget_runs_once_however_often_it_is_asked_for():
     batches = _batches(2)
     calls = []
     forward = model.forward
-    model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
+    model.forward = lambda *a, **kw: calls.append(kw.get("budget")) or forward(*a, **kw)
     passes = Passes(model, batches, 16)
-    first = passes([1, 1, 1])
-    assert passes([1, 1, 1]) is first and passes(None) is passes(None)
-    assert calls == [[1, 1, 1]] * len(batches) + [None] * len(batches)
-
-
-def test_a_prefix_given_as_head_lists_runs_once_as_counts_with_the_same_answers():
-    model = _confident_tiny()
-    batches = _batches(3)
-    passes = Passes(model, batches, 24)
-    as_lists = passes([[0, 1], [0], [0, 1, 2]])
-    assert passes([2, 1, 3]) is as_lists
-    sliced = run_pass(model, batches, [[0, 1], [0], [0, 1, 2]], 24)  # the head-list path, run directly
-    assert torch.equal(sliced.preds, as_lists.preds)
-    assert torch.allclose(sliced.conf, as_lists.conf, atol=1e-5)
-    assert passes([[1, 0], [0], [0, 1, 2]]) is not as_lists  # not a prefix: its own run
+    first = passes(SMALL)
+    assert passes(Budget("same counts, another name", SMALL.heads, SMALL.neurons)) is first
+    assert passes(None) is passes(Budget.full(model.shape))
+    assert calls == [SMALL] * len(batches) + [None] * len(batches)
 
 
 def _plan(target, first, second, threshold):
-    return CascadePlan(target, [1, 1, 1], first, threshold, calib_escalated=0.0, calib_accuracy=0.0,
-                       second_ratio=second)
+    return CascadePlan(target, SMALL, first, threshold, calib_escalated=0.0, calib_accuracy=0.0, second_ratio=second)
 
 
 def test_the_tracker_holds_the_escalated_share_when_traffic_is_less_confident_than_calibration():
     """Threshold calibrated to escalate 25 % of N(0, 1) confidences; traffic comes from N(-1, 1):
-    the fixed threshold would escalate ~63 % (and overspend heads), the tracker ~25 %."""
+    the fixed threshold would escalate ~63 % (and overspend), the tracker ~25 %."""
     plan = _plan(0.5, 0.25, 1.0, threshold=-0.6745)  # the 25 % quantile of N(0, 1)
     rng = random.Random(0)
     confs = [rng.gauss(-1.0, 1.0) for _ in range(5000)]
@@ -161,13 +158,12 @@ def test_tracked_runs_spend_the_target_on_the_inputs_they_see():
     model = _confident_tiny()
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
-    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    for p in fit_plans(Passes(model, batches, len(labels)), labels, scores, (0.75, 0.5, 0.4, 0.3)):
+    for p in fit_plans(Passes(model, batches, len(labels)), labels, _allocator(model), (0.75, 0.5, 0.4, 0.3)):
         shifted = CascadePlan(**{**p.__dict__, "threshold": p.threshold + 100.0})  # calibrated elsewhere
-        _, fixed_ratio, _, _ = run_cascade(model, batches, shifted, model.shape, len(labels), track=False)
-        _, tracked_ratio, _, _ = run_cascade(model, batches, shifted, model.shape, len(labels))
-        assert abs(fixed_ratio - (p.first_ratio + p.second_ratio)) < 1e-9  # the stale threshold escalates all
+        fixed = run_cascade(model, batches, shifted, len(labels), track=False)
+        tracked = run_cascade(model, batches, shifted, len(labels))
+        assert abs(fixed.flops_ratio - (p.first_ratio + p.second_ratio)) < 1e-6  # the stale threshold escalates all
         # the first TRACK_WARMUP of the 200 inputs follow the stale threshold; the rest hold the share
-        share = (p.target_ratio - p.first_ratio) / p.second_ratio
+        share = (p.target_flops_ratio - p.first_ratio) / p.second_ratio
         expected = p.first_ratio + (TRACK_WARMUP + share * (len(labels) - TRACK_WARMUP)) / len(labels) * p.second_ratio
-        assert abs(tracked_ratio - expected) <= 0.03
+        assert abs(tracked.flops_ratio - expected) <= 0.03

@@ -1,11 +1,12 @@
-"""Importance scorers against brute force on a tiny model."""
+"""Importance scorers against brute force on a tiny model: heads and FFN neurons."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dihs_model.importance import (attention_scores, fisher_scores, head_order, mask_gradients,
-                                   michel_scores)
+from dihs_model.budget import Allocator
+from dihs_model.importance import (attention_scores, fisher_scores, mask_gradients, michel_scores, ordered,
+                                   score_units, unit_order)
 from dihs_model.levels import build_ladder
 from tests.conftest import random_batch, tiny_classifier
 
@@ -19,25 +20,32 @@ def _batches(n=4, seed=0):
     return out
 
 
-def _loss(model, batches, head_mask, reduction="sum"):
-    return sum(F.cross_entropy(model(ids, m, head_mask=head_mask).logits, y, reduction=reduction)
+def _loss(model, batches, head_mask, neuron_mask):
+    return sum(F.cross_entropy(model(ids, m, head_mask=head_mask, neuron_mask=neuron_mask).logits, y, reduction="sum")
                for _, ids, m, y in batches)
 
 
-def test_mask_gradient_matches_finite_differences():
+def test_mask_gradients_match_finite_differences_for_heads_and_neurons():
     model = tiny_classifier().double()
     batches = _batches(2)
-    g = mask_gradients(model, batches).sum(0)  # [L, H]
-    L, H = g.shape
+    gh, gn = mask_gradients(model, batches)
+    gh, gn = gh.sum(0), gn.sum(0)  # [L, H], [L, F]
+    L, H = gh.shape
+    Fn = gn.shape[1]
     eps = 1e-5
+    ones_h, ones_n = torch.ones(L, H, dtype=torch.float64), torch.ones(L, Fn, dtype=torch.float64)
     with torch.no_grad():
         for l in range(L):
             for h in range(H):
                 e = torch.zeros(L, H, dtype=torch.float64)
                 e[l, h] = eps
-                ones = torch.ones(L, H, dtype=torch.float64)
-                fd = (_loss(model, batches, ones + e) - _loss(model, batches, ones - e)) / (2 * eps)
-                assert abs(fd.item() - g[l, h].item()) < 1e-6 * max(1.0, abs(fd.item()))
+                fd = (_loss(model, batches, ones_h + e, ones_n) - _loss(model, batches, ones_h - e, ones_n)) / (2 * eps)
+                assert abs(fd.item() - gh[l, h].item()) < 1e-6 * max(1.0, abs(fd.item()))
+            for p in (0, 7, Fn - 1):
+                e = torch.zeros(L, Fn, dtype=torch.float64)
+                e[l, p] = eps
+                fd = (_loss(model, batches, ones_h, ones_n + e) - _loss(model, batches, ones_h, ones_n - e)) / (2 * eps)
+                assert abs(fd.item() - gn[l, p].item()) < 1e-6 * max(1.0, abs(fd.item()))
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,7 +58,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_michel_ranks_heads_like_the_loss_change_from_removing_them(seed):
     model = tiny_classifier(seed=seed)
     batches = _batches(4, seed)
-    grads = mask_gradients(model, batches)
+    grads, _ = mask_gradients(model, batches)
     L, H = grads.shape[1:]
     # brute force: mean |loss change| per example when one head is masked out
     brute = torch.zeros(L, H)
@@ -63,28 +71,32 @@ def test_michel_ranks_heads_like_the_loss_change_from_removing_them(seed):
                 off = torch.cat([F.cross_entropy(model(i, m, head_mask=mask).logits, y, reduction="none")
                                  for _, i, m, y in batches])
                 brute[l, h] = (off - base).abs().mean()
-    assert _spearman(grads.abs().mean(0), brute) > 0.7
-    # Michel's per-layer normalisation keeps the within-layer order
-    assert michel_scores(grads).argsort(1).tolist() == grads.abs().mean(0).argsort(1).tolist()
+    assert _spearman(michel_scores(grads), brute) > 0.7
 
 
 def test_score_shapes_and_ranges():
     model = tiny_classifier()
     batches = _batches(2)
-    grads = mask_gradients(model, batches)
-    m, f = michel_scores(grads), fisher_scores(grads)
-    assert torch.allclose(m.norm(dim=1), torch.ones(m.shape[0]), atol=1e-5)
-    assert (f >= 0).all() and torch.allclose(f, (grads**2).sum(0))
+    scores = score_units(model, batches, progress=False)
+    L, H, Fn = model.shape.n_layers, model.shape.n_heads, model.shape.ffn
+    assert {k: tuple(v.shape) for k, v in scores["heads"].items()} == {k: (L, H) for k in ("michel", "fisher", "attention")}
+    assert {k: tuple(v.shape) for k, v in scores["neurons"].items()} == {k: (L, Fn) for k in ("michel", "fisher")}
+    gh, gn = mask_gradients(model, batches)
+    assert torch.allclose(scores["neurons"]["fisher"], fisher_scores(gn)) and (scores["neurons"]["michel"] >= 0).all()
     a = attention_scores(model, batches)
-    assert a.shape == m.shape and (a > 1 / 10 - 1e-6).all() and (a <= 1 + 1e-6).all()
+    assert (a > 1 / 10 - 1e-6).all() and (a <= 1 + 1e-6).all()
 
 
-def test_order_and_ladder_are_prefixes():
-    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
-    order = head_order(scores)
-    ordered = scores.gather(1, torch.tensor(order))
-    assert (ordered[:, :-1] >= ordered[:, 1:]).all()
-    ladder = build_ladder(ordered)
-    assert ladder[0]["heads"] == [4, 4, 4]
-    totals = [sum(level["heads"]) for level in ladder]
-    assert totals == sorted(totals, reverse=True) and min(min(lv["heads"]) for lv in ladder) >= 1
+def test_order_puts_scores_in_descending_stored_order_and_the_ladder_falls_in_flops():
+    model = tiny_classifier()
+    g = torch.Generator().manual_seed(0)
+    raw = {"heads": {"michel": torch.rand(3, 4, generator=g)}, "neurons": {"michel": torch.rand(3, 64, generator=g) * 0.1}}
+    ho, no = unit_order(raw["heads"]["michel"]), unit_order(raw["neurons"]["michel"])
+    now = ordered(raw, ho, no)
+    for s in (now["heads"]["michel"], now["neurons"]["michel"]):
+        assert (s[:, :-1] >= s[:, 1:]).all()
+    ladder = build_ladder(Allocator(model.shape, [10] * 8, "global", now["heads"]["michel"], now["neurons"]["michel"]))
+    assert ladder[0]["heads"] == [4, 4, 4] and ladder[0]["neurons"] == [64, 64, 64] and ladder[0]["flops_ratio"] == 1.0
+    flops = [lv["flops_ratio"] for lv in ladder]
+    assert flops == sorted(flops, reverse=True)
+    assert all(abs(lv["flops_ratio"] - lv["target_flops_ratio"]) <= 0.02 for lv in ladder)

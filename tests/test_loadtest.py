@@ -204,7 +204,7 @@ def test_quick_sweep_end_to_end(tmp_path):
     """`dihs loadtest --quick` starts a real service on free ports and writes the three modes' rows."""
     from dihs_model.bundle import new_bundle, save_bundle
     from dihs_model.data import Examples
-    from dihs_model.importance import calibrate_bundle
+    from dihs_model.calibrate import calibrate_bundle
     from tests.conftest import make_tiny_checkpoint, write_reviews_csv
 
     texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4

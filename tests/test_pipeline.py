@@ -27,9 +27,7 @@ def test_train_bundle_writes_a_calibrated_bundle_and_returns_its_held_out_record
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"calibrate": False, "budget_robust": True}, "needs the head order"),
-    ({"calibrate": False, "sandwich": True}, "--sandwich changes"),
-    ({"budget_robust": False, "sandwich": True}, "--sandwich changes"),
+    ({"calibrate": False, "budget_robust": True}, "needs the head and neuron order"),
 ])
 def test_a_plan_that_cannot_run_says_why_before_any_work(kw, message, tmp_path):
     plan = TrainPlan(data="election-tweets", out=tmp_path / "b", **kw)

@@ -1,16 +1,18 @@
-"""Budget-robust epochs train the ladder and the cascade's first passes, and stop by the calibration
-split's measurements, saying why."""
+"""Budget-robust (width) epochs train the ladder and the cascade's first passes, the smallest every
+step, and stop by the calibration split's measurements, saying why."""
 
 import random
 
 import pytest
 import torch
 
+from dihs_model.budget import Allocator, Budget
 from dihs_model.data import Examples
-from dihs_model.levels import build_ladder, prefix_counts
-from dihs_model.robust import CASCADE_TRAINED_RATIOS, train_budget_robust, trained_budgets
+from dihs_model.levels import build_ladder
+from dihs_model.robust import TRAINED_RATIOS, train_budget_robust, trained_budgets
 from dihs_model.train import TrainConfig, budget_robust_loss
 from tests.conftest import random_batch, tiny_calibrated_bundle, tiny_classifier
+from tests.test_surgery import _minilm_shape
 
 TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
 LABELS = [1, 0, 1, 0] * 4
@@ -36,50 +38,48 @@ def test_epochs_run_while_the_smallest_level_trails_and_closes_in(tmp_path, gap)
 
 
 def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_path, monkeypatch):
-    from dihs_model import cascade
+    from dihs_model import passes
     from dihs_model.evaluate import level_accuracies
 
-    calls, run_pass = [], cascade.run_pass
-    monkeypatch.setattr(cascade, "run_pass", lambda model, batches, heads, n: calls.append(
-        None if heads is None else tuple(heads)) or run_pass(model, batches, heads, n))
+    calls, run_pass = [], passes.run_pass
+    monkeypatch.setattr(passes, "run_pass", lambda model, batches, budget, n: calls.append(
+        None if budget is None else budget.key) or run_pass(model, batches, budget, n))
     bundle = tiny_calibrated_bundle(tmp_path)
-    shape = bundle.model.shape
     assert len(calls) == len(set(calls)) and None in calls  # each budget once, the full model as None
-    assert (shape.n_heads,) * shape.n_layers not in calls
+    assert Budget.full(bundle.model.shape).key not in calls
     acc = bundle.meta["cascade"]["level_accuracy"]
     assert acc == level_accuracies(bundle, Examples(TEXTS, LABELS, ["neg", "pos"]))
     assert list(acc) == [lv["name"] for lv in bundle.meta["levels"]]
 
 
-def test_epochs_train_the_ladder_and_the_cascades_first_passes_each_once():
-    scores = torch.rand(6, 12, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
-    meta = {"levels": build_ladder(scores), "importance": {"michel": scores.tolist()}, "order_by": "michel"}
-    always, others = trained_budgets(meta)
-    smallest = meta["levels"][-1]["heads"]
-    assert always == [smallest]
-    wanted = [lv["heads"] for lv in meta["levels"][1:-1]] + [prefix_counts(scores, r) for r in CASCADE_TRAINED_RATIOS]
-    assert others == [h for i, h in enumerate(wanted) if h not in wanted[:i] and h != smallest]
-    assert len(others) == len(wanted)  # MiniLM's shape: all distinct, none the full model
-    assert all(sum(h) < scores.numel() for h in others)
-    # sandwich: the smallest first pass moves from the sampled budgets to every step
-    always_s, others_s = trained_budgets(meta, sandwich=True)
-    first = prefix_counts(scores, CASCADE_TRAINED_RATIOS[-1])
-    assert always_s == [smallest, first] and others_s == [h for h in others if h != first]
+def test_epochs_train_the_smallest_budget_always_and_sample_the_ladder_and_first_passes():
+    shape = _minilm_shape()
+    g = torch.Generator().manual_seed(0)
+    hs = torch.rand(6, 12, generator=g).sort(dim=1, descending=True).values
+    ns = torch.rand(6, 1536, generator=g).sort(dim=1, descending=True).values * 0.05
+    allocator = Allocator(shape, [40] * 20, "global", hs, ns)
+    meta = {"levels": build_ladder(allocator), "order_by": "michel", "allocation": "global",
+            "importance": {"heads": {"michel": hs.tolist()}, "neurons": {"michel": ns.tolist()}},
+            "calibration": {"tokens": [40] * 20}}
+    always, others = trained_budgets(meta, shape)
+    smallest = allocator(min(TRAINED_RATIOS))
+    assert [b.key for b in always] == [smallest.key]
+    assert {b.key for b in others} == {allocator(r).key for r in TRAINED_RATIOS if r != min(TRAINED_RATIOS)}
+    assert len(others) == len(TRAINED_RATIOS) - 1  # MiniLM's shape: all distinct, none the full model
+    assert all(not b.is_full(shape) for b in others)
 
 
 def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_other():
     model = tiny_classifier()
     calls, forward = [], model.forward
-    model.forward = lambda *a, **kw: calls.append(kw.get("heads")) or forward(*a, **kw)
+    model.forward = lambda *a, **kw: calls.append(kw.get("budget")) or forward(*a, **kw)
     ids, mask = random_batch(B=4, T=6, seed=0, pad=False)
-    others = [[3, 3, 3], [2, 2, 2]]
-    for always in ([[1, 1, 1]], [[1, 1, 1], [0, 1, 1]]):  # the smallest level; with --sandwich a first pass too
-        calls.clear()
-        loss_fn, rng = budget_robust_loss(always, others), random.Random(0)
-        for _ in range(12):
-            loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
-            assert loss.requires_grad and torch.isfinite(loss)
-        k = len(always) + 2
-        steps = [calls[i:i + k] for i in range(0, len(calls), k)]
-        assert len(steps) == 12 and all(s[0] is None and s[1:-1] == always and s[-1] in others for s in steps)
-        assert {tuple(s[-1]) for s in steps} == {tuple(h) for h in others}  # every other budget gets sampled
+    always = [Budget("s", (1, 1, 1), (8, 8, 8))]
+    others = [Budget("a", (3, 3, 3), (48, 48, 48)), Budget("b", (2, 2, 2), (32, 32, 32))]
+    loss_fn, rng = budget_robust_loss(always, others), random.Random(0)
+    for _ in range(12):
+        loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
+        assert loss.requires_grad and torch.isfinite(loss)
+    steps = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(steps) == 12 and all(s[0] is None and s[1:-1] == always and s[-1] in others for s in steps)
+    assert {s[-1] for s in steps} == set(others)  # every other budget gets sampled

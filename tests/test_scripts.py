@@ -1,5 +1,4 @@
-"""scripts/: vader_to_csv.py and rt_to_csv.py (unseen labelled sets as train/test CSVs) and
-gate_diagnostic.py (issue 3's per-input head gate against the global order)."""
+"""scripts/: vader_to_csv.py and rt_to_csv.py (unseen labelled sets as train/test CSVs)."""
 
 from __future__ import annotations
 
@@ -70,43 +69,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
         assert list(tmp_path.glob("*.csv*")) == []
-
-
-GATE = Path(__file__).resolve().parent.parent / "scripts" / "gate_diagnostic.py"
-_gspec = importlib.util.spec_from_file_location("gate_diagnostic", GATE)
-gate_diagnostic = importlib.util.module_from_spec(_gspec)
-_gspec.loader.exec_module(gate_diagnostic)
-
-
-def test_gate_diagnostic_runs_the_global_order_as_the_ladder_does(tiny_checkpoint, tmp_path):
-    from dihs_model.bundle import load_bundle
-    from dihs_cli.cli import main as dihs
-    from dihs_model.data import load_eval, load_split, split_calibration
-    from dihs_model.evaluate import predict
-    from tests.conftest import write_reviews_csv
-
-    data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
-    assert dihs(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "b"),
-                 "--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1"]) == 0
-    bundle = load_bundle(tmp_path / "b")
-    test = load_eval(str(data), bundle.labels)
-    result = gate_diagnostic.run(bundle, split_calibration(load_split(str(data)).train)[0], test, ratios=(0.5, 0.25))
-    assert [r["ratio"] for r in result["rows"]] == [0.5, 0.25] and result["n_test"] == len(test)
-    for row in result["rows"]:
-        # the order's masks keep each layer's prefix: the same answers as the sliced ladder budget
-        sliced, _ = predict(bundle, test, row["heads_per_layer"])
-        assert row["accuracy"]["order"] == sum(int(p == y) for p, y in zip(sliced, test.labels)) / len(test)
-        assert all(0.0 <= v <= 1.0 for v in [*row["accuracy"].values(), *row["overlap_with_per_example_top_k"].values()])
-        c = row["gate_vs_order"]
-        assert c["accuracy_diff"] == pytest.approx(row["accuracy"]["gate"] - row["accuracy"]["order"])
-
-
-def test_gate_diagnostic_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    assert gate_diagnostic.main([str(tmp_path / "missing"), "--data", "election-tweets", "--json", str(tmp_path / "g.json")]) == 2
-    assert gate_diagnostic.main([str(tmp_path / "missing"), "--data", "x.csv", "--json", str(tmp_path / "g.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "--test" in err[1]
-    assert not (tmp_path / "g.json").exists()
 
 
 RT = Path(__file__).resolve().parent.parent / "scripts" / "rt_to_csv.py"

@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
-from dihs_model.cascade import Passes
+from dihs_model.passes import Passes
 from dihs_model.complexity import ComplexityScorer
 from dihs_model.signals import _auroc, signal_report
 from tests.conftest import WORDS
-from tests.test_cascade import _batches, _confident_tiny
+from tests.test_cascade import _allocator, _batches, _confident_tiny
 
 
 def test_auroc_is_one_for_a_signal_that_ranks_every_error_first_and_none_without_both_kinds():
@@ -22,7 +22,7 @@ def test_signal_report_scores_every_signal_with_its_cost():
     model = _confident_tiny()
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
-    scores = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).sort(dim=1, descending=True).values
+    scores = _allocator(model)
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "##s"] + WORDS)})
     scorer = ComplexityScorer.fit(tok, [(ids, mask) for _, ids, mask, _ in batches])
     report = signal_report(Passes(model, batches, len(labels)), labels, scores, scorer)
