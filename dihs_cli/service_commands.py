@@ -17,7 +17,8 @@ def cmd_serve(a) -> None:
     except ImportError as e:
         raise UsageError(f"serving needs the service package and its dependencies: {e}") from None
     flags = {"bundle": a.bundle, "host": a.host, "port": a.port, "replicas": a.replicas, "slo_ms": a.slo_ms,
-             "model_name": a.model_name, "max_batch_size": a.max_batch_size, "device": a.device}
+             "model_name": a.model_name, "max_batch_size": a.max_batch_size, "device": a.device,
+             "replica_cpus": a.replica_cpus}
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
@@ -26,9 +27,12 @@ def cmd_serve(a) -> None:
     meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
     if "levels" not in meta or "complexity" not in meta:
         raise UsageError(f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first")
-    from service.app import run_local
+    from service.app import DoesNotFit, run_local
 
-    run_local(settings)
+    try:
+        run_local(settings)
+    except DoesNotFit as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_explain(a) -> None:
@@ -148,6 +152,7 @@ def add_service_commands(sub) -> None:
     p.add_argument("--slo-ms", type=float, help="latency objective in ms (default 250)")
     p.add_argument("--model-name", help="served model name (default dihs)")
     p.add_argument("--max-batch-size", type=int, help="texts per model batch (default 16)")
+    p.add_argument("--replica-cpus", type=float, help="CPUs Ray reserves per replica (default 1 = its torch threads)")
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(func=cmd_serve)
 

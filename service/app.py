@@ -1,4 +1,4 @@
-"""The Ray Serve application: an HTTP ingress (FastAPI) and the model deployment.
+"""The Ray Serve application: one deployment, the model replica serving the FastAPI app itself.
 
 `build_app(args)` is the import path for `serve run` / `serve deploy` (deploy/serve_config.yaml);
 `run_local(settings)` is what `dihs serve` calls.
@@ -6,20 +6,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import threading
 import time
 
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 
-from .batching import Engine, Item, Tracked
-from .errors import Overloaded, ReplicaFailed
-from .http import ModelInfo, build_http_app
+from .batcher import Batcher
+from .engine import Engine, EngineBackend
+from .http import build_http_app
 from .load import LoadConfig, LoadTracker
 from .metrics import Metrics
 from .settings import Settings
@@ -52,7 +47,11 @@ def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> N
 
 
 @serve.deployment(name="DIHSModel")
+@serve.ingress()
 class DIHSModel:
+    """The one deployment: Ray's proxy routes each HTTP request straight to a replica, whose own
+    FastAPI app validates it and hands its texts to the replica's batcher in one call."""
+
     def __init__(self, settings: dict):
         import torch
 
@@ -60,99 +59,45 @@ class DIHSModel:
 
         s = Settings(**settings)
         torch.set_num_threads(s.torch_threads)
+        self.settings = s
         self.metrics = Metrics(s.model_name)
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
         load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.queue_capacity),
                            gpu_utilization=lambda: hardware.get("gpu"))
         self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device)
-        self.tracked = Tracked(self.engine)
-        self.name = s.model_name
-        self.classify_batch.set_max_batch_size(s.max_batch_size)
-        self.classify_batch.set_batch_wait_timeout_s(s.batch_wait_ms / 1e3)
+        self.batcher = Batcher(self.engine.run, s.max_batch_size, s.batch_wait_ms / 1e3, s.replica_capacity)
         threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 
-    def info(self) -> dict:
-        return dataclasses.asdict(self.engine.info(self.name))
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def classify_batch(self, items: list[Item]) -> list[dict]:
-        # off the event loop, so arrivals keep being counted (queue depth) while a batch runs
-        return await asyncio.to_thread(self.engine.run, items)
-
-    async def classify(self, item: Item) -> dict:
-        t0 = self.tracked.begin()
-        result = None
-        try:
-            result = await self.classify_batch(item)
-            return result
-        finally:
-            self.tracked.end(t0, result["level"] if result else None)
-
-    async def explain(self, item: Item, attention: bool = True) -> dict:
-        # not batched and not counted as load: a diagnostic call, off the event loop
-        return await asyncio.to_thread(self.engine.explain, item, attention)
-
-
-class RayBackend:
-    def __init__(self, handle: DeploymentHandle, info: ModelInfo):
-        self.handle, self.info = handle, info
-
-    async def classify(self, items: list[Item]) -> list[dict]:
-        try:
-            return list(await asyncio.gather(*[self.handle.classify.remote(it) for it in items]))
-        except BackPressureError:
-            raise Overloaded() from None
-        except (RayActorError, ActorDiedError, ActorUnavailableError):
-            raise ReplicaFailed() from None
-
-    async def explain(self, item: Item, attention: bool = True) -> dict:
-        try:
-            return await self.handle.explain.remote(item, attention)
-        except BackPressureError:
-            raise Overloaded() from None
-        except (RayActorError, ActorDiedError, ActorUnavailableError):
-            raise ReplicaFailed() from None
-
-    async def ready(self) -> bool:
-        return True
-
-
-@serve.deployment(name="Ingress")
-@serve.ingress()
-class Ingress:
-    def __init__(self, model: DeploymentHandle, settings: dict):
-        self.model, self.settings = model, Settings(**settings)
-
     async def __serve_build_asgi_app__(self):
-        info = ModelInfo(**await self.model.info.remote())
-        return build_http_app(self.settings, RayBackend(self.model, info), Metrics(self.settings.model_name))
+        backend = EngineBackend(self.engine, self.settings.model_name, submit=self.batcher.submit)
+        return build_http_app(self.settings, backend, self.metrics)
 
 
 def build_app(args: dict | None = None):
     """Serve application builder: `serve run service.app:build_app bundle=DIR model_name=dihs`."""
     s = Settings(**(args or {}))
-    # A replica that rejects at max_ongoing_requests makes Serve's router back off for up to 1 s
-    # (measured here: 50 texts/s fell to 4/s), so the replica takes the whole backlog into its
-    # own batch queue, where the load tracker sees it; max_queued_requests sheds beyond that.
-    quiet = {"enable_access_log": False}
-    model = DIHSModel.options(
+    # Back-pressure is the replica's own decision (its batcher refuses texts past
+    # replica_capacity, in the API's error shape with Retry-After), so Serve must never refuse or
+    # hold back a request first: a replica at Serve's max_ongoing_requests makes the router back off
+    # for up to 1 s (measured here: 50 texts/s fell to 4/s), the proxy counts a burst waiting for a
+    # routing decision as queued, and the proxy's own 503 is plain text. Serve's limits are
+    # therefore a generous count of HTTP requests, refusals included.
+    return DIHSModel.options(
         num_replicas=s.replicas,
-        max_ongoing_requests=s.max_ongoing_requests,
-        max_queued_requests=s.max_queued_requests,
-        logging_config=quiet,
+        max_ongoing_requests=s.serve_limit,
+        max_queued_requests=s.serve_limit,
+        ray_actor_options={"num_cpus": s.replica_cpus},
+        logging_config={"enable_access_log": False},
     ).bind(s.shareable())
-    # The ingress only awaits: it holds several replicas' worth of texts, so that back-pressure is
-    # decided by the model's queue and answered in our error shape with Retry-After.
-    ingress_capacity = max(1024, 4 * s.replicas * (s.max_ongoing_requests + s.max_queued_requests))
-    # (the proxy counts requests waiting for a routing decision as queued: a small limit here
-    # would shed a burst before the ingress ever saw it)
-    return Ingress.options(max_ongoing_requests=ingress_capacity, max_queued_requests=ingress_capacity,
-                           logging_config=quiet).bind(model, s.shareable())
 
 
 # Serve gives a starting proxy 5 s to answer its readiness check and then kills it; on a busy
 # 2-core machine importing the proxy takes longer (seen in CI), so local runs allow a minute.
 SLOW_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+
+
+class DoesNotFit(ValueError):
+    """The replicas asked for need more CPUs than this machine's Ray has."""
 
 
 def run_local(s: Settings) -> None:
@@ -163,6 +108,11 @@ def run_local(s: Settings) -> None:
     for k, v in SLOW_MACHINE_ENV.items():
         os.environ.setdefault(k, v)
     ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if s.replicas * s.replica_cpus > cpus:
+        ray.shutdown()
+        raise DoesNotFit(f"{s.replicas} replicas x {s.replica_cpus:g} CPUs each do not fit the {cpus:g} CPUs here: "
+                         "lower --replicas or --replica-cpus")
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)
     print(f"DIHS Serve: http://{s.host}:{s.port} (docs /docs), metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)

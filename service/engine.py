@@ -1,9 +1,11 @@
-"""The inference engine of a model replica: one batch in, texts grouped by budget level, one
-sliced forward per group. Plain Python (no Ray): the Serve deployment wraps it with @serve.batch.
+"""The inference engine of a model replica: one batch in, tokenized once, texts grouped by budget
+level, one sliced forward per group. Plain Python (no Ray, no HTTP): the replica's Batcher
+(service/batcher.py) feeds it model batches; EngineBackend is what the HTTP routes call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -15,6 +17,19 @@ from dihs_model.levels import LadderPolicy
 from dihs_model.policy import PolicyConfig
 
 from .load import LoadTracker
+
+PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the HTTP routes need to know of the served model (validation, v2 metadata)."""
+
+    name: str
+    labels: list[str]
+    ladder: list[float]
+    total_heads: int
+    max_length: int
 
 
 @dataclass(frozen=True)
@@ -42,16 +57,18 @@ class Engine:
         self.heads_of = self.ladder_policy.heads_of
         self.total_heads = self.model.shape.total_heads
 
-    def info(self, model_name: str):
+    def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""
-        from .http import ModelInfo
-
         return ModelInfo(model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length)
 
-    def decide(self, items: list[Item], pressure: float):
+    def tokenize(self, items: list[Item]):
+        """The whole batch through the tokenizer at once (right-padded to its longest text)."""
+        return self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
+                                     max_length=self.bundle.max_length, return_tensors="pt")
+
+    def decide(self, items: list[Item], pressure: float, enc=None):
         """Tokens, complexity signals and the budget decision of each item (no model call)."""
-        enc = self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
-                                    max_length=self.bundle.max_length, return_tensors="pt")
+        enc = self.tokenize(items) if enc is None else enc
         signals, decisions = self.ladder_policy.decide(enc["input_ids"], enc["attention_mask"], pressure,
                                                        [(it.mode, it.min_ratio, it.max_ratio) for it in items])
         return enc, signals, decisions
@@ -70,10 +87,15 @@ class Engine:
                        reason=d.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
 
     @torch.inference_mode()
-    def run(self, items: list[Item]) -> list[dict]:
-        """Results in the order of `items`, as protocol.Result fields."""
+    def run(self, items: list[Item], timing: dict | None = None) -> list[dict]:
+        """Results in the order of `items`, as protocol.Result fields; `timing` (if given) gets the
+        seconds of each of PHASES for this batch."""
+        t0 = time.perf_counter()
+        enc = self.tokenize(items)
+        t1 = time.perf_counter()
         pressure = self.load.pressure()
-        enc, signals, decisions = self.decide(items, pressure)
+        enc, signals, decisions = self.decide(items, pressure, enc)
+        t2 = time.perf_counter()
         ids, mask = enc["input_ids"], enc["attention_mask"]
         groups: dict[int, list[int]] = {}
         for i, d in enumerate(decisions):
@@ -86,10 +108,14 @@ class Engine:
                                 heads=self.heads_of(level)).logits
             for i, p in zip(idx, logits.float().softmax(-1).cpu()):
                 probs[i] = p
+        t3 = time.perf_counter()
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
-        return [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing))
-                for i in range(len(items))]
+        results = [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing))
+                   for i in range(len(items))]
+        if timing is not None:
+            timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)))
+        return results
 
     def _result(self, p: torch.Tensor, decision, signal: dict, pressure: float, truncated: bool) -> dict:
         level = self.levels[decision.level]
@@ -133,24 +159,35 @@ class Tracked:
             self.engine.metrics.record("dihs_request_duration_seconds", dt, level=level)
 
 
-class LocalBackend:
-    """The HTTP app's backend in one process (tests, benchmarks): the Engine called directly."""
+class EngineBackend:
+    """The HTTP routes' backend in the replica's own process: texts go to `submit` (the replica's
+    Batcher, or None: straight to Engine.run, as unit tests and the benchmark's model-only runs do).
 
-    def __init__(self, engine: Engine, model_name: str):
+    A request's texts enter and leave together; each text counts in the load tracker from arrival
+    to answer."""
+
+    def __init__(self, engine: Engine, model_name: str, submit=None):
         self.engine, self.tracked, self.info = engine, Tracked(engine), engine.info(model_name)
+        self.submit = submit
 
-    async def classify(self, items: list[Item]) -> list[dict]:
+    async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:
         t0s = [self.tracked.begin() for _ in items]
         results: list[dict] = []
         try:
-            results = self.engine.run(items)
+            if self.submit is None:
+                results = self.engine.run(items, timing)
+            else:
+                results = await self.submit(items, timing)
         finally:
             for i, t0 in enumerate(t0s):
                 self.tracked.end(t0, results[i]["level"] if results else None)
         return results
 
     async def explain(self, item: Item, attention: bool = True) -> dict:
-        return self.engine.explain(item, attention)
+        if self.submit is None:
+            return self.engine.explain(item, attention)
+        # not batched and not counted as load: a diagnostic call, off the event loop
+        return await asyncio.to_thread(self.engine.explain, item, attention)
 
     async def ready(self) -> bool:
         return True

@@ -17,10 +17,6 @@ class Overloaded(Exception):
     """The model replicas' queues are full: answer 503 with Retry-After at once."""
 
 
-class ReplicaFailed(Exception):
-    """A model replica died while serving the request: answer 503 at once, Serve replaces it."""
-
-
 def error_response(code: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
     body = ErrorResponse(error={"code": code, "type": type_, "message": message})
     return JSONResponse(body.model_dump(), status_code=code, headers=headers)

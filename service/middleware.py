@@ -1,8 +1,45 @@
-"""ASGI middleware: refuse oversized bodies before anything parses them."""
+"""ASGI middleware (plain ASGI, no per-request task or body copy): request ids, and refusing
+oversized bodies before anything parses them."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+import uuid
+
+log = logging.getLogger("dihs.http")
+
+
+class RequestId:
+    """Every answer carries X-Request-ID (the client's, or a new one); errors are logged with it.
+    A Server-Timing header that the route set gains `app;dur=`: the time from this middleware
+    to the answer's start, i.e. everything the replica spent on the request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        given = next((v for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
+        rid = given.decode("latin-1") if given else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                for i, (k, v) in enumerate(headers):
+                    if k == b"server-timing":
+                        headers[i] = (k, v + f", app;dur={(time.perf_counter() - t0) * 1e3:.3f}".encode())
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": headers}
+                if message["status"] >= 400:
+                    log.info("request %s %s %s -> %d", rid, scope.get("method"), scope.get("path"), message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class MaxBodySize:

@@ -19,12 +19,15 @@ class Settings(BaseSettings):
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
     max_batch_size: int = Field(16, ge=1, le=256)
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
-    max_ongoing_requests: int = Field(128, ge=1, description="texts a model replica holds (batch queue + running); "
-                                      "set above the expected concurrency so Serve's router never backs off")
-    max_queued_requests: int = Field(256, ge=1, description="texts waiting in a router for a replica before 503s")
+    max_ongoing_requests: int = Field(128, ge=1, description="texts a model replica holds in its batch queue and "
+                                      "running (the autoscaling signal counts these)")
+    max_queued_requests: int = Field(256, ge=1, description="texts a replica holds beyond max_ongoing_requests; "
+                                     "a request that would go past both is refused at once: 503 with Retry-After")
     max_texts: int = Field(64, ge=1, description="texts per request")
     max_chars: int = Field(20000, ge=1, description="characters per text")
     torch_threads: int = Field(1, ge=1, description="torch threads per model replica")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each model replica (Ray schedules "
+                                "replicas by it; keep it = torch_threads so replicas do not share cores)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")
     api_key: SecretStr | None = Field(None, description="if set, inference and explain routes need "
@@ -47,6 +50,18 @@ class Settings(BaseSettings):
         """Settings to hand to Serve replicas: the key itself never travels in a deployment config
         (replicas read DIHS_API_KEY or api_key_file themselves)."""
         return self.model_dump(exclude={"api_key"})
+
+    @property
+    def replica_capacity(self) -> int:
+        """Texts a replica admits (waiting + running) before it refuses requests."""
+        return self.max_ongoing_requests + self.max_queued_requests
+
+    @property
+    def serve_limit(self) -> int:
+        """Serve's own request limits (max_ongoing_requests and max_queued_requests of the
+        deployment): far above what a replica admits, so that the replica, not Serve's proxy,
+        decides back-pressure and answers it in the API's error shape."""
+        return max(1024, 4 * self.replica_capacity)
 
     @property
     def queue_capacity(self) -> int:

@@ -278,15 +278,15 @@ def _settings(args: dict, env: dict[str, str], monkeypatch) -> Settings:
 def test_unknown_key_check_can_fail():
     cfg = yaml.safe_load((DEPLOY / "serve_config.yaml").read_text())
     cfg["applications"][0]["deployments"][0]["autoscaling_config"]["max_replica"] = 3
-    cfg["applications"][0]["deployments"][1]["max_ongoing_request"] = 3
-    assert _unknown_keys(cfg) == ["dihs.DIHSModel.autoscaling_config.max_replica", "dihs.Ingress.max_ongoing_request"]
+    cfg["applications"][0]["deployments"][0]["max_ongoing_request"] = 3
+    assert _unknown_keys(cfg) == ["dihs.DIHSModel.max_ongoing_request", "dihs.DIHSModel.autoscaling_config.max_replica"]
 
 
 @pytest.mark.parametrize("name,cfg", [pytest.param(n, c, id=n) for n, c in _serve_configs()])
 def test_serve_config(name, cfg, monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
-    from service.app import DIHSModel, Ingress
+    from service.app import DIHSModel
 
     schema = ServeDeploySchema.model_validate(cfg)
     assert not _unknown_keys(cfg), f"{name}: {_unknown_keys(cfg)}"
@@ -303,16 +303,15 @@ def test_serve_config(name, cfg, monkeypatch):
     s = _settings(app.args, env, monkeypatch)
 
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {DIHSModel.name, Ingress.name}
+    assert set(deployments) == {DIHSModel.name}, "one deployment: the model replica serves HTTP itself"
     model = deployments["DIHSModel"]
-    assert model.max_ongoing_requests == s.max_ongoing_requests >= s.max_batch_size
-    assert model.max_queued_requests == s.max_queued_requests
+    assert model.max_ongoing_requests == model.max_queued_requests == s.serve_limit > s.replica_capacity
+    assert s.max_ongoing_requests >= s.max_batch_size
     auto = model.autoscaling_config
     assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
     assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, \
         "scale out between one full batch and full load pressure"
-    assert model.ray_actor_options.num_cpus == s.torch_threads
-    assert deployments["Ingress"].max_ongoing_requests == s.max_ongoing_requests
+    assert model.ray_actor_options.num_cpus == s.replica_cpus == s.torch_threads
 
 
 def test_serve_configs_agree():

@@ -12,7 +12,7 @@ from dihs_cli.cli import main
 from dihs_model.data import Examples
 from dihs_model.explain import budget_for, explain
 from dihs_model.importance import calibrate_bundle, mask_gradients
-from service.batching import Engine, Item, LocalBackend
+from service.engine import Engine, EngineBackend, Item
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
@@ -33,7 +33,7 @@ def served(tiny_checkpoint):
     bundle = tiny_bundle(tiny_checkpoint)
     metrics = NullMetrics()
     engine = Engine(bundle, "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics)
-    app = build_http_app(Settings(max_texts=8, max_chars=200, model_name="tiny"), LocalBackend(engine, "tiny"), metrics)
+    app = build_http_app(Settings(max_texts=8, max_chars=200, model_name="tiny"), EngineBackend(engine, "tiny"), metrics)
     return TestClient(app), engine
 
 

@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import Engine, LocalBackend
+from service.engine import Engine, EngineBackend
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
@@ -21,7 +21,7 @@ def _client(bundle, **settings):
     s = Settings(model_name="tiny", **settings)
     metrics = NullMetrics()
     engine = Engine(bundle, "tiny", LoadTracker(LoadConfig(0.25, 32)), metrics)
-    return TestClient(build_http_app(s, LocalBackend(engine, "tiny"), metrics)), metrics
+    return TestClient(build_http_app(s, EngineBackend(engine, "tiny"), metrics)), metrics
 
 
 def test_api_key_protects_inference_only(tiny_bundle, caplog):

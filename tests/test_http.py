@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import Engine, LocalBackend
+from service.engine import Engine, EngineBackend
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
@@ -18,7 +18,7 @@ def served(tmp_path):
     metrics = NullMetrics()
     load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32))
     engine = Engine(bundle, "tiny", load, metrics)
-    app = build_http_app(settings, LocalBackend(engine, "tiny"), metrics)
+    app = build_http_app(settings, EngineBackend(engine, "tiny"), metrics)
     return TestClient(app), metrics, engine
 
 

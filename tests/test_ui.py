@@ -1,5 +1,5 @@
 """The /ui page in headless Chromium (selenium + chromedriver) against the app served by uvicorn in a
-thread (LocalBackend over a tiny bundle, no Ray): submit a text, check from the DOM that the head
+thread (EngineBackend over a tiny bundle, no Ray): submit a text, check from the DOM that the head
 grid and the attention map were drawn, click heads, take a screenshot.
 
 Needs Debian's `chromium` and `chromium-driver` (`make system-deps`); skips where they are missing.
@@ -33,7 +33,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 def server(tiny_checkpoint):
     import uvicorn
 
-    from service.batching import Engine, LocalBackend
+    from service.engine import Engine, EngineBackend
     from service.http import build_http_app
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
@@ -41,7 +41,7 @@ def server(tiny_checkpoint):
 
     metrics = NullMetrics()
     engine = Engine(tiny_bundle(tiny_checkpoint), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics)
-    app = build_http_app(Settings(model_name="tiny"), LocalBackend(engine, "tiny"), metrics)
+    app = build_http_app(Settings(model_name="tiny"), EngineBackend(engine, "tiny"), metrics)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other processes
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
