@@ -51,9 +51,9 @@ def cmd_explain(a) -> None:
         raise UsageError("give both --layer and --head (that head's attention map), or neither (the head grid)")
     if a.layer is not None and png_out is None:
         raise UsageError("--layer/--head choose the attention map drawn to --png: pass --png OUT.png")
-    if a.heads_ratio is not None and (a.mode or "fixed") != "fixed":
-        raise UsageError(f"--heads-ratio asks for a fixed budget; it does not combine with --mode {a.mode}")
-    for flag, x in (("--heads-ratio", a.heads_ratio), ("--pressure", a.pressure)):
+    if a.flops_ratio is not None and (a.mode or "fixed") != "fixed":
+        raise UsageError(f"--flops-ratio asks for a fixed budget; it does not combine with --mode {a.mode}")
+    for flag, x in (("--flops-ratio", a.flops_ratio), ("--pressure", a.pressure)):
         if x is not None and not is_finite_ratio(x):
             raise UsageError(f"{flag} must be in [0, 1], not {x:g}")
     _threads(a.threads)
@@ -65,12 +65,12 @@ def cmd_explain(a) -> None:
         raise UsageError(f"--layer {a.layer} is out of range: the model has layers 0..{L - 1}")
     if a.head is not None and not 0 <= a.head < H:
         raise UsageError(f"--head {a.head} is out of range: each layer has heads 0..{H - 1}")
-    mode = "fixed" if a.heads_ratio is not None else a.mode or "auto"
+    mode = "fixed" if a.flops_ratio is not None else a.mode or "auto"
     try:
-        kw = budget_for(bundle, a.text, mode, max_ratio=1.0 if a.heads_ratio is None else a.heads_ratio,
+        kw = budget_for(bundle, a.text, mode, max_ratio=1.0 if a.flops_ratio is None else a.flops_ratio,
                         pressure=a.pressure or 0.0)
     except ValueError as e:
-        raise UsageError(f"--heads-ratio {a.heads_ratio:g}: {e}") from None
+        raise UsageError(f"--flops-ratio {a.flops_ratio:g}: {e}") from None
     exp = explain(bundle, a.text, **kw)
     png = None
     if png_out:
@@ -86,9 +86,10 @@ def cmd_explain(a) -> None:
     if png_out:
         png_out.parent.mkdir(parents=True, exist_ok=True)
         png_out.write_bytes(png)
-    hd = exp["heads"]
-    print(f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']}: {hd['active']}/{hd['total']} "
-          f"heads, per layer {' '.join(map(str, hd['per_layer']))}")
+    hd, nd = exp["heads"], exp["neurons"]
+    print(f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']} ({exp['flops_ratio']:.2f} of "
+          f"the FLOPs): {hd['active']}/{hd['total']} heads, per layer {' '.join(map(str, hd['per_layer']))}; "
+          f"{nd['active']}/{nd['total']} FFN neurons, per layer {' '.join(map(str, nd['per_layer']))}")
     print(f"reason: {exp['reason']}; complexity {exp['complexity']:.3f} ({len(exp['tokens'])} tokens)")
     ranked = sorted(((h["input_importance"], ly["layer"], h) for ly in exp["layers"] for h in ly["heads"]),
                     key=lambda x: -x[0])[:5]
@@ -123,8 +124,8 @@ def cmd_report(a) -> None:
 
     out = Path(a.out)
     _writable(out, "the report")
-    ev = _read_result_json(a.eval_json, "--eval-json", {"policy", "heads_ratio", "accuracy"}, "dihs eval")
-    bn = _read_result_json(a.bench_json, "--bench-json", {"mode", "heads_ratio", "batch", "seq_len", "median_ms",
+    ev = _read_result_json(a.eval_json, "--eval-json", {"policy", "flops_ratio", "heads_ratio", "accuracy"}, "dihs eval")
+    bn = _read_result_json(a.bench_json, "--bench-json", {"mode", "level", "flops_ratio", "batch", "seq_len", "median_ms",
                                                            "p10_ms", "p90_ms", "speedup", "ideal_speedup"}, "dihs bench")
     meta = load_bundle(a.bundle).meta
     page = report_html(str(a.bundle), meta, ev, bn)
@@ -159,7 +160,7 @@ def add_service_commands(sub) -> None:
     p = sub.add_parser("explain", help="explain one prediction: heads that ran, their importance, attention maps")
     p.add_argument("bundle")
     p.add_argument("text")
-    p.add_argument("--heads-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads")
+    p.add_argument("--flops-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads")
     p.add_argument("--mode", choices=("auto", "fixed", "dense"), help="budget mode as the service's (default auto)")
     p.add_argument("--pressure", type=float, default=0.0, help="load pressure in [0, 1] for --mode auto (default 0)")
     p.add_argument("--json", help="write the explanation JSON here")

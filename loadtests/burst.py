@@ -5,7 +5,7 @@
 Phases per mode: `idle` (one request at a time), `burst` (N concurrent clients for S seconds),
 `recovery` (one at a time again, right after the burst). Modes alternate on the same server
 (dense, adaptive, dense, adaptive when --rounds 2) so drift hits both alike. Each request is
-one held-out tweet; its label is checked, so accuracy sits beside latency and heads.
+one held-out tweet; its label is checked, so accuracy sits beside latency and FLOPs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ async def _one(client, url, text, mode):
     if r.status_code != 200:
         return {"status": r.status_code, "latency_s": dt}
     res = r.json()["results"][0]
-    return {"status": 200, "latency_s": dt, "label": res["label"], "ratio": res["heads"]["ratio"],
+    return {"status": 200, "latency_s": dt, "label": res["label"], "ratio": res["flops_ratio"],
             "pressure": res["pressure"], "reason": res["reason"]}
 
 
@@ -59,7 +59,7 @@ def _summary(rows, wall):
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
     return {"requests": len(rows), "errors": len(rows) - len(ok), "rps": round(len(ok) / wall, 2),
             "p50_ms": round(statistics.median(lat), 1) if lat else None, "p95_ms": round(p95, 1) if p95 else None,
-            "mean_heads_ratio": round(statistics.mean(r["ratio"] for r in ok), 4) if ok else None,
+            "mean_flops_ratio": round(statistics.mean(r["ratio"] for r in ok), 4) if ok else None,
             "mean_pressure": round(statistics.mean(r["pressure"] for r in ok), 4) if ok else None,
             "accuracy": round(sum(r["correct"] for r in ok) / len(ok), 4) if ok else None,
             "sample_reasons": sorted({r["reason"] for r in ok})[:3]}

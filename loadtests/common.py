@@ -7,7 +7,7 @@ import random
 # The three ways of serving that the sweep compares, as the API's `budget` object.
 BUDGETS: dict[str, dict] = {
     "dense": {"mode": "dense"},
-    "static": {"mode": "fixed", "max_heads_ratio": 0.5},
+    "static": {"mode": "fixed", "max_flops_ratio": 0.5},
     "adaptive": {"mode": "auto"},
 }
 EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order

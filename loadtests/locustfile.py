@@ -7,7 +7,7 @@ Users: `ClassifyUser` (POST /v1/classify, one text) and `InferUser` (POST /v2/mo
 one BYTES text, the budget in `parameters`). Name one on the command line, or both run.
 
 Options (each also an env var): --budget dense|static|adaptive (DIHS_LOADTEST_BUDGET; dense =
-{"mode":"dense"}, static = {"mode":"fixed","max_heads_ratio":0.5}, adaptive = {"mode":"auto"}),
+{"mode":"dense"}, static = {"mode":"fixed","max_flops_ratio":0.5}, adaptive = {"mode":"auto"}),
 --data TASK_OR_FILE (DIHS_LOADTEST_DATA; its held-out split) with --text-column/--label-column,
 --model-name, --user-rate (requests per second per user), --shape steady|step|spike with
 --shape-users and --stage-seconds (loadtests/shapes.py; the shape ends the run, so no --run-time),
@@ -17,9 +17,9 @@ set, is sent as `Authorization: Bearer` (a service started with an API key).
 What lands in Locust's stats (and `--csv`), beside each route's own row:
   CHECK  "label [BUDGET]"   one entry per answered text; a wrong label is a failure, so this
                             row's failure ratio is 1 - accuracy (failures.csv: expected vs got)
-  HEADS  "heads% [BUDGET]"  one entry per answered text whose "response time" is the percentage
-                            of attention heads computed (100 = dense): its average is the mean
-                            heads ratio x 100, its percentiles the distribution
+  FLOPS  "flops% [BUDGET]"  one entry per answered text whose "response time" is the percentage
+                            of the full model's FLOPs computed (100 = dense): its average is the mean
+                            FLOPs ratio x 100, its percentiles the distribution
 HTTP failures are real errors only: a non-2xx answer (503 is the service's documented
 back-pressure) or a connection error. These pseudo entries also count in Locust's "Aggregated"
 row, so read throughput from the route's own row.
@@ -48,7 +48,7 @@ class WrongLabel(Exception):
 @events.init_command_line_parser.add_listener
 def _options(parser):
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="adaptive", env_var="DIHS_LOADTEST_BUDGET",
-                        help="dense, static (fixed, 50%% of heads) or adaptive (auto)")
+                        help="dense, static (fixed, 50%% of the FLOPs) or adaptive (auto)")
     parser.add_argument("--data", default="election-tweets", env_var="DIHS_LOADTEST_DATA",
                         help="built-in task or a .csv/.tsv/.jsonl file: its held-out split is sent")
     parser.add_argument("--text-column", default="text", env_var="DIHS_LOADTEST_TEXT_COLUMN")
@@ -111,7 +111,7 @@ def _quit(environment, **_):
 
 @events.request.add_listener
 def _record(response_time=0.0, response=None, context=None, exception=None, **_):
-    """One events-CSV row per HTTP request (the CHECK/HEADS pseudo entries carry no `route`)."""
+    """One events-CSV row per HTTP request (the CHECK/FLOPS pseudo entries carry no `route`)."""
     if _State.writer is None or not context or "route" not in context:
         return
     env = _State.env
@@ -121,7 +121,7 @@ def _record(response_time=0.0, response=None, context=None, exception=None, **_)
         "t": round(t, 3), "users": env.runner.user_count if env.runner else "", "route": context["route"],
         "budget": context["budget"], "status": getattr(response, "status_code", 0) or 0,
         "ok": int(exception is None), "latency_ms": round(response_time, 2), "correct": context.get("correct", ""),
-        "heads_ratio": context.get("heads_ratio", ""), "pressure": context.get("pressure", ""),
+        "flops_ratio": context.get("flops_ratio", ""), "pressure": context.get("pressure", ""),
         "example": context["example"]})
 
 
@@ -152,7 +152,7 @@ class _LabelledUser(FastHttpUser):
         raise NotImplementedError
 
     def parse(self, data: dict) -> tuple[str, float, float | None]:
-        """(label, heads ratio, load pressure or None) of the one answered text."""
+        """(label, FLOPs ratio, load pressure or None) of the one answered text."""
         raise NotImplementedError
 
     def send(self, path: str, name: str):
@@ -171,13 +171,13 @@ class _LabelledUser(FastHttpUser):
                 resp.failure(f"malformed answer: {e!r}")
                 return
             ctx = resp.request_meta["context"]
-            ctx["correct"], ctx["heads_ratio"] = int(got == label), ratio
+            ctx["correct"], ctx["flops_ratio"] = int(got == label), ratio
             ctx["pressure"] = "" if pressure is None else pressure
             resp.success()
         fire = self.environment.events.request.fire
         fire(request_type="CHECK", name=f"label [{self.opts.budget}]", response_time=0, response_length=0,
              context={}, exception=None if got == label else WrongLabel(f"expected {label}, got {got}"))
-        fire(request_type="HEADS", name=f"heads% [{self.opts.budget}]", response_time=100.0 * ratio,
+        fire(request_type="FLOPS", name=f"flops% [{self.opts.budget}]", response_time=100.0 * ratio,
              response_length=0, context={}, exception=None)
 
 
@@ -191,7 +191,7 @@ class ClassifyUser(_LabelledUser):
 
     def parse(self, data):
         r = data["results"][0]
-        return r["label"], float(r["heads"]["ratio"]), float(r["pressure"])
+        return r["label"], float(r["flops_ratio"]), float(r["pressure"])
 
     @task
     def classify(self):
@@ -209,7 +209,7 @@ class InferUser(_LabelledUser):
 
     def parse(self, data):
         out = {o["name"]: o["data"] for o in data["outputs"]}
-        return out["label"][0], float(out["heads_ratio"][0]), None  # v2 answers carry no pressure
+        return out["label"][0], float(out["flops_ratio"][0]), None  # v2 answers carry no pressure
 
     @task
     def infer(self):

@@ -64,19 +64,19 @@ def write_summary(path: Path, meta: dict, combined: list[dict], check: dict, tot
          f"Machine: {meta['machine']}"
          + (f"; 1-minute load average {meta['loadavg_start']:.1f} at the start, {meta['loadavg_end']:.1f} at the end"
             if "loadavg_start" in meta else "") + f". Wall time {meta['wall_s']:.0f} s.", "",
-         "Modes: dense = all heads; static = fixed 50% of heads; adaptive = DIHS auto (load pressure and input "
+         "Modes: dense = the full model; static = fixed 50% of the FLOPs; adaptive = DIHS auto (load pressure and input "
          "complexity pick the level). Values are medians over rounds, [min, max] when rounds differ. "
          "Latency over successful responses; errors = non-2xx or connection errors (503 back-pressure included).", "",
          "`x dense` and `acc - dense` compare with dense in the same round and stage (ratio of req/s; "
          "accuracy points, on nearly the same examples).", "",
          "| mode | users | offered req/s | req/s | x dense | p50 ms | p95 ms | p99 ms | errors | accuracy "
-         "| acc - dense | heads ratio | pressure |",
+         "| acc - dense | FLOPs ratio | pressure |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(combined, key=lambda c: (MODES.index(c["mode"]), c["stage"])):
         vs = ("", "") if c["mode"] == "dense" else (_cell(c, "rps_vs_dense", 2), _cell(c, "accuracy_vs_dense", 1))
         L.append(f"| {c['mode']} | {c['users']} | {_fmt(c['offered_rps'], 0)} | {_cell(c, 'rps', 1)} | {vs[0]} | "
                  f"{_cell(c, 'p50_ms', 0)} | {_cell(c, 'p95_ms', 0)} | {_cell(c, 'p99_ms', 0)} | "
-                 f"{_cell(c, 'error_rate', 3)} | {_cell(c, 'accuracy', 3)} | {vs[1]} | {_cell(c, 'heads_ratio', 2)} | "
+                 f"{_cell(c, 'error_rate', 3)} | {_cell(c, 'accuracy', 3)} | {vs[1]} | {_cell(c, 'flops_ratio', 2)} | "
                  f"{_cell(c, 'pressure', 2)} |")
     top = max(c["stage"] for c in combined)
     L += ["", "## Throughput won, accuracy paid", ""]
@@ -84,7 +84,7 @@ def write_summary(path: Path, meta: dict, combined: list[dict], check: dict, tot
         if c["stage"] == top or c["stage"] == check.get("stage"):
             L.append(f"- {c['mode']} at {_fmt(c['offered_rps'], 0)} req/s offered ({c['users']} users): "
                      f"{_cell(c, 'rps_vs_dense', 2)}x dense's req/s, accuracy {_cell(c, 'accuracy_vs_dense', 1)} "
-                     f"points vs dense, p95 {_cell(c, 'p95_ms', 0)} ms, heads {_cell(c, 'heads_ratio', 2)}.")
+                     f"points vs dense, p95 {_cell(c, 'p95_ms', 0)} ms, FLOPs {_cell(c, 'flops_ratio', 2)}.")
     peak = {m: max((c for c in combined if c["mode"] == m), key=lambda c: c["rps"]) for m in MODES
             if any(c["mode"] == m for c in combined)}
     L.append("- highest throughput of any stage (median over rounds): " + "; ".join(

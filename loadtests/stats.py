@@ -17,11 +17,11 @@ from pathlib import Path
 
 from .shapes import Plan
 
-EVENT_FIELDS = ("t", "users", "route", "budget", "status", "ok", "latency_ms", "correct", "heads_ratio", "pressure",
+EVENT_FIELDS = ("t", "users", "route", "budget", "status", "ok", "latency_ms", "correct", "flops_ratio", "pressure",
                 "example")
 ROW_FIELDS = ("mode", "round", "stage", "users", "offered_rps", "requests", "rps", "p50_ms", "p95_ms", "p99_ms",
-              "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure", "rps_vs_dense", "accuracy_vs_dense")
-METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "heads_ratio", "pressure",
+              "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure", "rps_vs_dense", "accuracy_vs_dense")
+METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure",
            "rps_vs_dense", "accuracy_vs_dense")
 
 
@@ -55,7 +55,7 @@ def stage_rows(events: list[dict], plan: Plan, settle_s: float, user_rate: float
         ok = [e for e in inside if int(float(e["ok"]))]
         lat = [float(e["latency_ms"]) for e in ok]
         checked = [int(float(e["correct"])) for e in ok if _num(e.get("correct")) is not None]
-        heads = [h for h in (_num(e.get("heads_ratio")) for e in ok) if h is not None]
+        flops = [h for h in (_num(e.get("flops_ratio")) for e in ok) if h is not None]
         pressure = [p for p in (_num(e.get("pressure")) for e in ok) if p is not None]
         n = len(inside)
         rows.append({
@@ -66,7 +66,7 @@ def stage_rows(events: list[dict], plan: Plan, settle_s: float, user_rate: float
             "error_rate": round((n - len(ok)) / n, 4) if n else 0.0,
             "rejected_rate": round(sum(int(float(e["status"])) == 503 for e in inside) / n, 4) if n else 0.0,
             "accuracy": round(sum(checked) / len(checked), 4) if checked else math.nan,
-            "heads_ratio": round(statistics.fmean(heads), 4) if heads else math.nan,
+            "flops_ratio": round(statistics.fmean(flops), 4) if flops else math.nan,
             "pressure": round(statistics.fmean(pressure), 4) if pressure else math.nan,
         })
     return rows

@@ -1,6 +1,6 @@
 """`dihs loadtest`: how much throughput adaptive head budgets win, and what accuracy they cost, as load rises.
 
-For each mode (dense, static = 50% of heads, adaptive = DIHS auto) the same step shape runs with
+For each mode (dense, static = 50% of the FLOPs, adaptive = DIHS auto) the same step shape runs with
 Locust (a `locust --headless` subprocess per run) against one service: started here on free
 ports (`dihs serve`), or the one at --url. The budget is a per-request parameter, so one server
 serves every mode; before each run 30 sequential warm-up requests in that mode drain the queue

@@ -81,10 +81,10 @@ class Api:
                 raise ApiError(422, f"text {i} is empty or has only whitespace/control characters: send some words")
             if len(t) > s.max_chars:
                 raise ApiError(422, f"text {i} has {len(t)} characters; the limit is {s.max_chars}")
-        err = limits_error(self.info.ladder, budget.min_heads_ratio, budget.max_heads_ratio)
+        err = limits_error(self.info.ladder, budget.min_flops_ratio, budget.max_flops_ratio)
         if err:
             raise ApiError(422, f"budget: {err}")
-        return [Item(t, budget.mode, budget.min_heads_ratio, budget.max_heads_ratio) for t in texts]
+        return [Item(t, budget.mode, budget.min_flops_ratio, budget.max_flops_ratio) for t in texts]
 
     def known(self, name: str) -> None:
         if name != self.info.name:

@@ -1,5 +1,5 @@
-"""The inference engine of a model replica: one batch in, tokenized once, texts grouped by budget
-level, one sliced forward per group. Plain Python (no Ray, no HTTP): the replica's Batcher
+"""The inference engine of a model replica: one batch in, tokenized once, texts grouped by width
+budget level, one sliced forward per group (dihs_model.passes.forward_grouped). Plain Python (no Ray, no HTTP): the replica's Batcher
 (service/batcher.py) feeds it model batches; EngineBackend is what the HTTP routes call.
 """
 
@@ -14,6 +14,7 @@ import torch
 from dihs_model.bundle import Bundle
 from dihs_model.device import pick_device
 from dihs_model.levels import LadderPolicy
+from dihs_model.passes import forward_grouped
 from dihs_model.policy import PolicyConfig
 
 from .load import LoadTracker
@@ -54,7 +55,7 @@ class Engine:
             self.model = self.model.to(self.device, dtype=torch.bfloat16)
         self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
-        self.heads_of = self.ladder_policy.heads_of
+        self.budget_of = self.ladder_policy.budget_of
         self.total_heads = self.model.shape.total_heads
 
     def info(self, model_name: str) -> ModelInfo:
@@ -83,7 +84,7 @@ class Engine:
         pressure = self.load.published
         _, signals, decisions = self.decide([item], pressure)
         d = decisions[0]
-        return explain(self.bundle, item.text, self.heads_of(d.level), level=self.levels[d.level]["name"],
+        return explain(self.bundle, item.text, self.budget_of(d.level), level=self.levels[d.level]["name"],
                        reason=d.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
 
     @torch.inference_mode()
@@ -96,41 +97,41 @@ class Engine:
         pressure = self.load.pressure()
         enc, signals, decisions = self.decide(items, pressure, enc)
         t2 = time.perf_counter()
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        groups: dict[int, list[int]] = {}
-        for i, d in enumerate(decisions):
-            groups.setdefault(d.level, []).append(i)
-        probs: list[torch.Tensor | None] = [None] * len(items)
-        for level, idx in groups.items():
-            sub_mask = mask[idx]
-            T = int(sub_mask.sum(1).max())  # right-padded: trim to this group's longest text
-            logits = self.model(ids[idx, :T].to(self.device), sub_mask[:, :T].to(self.device),
-                                heads=self.heads_of(level)).logits
-            for i, p in zip(idx, logits.float().softmax(-1).cpu()):
-                probs[i] = p
+        logits = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"],
+                                 [self.budget_of(d.level) for d in decisions], self.device)
+        probs = [x.softmax(-1) for x in logits]
         t3 = time.perf_counter()
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
-        results = [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing))
-                   for i in range(len(items))]
+        tokens = enc["attention_mask"].sum(1).tolist()
+        results = [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing),
+                                int(tokens[i])) for i in range(len(items))]
         if timing is not None:
             timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)))
         return results
 
-    def _result(self, p: torch.Tensor, decision, signal: dict, pressure: float, truncated: bool) -> dict:
+    def _result(self, p: torch.Tensor, decision, signal: dict, pressure: float, truncated: bool, tokens: int) -> dict:
         level = self.levels[decision.level]
-        per_layer = list(level["heads"])
-        active = sum(per_layer)
+        budget = self.ladder_policy.budgets[decision.level]
+        shape = self.model.shape
+        active = sum(budget.heads)
+        neurons_total = shape.ffn * shape.n_layers
+        flops = budget.flops_ratio(shape, [tokens])
         labels = self.bundle.labels
         self.metrics.record("dihs_active_heads", active)
         self.metrics.record("dihs_active_heads_ratio", active / self.total_heads)
+        self.metrics.record("dihs_active_neurons_ratio", sum(budget.neurons) / neurons_total)
+        self.metrics.record("dihs_flops_ratio", flops)
         self.metrics.record("dihs_budget_level", 1, level=level["name"])
         self.metrics.record("dihs_input_complexity", signal["score"])
         return {
             "label": labels[int(p.argmax())],
             "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)},
             "heads": {"active": active, "total": self.total_heads, "ratio": round(active / self.total_heads, 4),
-                      "per_layer": per_layer},
+                      "per_layer": list(budget.heads)},
+            "neurons": {"active": sum(budget.neurons), "total": neurons_total,
+                        "ratio": round(sum(budget.neurons) / neurons_total, 4), "per_layer": list(budget.neurons)},
+            "flops_ratio": round(flops, 4),
             "complexity": signal["score"],
             "pressure": round(pressure, 4),
             "level": level["name"],

@@ -11,17 +11,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RENAMED = {"max_heads_ratio": "max_flops_ratio", "min_heads_ratio": "min_flops_ratio"}  # format-1 budgets
+
+
 class Budget(Strict):
     mode: Literal["auto", "fixed", "dense"] = Field(
         "auto", description="auto: from input complexity and load; fixed: the largest level within "
-        "max_heads_ratio; dense: all heads")
-    max_heads_ratio: float = Field(1.0, ge=0.0, le=1.0, description="never compute more than this share of heads")
-    min_heads_ratio: float = Field(0.0, ge=0.0, le=1.0, description="never compute less than this share of heads")
+        "max_flops_ratio; dense: the full model")
+    max_flops_ratio: float = Field(1.0, ge=0.0, le=1.0, description="never spend more than this share of the full "
+                                   "model's FLOPs")
+    min_flops_ratio: float = Field(0.0, ge=0.0, le=1.0, description="never spend less than this share of the full "
+                                   "model's FLOPs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        """The heads-ratio controls are refused by name: a heads share no longer says what a budget costs."""
+        for old, new in RENAMED.items():
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"{old} was replaced by {new}: budgets cover heads and FFN neurons and are "
+                                 f"FLOPs ratios now")
+        return data
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.min_heads_ratio > self.max_heads_ratio:
-            raise ValueError(f"min_heads_ratio {self.min_heads_ratio:g} is above max_heads_ratio {self.max_heads_ratio:g}")
+        if self.min_flops_ratio > self.max_flops_ratio:
+            raise ValueError(f"min_flops_ratio {self.min_flops_ratio:g} is above max_flops_ratio {self.max_flops_ratio:g}")
         return self
 
 
@@ -40,20 +55,24 @@ class ClassifyRequest(Strict):
         return [self.text] if self.text is not None else list(self.texts)
 
 
-class Heads(Strict):
-    active: int = Field(description="heads computed for this input")
-    total: int = Field(description="heads in the full model")
+class Units(Strict):
+    """Attention heads or FFN neurons: how many of a kind were computed for an input."""
+
+    active: int = Field(description="units computed for this input")
+    total: int = Field(description="units of this kind in the full model")
     ratio: float = Field(description="active / total")
-    per_layer: list[int] = Field(description="heads computed in each layer")
+    per_layer: list[int] = Field(description="units computed in each layer")
 
 
 class Result(Strict):
     label: str
     probabilities: dict[str, float]
-    heads: Heads
+    heads: Units
+    neurons: Units = Field(description="FFN intermediate neurons computed")
+    flops_ratio: float = Field(description="this input's FLOPs at its budget / the full model's, at its length")
     complexity: float = Field(description="input complexity in [0, 1]")
     pressure: float = Field(description="load pressure in [0, 1] when the budget was chosen")
-    level: str = Field(description="budget level name, e.g. h50 = 50% of heads")
+    level: str = Field(description="budget level name, e.g. f50 = 50% of the full model's FLOPs")
     reason: str = Field(description="why this budget")
     truncated: bool = Field(description="the text was longer than the model's max tokens and was cut")
 
@@ -93,6 +112,7 @@ class HeadExplanation(Strict):
 class LayerExplanation(Strict):
     layer: int
     active: int = Field(description="heads that ran in this layer: positions 0..active-1")
+    neurons_active: int = Field(description="FFN neurons that ran in this layer: positions 0..neurons_active-1")
     heads: list[HeadExplanation] = Field(description="every head of the layer, in stored order")
 
 
@@ -102,7 +122,9 @@ class ExplainResponse(Strict):
     tokens: list[str] = Field(description="the T tokens the model saw (after truncation)")
     label: str = Field(description="the prediction at the chosen budget, as /v1/classify serves it")
     probabilities: dict[str, float]
-    heads: Heads
+    heads: Units
+    neurons: Units = Field(description="FFN intermediate neurons computed")
+    flops_ratio: float = Field(description="this input's FLOPs at its budget / the full model's, at its length")
     complexity: float = Field(description="input complexity in [0, 1]")
     complexity_signals: Complexity
     pressure: float = Field(description="the load pressure published when the budget was chosen")

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends, Request
 from .api import Api, json_once
 from .errors import ApiError
 from .oip import pydantic_message, read_v2, v2_texts
-from .protocol import Budget, V2InferRequest, V2InferResponse, V2ModelMetadata
+from .protocol import RENAMED, Budget, V2InferRequest, V2InferResponse, V2ModelMetadata
 
-OUTPUTS = ("label", "probabilities", "heads_ratio", "level")
+OUTPUTS = ("label", "probabilities", "flops_ratio", "heads_ratio", "level")
 
 
 def v2_router(api: Api) -> APIRouter:
@@ -43,6 +43,7 @@ def v2_router(api: Api) -> APIRouter:
             inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}],
             outputs=[{"name": "label", "datatype": "BYTES", "shape": [-1]},
                      {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                     {"name": "flops_ratio", "datatype": "FP32", "shape": [-1]},
                      {"name": "heads_ratio", "datatype": "FP32", "shape": [-1]},
                      {"name": "level", "datatype": "BYTES", "shape": [-1]}])
 
@@ -67,7 +68,8 @@ def v2_router(api: Api) -> APIRouter:
         texts = v2_texts(req)
         params = dict(req.parameters or {})
         try:
-            budget = Budget(**{k: params[k] for k in ("mode", "max_heads_ratio", "min_heads_ratio") if k in params})
+            budget = Budget(**{k: params[k] for k in ("mode", "max_flops_ratio", "min_flops_ratio", *RENAMED)
+                               if k in params})
         except ValueError as e:
             raise ApiError(422, f"parameters: {pydantic_message(e)}") from None
         items = api.items(texts, budget)
@@ -92,6 +94,7 @@ def _outputs(results: list[dict], labels: list[str]) -> list[dict]:
         {"name": "label", "datatype": "BYTES", "shape": [n], "data": [r["label"] for r in results]},
         {"name": "probabilities", "datatype": "FP32", "shape": [n, len(labels)],
          "data": [r["probabilities"][lab] for r in results for lab in labels]},
+        {"name": "flops_ratio", "datatype": "FP32", "shape": [n], "data": [r["flops_ratio"] for r in results]},
         {"name": "heads_ratio", "datatype": "FP32", "shape": [n], "data": [r["heads"]["ratio"] for r in results]},
         {"name": "level", "datatype": "BYTES", "shape": [n], "data": [r["level"] for r in results]},
     ]

@@ -11,7 +11,8 @@ from dihs_model.bundle import new_bundle, save_bundle
 from dihs_cli.cli import main
 from dihs_model.data import Examples
 from dihs_model.explain import budget_for, explain
-from dihs_model.importance import calibrate_bundle, mask_gradients
+from dihs_model.calibrate import calibrate_bundle
+from dihs_model.importance import mask_gradients
 from service.engine import Engine, EngineBackend, Item
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
@@ -47,8 +48,8 @@ def assert_agrees(served_result: dict, exp: dict) -> None:
         assert [h["active"] for h in ly["heads"]] == [p < ly["active"] for p in range(len(ly["heads"]))]
 
 
-@pytest.mark.parametrize("budget,level", [({}, "h100"), ({"mode": "fixed", "max_heads_ratio": 0.5}, "h50"),
-                                          ({"mode": "dense"}, "h100")])
+@pytest.mark.parametrize("budget,level", [({}, "f100"), ({"mode": "fixed", "max_flops_ratio": 0.5}, "f50"),
+                                          ({"mode": "dense"}, "f100")])
 def test_explanation_agrees_with_the_served_prediction(served, budget, level):
     client, _ = served
     for text in TEXTS:
@@ -91,7 +92,7 @@ def test_attention_maps_and_importance_are_well_formed(served):
         for h in ly["heads"]:
             assert set(h["global_importance"]) == {"michel", "fisher", "attention"}
             assert h["global_importance"]["fisher"] == pytest.approx(
-                bundle.meta["importance"]["fisher"][ly["layer"]][h["position"]], rel=1e-6, abs=1e-8)
+                bundle.meta["importance"]["heads"]["fisher"][ly["layer"]][h["position"]], rel=1e-6, abs=1e-8)
             if not h["active"]:
                 assert h["attention"] is None
                 continue
@@ -109,7 +110,7 @@ def test_attention_maps_and_importance_are_well_formed(served):
 
 def test_png_views(served):
     client, engine = served
-    body = {"text": "good fun movie", "budget": {"mode": "fixed", "max_heads_ratio": 0.5}}
+    body = {"text": "good fun movie", "budget": {"mode": "fixed", "max_flops_ratio": 0.5}}
     ran = engine.levels[2]["heads"]
     head = engine.bundle.meta["head_order"][1][ran[1] - 1]  # the last head that ran in layer 1
     for query in ("format=png", "format=png&view=grid&score=fisher", "format=png&view=attention",
@@ -122,7 +123,7 @@ def test_png_views(served):
 @pytest.mark.parametrize("query,body,fragment", [
     ("", {"text": "  "}, "empty"),
     ("", {"texts": ["good"]}, "texts"),
-    ("", {"text": "good", "budget": {"max_heads_ratio": 0.1}}, "no budget level"),
+    ("", {"text": "good", "budget": {"max_flops_ratio": 0.1}}, "no budget level"),
     ("", {"text": "x" * 201}, "limit is 200"),
     ("format=gif", {"text": "good"}, "format"),
     ("format=png&view=attention&layer=9&head=0", {"text": "good"}, "layer 9 is out of range"),
@@ -143,7 +144,7 @@ def test_attention_of_a_head_that_did_not_run_is_a_clear_422(served):
     client, engine = served
     skipped = engine.bundle.meta["head_order"][0][-1]  # the least important head of layer 0
     r = client.post(f"/v1/explain?format=png&view=attention&layer=0&head={skipped}",
-                    json={"text": "good", "budget": {"mode": "fixed", "max_heads_ratio": 0.25}})
+                    json={"text": "good", "budget": {"mode": "fixed", "max_flops_ratio": 0.25}})
     assert r.status_code == 422 and "did not run" in r.json()["error"]["message"]
 
 
@@ -166,10 +167,10 @@ def bundle_dir(tiny_checkpoint, tmp_path):
 
 def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tmp_path, capsys):
     j, grid, att = tmp_path / "out" / "e.json", tmp_path / "grid.png", tmp_path / "att.png"
-    assert main(["explain", str(bundle_dir), "good fun movie", "--heads-ratio", "0.5", "--json", str(j),
+    assert main(["explain", str(bundle_dir), "good fun movie", "--flops-ratio", "0.5", "--json", str(j),
                  "--png", str(grid), "--threads", "1"]) == 0
     exp = json.loads(j.read_text())
-    assert exp["level"] == "h50" and "fixed budget" in exp["reason"] and grid.read_bytes().startswith(PNG)
+    assert exp["level"] == "f50" and "fixed budget" in exp["reason"] and grid.read_bytes().startswith(PNG)
     assert exp["label"] in capsys.readouterr().out
     from dihs_model.bundle import load_bundle
 
@@ -186,10 +187,11 @@ def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tm
 
 def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
     ev = {"task": "reviews", "n": 10, "rows": [
-        {"policy": p, "target_heads_ratio": r, "heads_ratio": r, "flops_ratio": r, "accuracy": a, "macro_f1": a}
-        for p in ("static-michel", "random") for r, a in ((1.0, 0.9), (0.5, 0.8))]}
+        {"policy": p, "target_flops_ratio": r, "heads_ratio": r, "neurons_ratio": r, "flops_ratio": r, "accuracy": a,
+         "macro_f1": a} for p in ("static-width", "kwon") for r, a in ((1.0, 0.9), (0.5, 0.8))]}
     bn = {"threads": 1, "dtype": "float32", "device": "cpu", "rows": [
-        {"mode": m, "heads_ratio": r, "batch": 1, "seq_len": 32, "median_ms": 10 * r, "p10_ms": 9 * r,
+        {"mode": m, "level": f"f{round(r * 100)}", "flops_ratio": r, "batch": 1, "seq_len": 32, "median_ms": 10 * r,
+         "p10_ms": 9 * r,
          "p90_ms": 11 * r, "speedup": 1 / r if m == "sliced" else 1.0, "ideal_speedup": 1 / r if m == "sliced" else 1.0}
         for m in ("dense", "sliced", "masked") for r in (1.0, 0.5) if m != "dense" or r == 1.0]}
     (tmp_path / "ev.json").write_text(json.dumps(ev))
@@ -199,7 +201,7 @@ def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
                  "--bench-json", str(tmp_path / "bn.json"), "--threads", "1"]) == 0
     page = out.read_text()
     assert page.count('src="data:image/png;base64,') == 4  # importance, ladder, accuracy, latency
-    assert "Budget ladder" in page and "h50" in page and "fisher" in page and "static-michel" in page
+    assert "Width ladder" in page and "f50" in page and "fisher" in page and "static-width" in page
     assert 'src="http' not in page and "<script" not in page
     plain = tmp_path / "plain.html"
     assert main(["report", str(bundle_dir), "--out", str(plain), "--threads", "1"]) == 0
@@ -213,11 +215,11 @@ def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
     (["explain", "{bundle}", "good", "--png", "{tmp}/o.png", "--layer", "0", "--head", "4"], "--head 4 is out of range"),
     (["explain", "{bundle}", "good", "--png", "{tmp}/o.png", "--layer", "0"], "both --layer and --head"),
     (["explain", "{bundle}", "good", "--layer", "0", "--head", "0"], "pass --png"),
-    (["explain", "{bundle}", "good", "--heads-ratio", "0.05", "--json", "{tmp}/o.json"], "no budget level"),
-    (["explain", "{bundle}", "good", "--heads-ratio", "2"], "must be in [0, 1]"),
-    (["explain", "{bundle}", "good", "--heads-ratio", "0.5", "--mode", "dense"], "does not combine"),
+    (["explain", "{bundle}", "good", "--flops-ratio", "0.05", "--json", "{tmp}/o.json"], "no budget level"),
+    (["explain", "{bundle}", "good", "--flops-ratio", "2"], "must be in [0, 1]"),
+    (["explain", "{bundle}", "good", "--flops-ratio", "0.5", "--mode", "dense"], "does not combine"),
     (["explain", "{bundle}", "   "], "text is empty"),
-    (["explain", "{bundle}", "good", "--heads-ratio", "0.25", "--png", "{tmp}/o.png", "--json", "{tmp}/o.json",
+    (["explain", "{bundle}", "good", "--flops-ratio", "0.25", "--png", "{tmp}/o.png", "--json", "{tmp}/o.json",
       "--layer", "0", "--head", "{skipped}"], "did not run"),
     (["report", "{bundle}", "--out", "{tmp}/o.html", "--eval-json", "{tmp}/missing.json"], "file not found"),
     (["report", "{bundle}", "--out", "{tmp}/o.html", "--eval-json", "{bundle}/dihs.json"], "not `dihs eval` output"),

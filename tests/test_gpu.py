@@ -15,7 +15,7 @@ from dihs_model.cascade import run_pass
 from dihs_cli.cli import main
 from dihs_model.data import Examples, load_eval
 from dihs_model.evaluate import evaluate, predict
-from dihs_model.importance import calibrate_bundle
+from dihs_model.calibrate import calibrate_bundle
 from dihs_model.robust import trained_budgets
 from dihs_model.train import TrainConfig, budget_robust_loss, fine_tune
 from tests.conftest import make_tiny_checkpoint, random_batch, random_heads, tiny_classifier, write_reviews_csv

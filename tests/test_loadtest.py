@@ -73,7 +73,7 @@ def test_parse_users():
 
 def ev(t, ok=1, status=200, latency=100.0, correct=1, heads=1.0, pressure=0.0):
     row = {"t": t, "users": 2, "route": "v1", "budget": "adaptive", "status": status, "ok": ok,
-           "latency_ms": latency, "correct": correct if ok else "", "heads_ratio": heads if ok else "",
+           "latency_ms": latency, "correct": correct if ok else "", "flops_ratio": heads if ok else "",
            "pressure": pressure if ok else "", "example": 0}
     assert set(row) == set(EVENT_FIELDS)
     return {k: str(v) for k, v in row.items()}  # as csv.DictReader gives them
@@ -94,11 +94,11 @@ def test_stage_rows_count_only_the_settled_window():
     assert (s0["stage"], s0["users"], s0["offered_rps"], s0["requests"]) == (0, 2, 4.0, 8)
     assert s0["rps"] == 1.0  # 8 answers over the 8 s window
     assert s0["p50_ms"] == 135.0 and s0["p99_ms"] == pytest.approx(169.3)
-    assert s0["error_rate"] == 0 and s0["accuracy"] == 0.875 and s0["heads_ratio"] == 1.0
+    assert s0["error_rate"] == 0 and s0["accuracy"] == 0.875 and s0["flops_ratio"] == 1.0
     assert (s1["requests"], s1["rps"]) == (4, 0.25)  # failures are not throughput
     assert s1["error_rate"] == 0.5 and s1["rejected_rate"] == 0.25
     assert s1["p50_ms"] == 300.0  # latency over successful answers only
-    assert (s1["accuracy"], s1["heads_ratio"], s1["pressure"]) == (0.5, 0.375, 0.7)
+    assert (s1["accuracy"], s1["flops_ratio"], s1["pressure"]) == (0.5, 0.375, 0.7)
 
 
 def test_an_empty_stage_has_zero_throughput_and_no_percentiles():
@@ -109,7 +109,7 @@ def test_an_empty_stage_has_zero_throughput_and_no_percentiles():
 def test_combine_rounds_gives_median_and_spread():
     rows = [{"mode": "dense", "round": r, "stage": 0, "users": 2, "offered_rps": 4.0, "requests": 10, "rps": rps,
              "p50_ms": 50, "p95_ms": p95, "p99_ms": 90, "error_rate": 0, "rejected_rate": 0, "accuracy": 0.9,
-             "heads_ratio": 1.0, "pressure": 0.0} for r, rps, p95 in ((1, 4.0, 80), (2, 3.0, 120), (3, 3.5, 100))]
+             "flops_ratio": 1.0, "pressure": 0.0} for r, rps, p95 in ((1, 4.0, 80), (2, 3.0, 120), (3, 3.5, 100))]
     (c,) = combine(rows)
     assert (c["rounds"], c["requests"], c["rps"], c["rps_min"], c["rps_max"]) == (3, 30, 3.5, 3.0, 4.0)
     assert (c["p95_ms"], c["p95_ms_min"], c["p95_ms_max"]) == (100, 80, 120)
@@ -126,7 +126,7 @@ def test_versus_dense_pairs_rows_of_the_same_round_and_stage():
 
 LOCUST_STATS = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
 POST,/v1/classify [adaptive],200,2,150,163.0,67.4,349.9,358.2,5.02,0.05,150,190,210,230,250,280,350,350,350,350,350
-HEADS,heads% [adaptive],198,0,100,87.5,25.0,100.0,0.0,4.9,0.0,100,100,100,100,100,100,100,100,100,100,100
+FLOPS,flops% [adaptive],198,0,100,87.5,25.0,100.0,0.0,4.9,0.0,100,100,100,100,100,100,100,100,100,100,100
 CHECK,label [adaptive],198,9,0,0.0,0,0,0.0,4.9,0.2,0,0,0,0,0,0,0,0,0,0,0
 ,Aggregated,596,11,100,93.1,0,349.9,133.9,30.1,0.37,100,100,110,150,220,270,300,350,350,350,350
 """
@@ -137,8 +137,8 @@ def test_locust_stats_csv_totals(tmp_path):
     path.write_text(LOCUST_STATS)
     stats = read_locust_stats(path)
     assert stats[("POST", "/v1/classify [adaptive]")]["p95_ms"] == 280
-    assert stats[("HEADS", "heads% [adaptive]")]["median_ms"] == 100
-    # HTTP rows only (not the CHECK/HEADS pseudo entries, not Aggregated); accuracy from the CHECK row
+    assert stats[("FLOPS", "flops% [adaptive]")]["median_ms"] == 100
+    # HTTP rows only (not the CHECK/FLOPS pseudo entries, not Aggregated); accuracy from the CHECK row
     assert locust_totals(stats) == {"requests": 200, "failures": 2, "accuracy": round(1 - 9 / 198, 4)}
 
 
@@ -219,15 +219,15 @@ def test_quick_sweep_end_to_end(tmp_path):
     with (out / "sweep.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {"mode", "stage", "users", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "accuracy",
-            "heads_ratio"} <= set(rows[0])
+            "flops_ratio"} <= set(rows[0])
     assert {r["mode"] for r in rows} == {"dense", "static", "adaptive"}
     assert len(rows) == 9  # 3 modes x 3 stages
     for row in rows:
         assert float(row["rps"]) > 0, row
         assert float(row["error_rate"]) == 0, row
         assert 0 <= float(row["accuracy"]) <= 1, row
-    assert all(float(r["heads_ratio"]) == 1.0 for r in rows if r["mode"] == "dense")
-    assert all(float(r["heads_ratio"]) <= 0.5 for r in rows if r["mode"] == "static")
+    assert all(float(r["flops_ratio"]) == 1.0 for r in rows if r["mode"] == "dense")
+    assert all(float(r["flops_ratio"]) <= 0.5 for r in rows if r["mode"] == "static")
     assert (out / "sweep.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
     assert "| adaptive |" in summary and "The issue's target" in summary

@@ -43,7 +43,7 @@ def test_no_pressure_means_the_full_model_and_full_pressure_the_floor():
     assert choose_level(LADDER, 0.0, 0.0).level == 0
     assert choose_level(LADDER, 0.0, 1.0).level == len(LADDER) - 1
     assert choose_level(LADDER, 1.0, 1.0).level < len(LADDER) - 1  # complex inputs keep more heads
-    assert "min_heads_ratio" in limits_error(LADDER, 0.8, 0.2)
+    assert "min_flops_ratio" in limits_error(LADDER, 0.8, 0.2)
     assert limits_error(LADDER, 0.0, 0.1).startswith("no budget level")
 
 

@@ -58,13 +58,13 @@ def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
         inp = httpclient.InferInput("text", [2], "BYTES")
         inp.set_data_from_numpy(np.array([b"good fun", b"the plot was awful"], dtype=object), binary_data=binary)
         res = client.infer("tiny", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)],
-                           parameters={"mode": "fixed", "max_heads_ratio": 0.5})
+                           parameters={"mode": "fixed", "max_flops_ratio": 0.5})
         labels = res.as_numpy("label")
         assert len(labels) == 2 and all(x in (b"neg", b"pos", "neg", "pos") for x in labels)
     n_infer, n_texts = 2, n_texts + 4
 
     # an explanation through the model deployment agrees with the served answer
-    body = {"text": "the plot was bad and dull", "budget": {"mode": "fixed", "max_heads_ratio": 0.5}}
+    body = {"text": "the plot was bad and dull", "budget": {"mode": "fixed", "max_flops_ratio": 0.5}}
     served = requests.post(f"{base}/v1/classify", json=body, timeout=30).json()["results"][0]
     n_v1, n_texts = n_v1 + 1, n_texts + 1
     explained = requests.post(f"{base}/v1/explain", json=body, timeout=30)

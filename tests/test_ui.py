@@ -105,7 +105,7 @@ def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: grid.get_attribute("data-drawn") == "true" and canvas.get_attribute("data-drawn") == "true")
 
-    served = _classify(base, text, {"mode": "fixed", "max_heads_ratio": 0.5})
+    served = _classify(base, text, {"mode": "fixed", "max_flops_ratio": 0.5})
     L, H = engine.model.shape.n_layers, engine.model.shape.n_heads
     cells = grid.find_elements(By.CSS_SELECTOR, "rect.cell")
     assert grid.get_attribute("data-cells") == str(L * H) == str(len(cells))
