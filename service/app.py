@@ -100,12 +100,19 @@ class DoesNotFit(ValueError):
     """The replicas asked for need more CPUs than this machine's Ray has."""
 
 
+# Ray Serve's own request-path options (ray/serve/_private/constants.py; part of what
+# RAY_SERVE_THROUGHPUT_OPTIMIZED=1 sets): the replica runs the app on its own event loop and the
+# router on the caller's, instead of a thread hop each way per request. The engine's forward runs
+# in a worker thread either way, so the loop is never blocked. Local runs set them unless given.
+LEAN_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
 def run_local(s: Settings) -> None:
     """Start Ray and Serve on this machine and block (Ctrl-C stops)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
-    for k, v in SLOW_MACHINE_ENV.items():
+    for k, v in {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}.items():
         os.environ.setdefault(k, v)
     ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 0)

@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
     max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    batch_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits to fill; 0: a batch starts as soon "
+                                 "as the replica is free, with the texts that arrived while the last one ran")
     max_ongoing_requests: int = Field(128, ge=1, description="texts a model replica holds in its batch queue and "
                                       "running (the autoscaling signal counts these)")
     max_queued_requests: int = Field(256, ge=1, description="texts a replica holds beyond max_ongoing_requests; "

@@ -1,0 +1,320 @@
+"""Where a request's time goes at saturation, next to the model's own throughput, in one run.
+
+    python -m loadtests.path_bench BUNDLE --out results/path [--rounds 3] [--seconds 12] [--quick]
+
+One run, variants interleaved round by round (A B C ... A B C ...), on this machine:
+  model     the bundle's model in this process, torch pinned to --threads: the held-out texts at
+            batch 1 and at --batch, full model and the 25% level (tokenize + forward, and the
+            forward alone), the texts the service is sent;
+  service   `dihs serve` (one replica, --threads torch threads, batches of --batch) saturated by
+            --clients closed-loop clients sending one-text requests, and by --clients-16 clients
+            sending 16-text requests, at the full model (mode dense) and at the 25% level
+            (mode fixed, max_flops_ratio 0.25); every answer's Server-Timing header says where its
+            time went inside the replica (queue, tokenize, decide, forward, results, serialize,
+            app = all of it); client time minus app is Ray's proxy and the HTTP on the way;
+  naive     loadtests.naive_peer (one uvicorn process, FastAPI, the same weights through plain
+            transformers, no batching, same torch threads) under the same one-text clients;
+  idle      one client, one one-text request at a time, against the model's batch-1 time.
+
+Writes OUT/path.json (every round's figures, medians and spreads, ratios) and OUT/path.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LEVELS = {"full": {"mode": "dense"}, "l25": {"mode": "fixed", "max_flops_ratio": 0.25}}  # l25: the 25% level
+SERVER_PHASES = ("queue", "tokenize", "decide", "forward", "results", "serialize")
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def _spread(xs):
+    return [min(xs), max(xs)] if xs else None
+
+
+# --- model only -------------------------------------------------------------------------------
+
+def model_only(engine, texts: list[str], batch: int, budget: dict) -> dict:
+    """texts/s of the model's own work on `texts` in batches: Engine.run's tokenize and forward
+    phases (its budget decision and result dicts are timed apart and left out)."""
+    from service.engine import Item
+
+    items = [Item(t, budget["mode"], 0.0, budget.get("max_flops_ratio", 1.0)) for t in texts]
+    spent = {}
+    for i in range(0, len(items), batch):
+        timing: dict = {}
+        engine.run(items[i : i + batch], timing)
+        for k, v in timing.items():
+            spent[k] = spent.get(k, 0.0) + v
+    n = len(items)
+    return {"texts_per_s": n / (spent["tokenize"] + spent["forward"]), "forward_only_texts_per_s": n / spent["forward"],
+            "ms_per_batch": (spent["tokenize"] + spent["forward"]) / -(-n // batch) * 1e3,
+            "decide_and_results_ms_per_batch": (spent["decide"] + spent["results"]) / -(-n // batch) * 1e3}
+
+
+# --- closed-loop clients -----------------------------------------------------------------------
+
+async def _closed_loop(url: str, bodies, clients: int, seconds: float, warmup_s: float, timing: bool) -> dict:
+    import httpx
+
+    rows, errors, sample = [], {}, {}
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def worker(w: int):
+            k = w
+            while time.perf_counter() < t_end:
+                body, n_texts = bodies[k % len(bodies)]
+                k += clients
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                t1 = time.perf_counter()
+                if t0 < t_measure or t1 > t_end:
+                    continue
+                if r.status_code != 200:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                    sample.setdefault(r.status_code, r.text[:300])
+                    continue
+                row = {"texts": n_texts, "total": t1 - t0}
+                if timing and "server-timing" in r.headers:
+                    for part in r.headers["server-timing"].split(","):
+                        name, _, dur = part.strip().partition(";dur=")
+                        row[name] = float(dur) / 1e3
+                rows.append(row)
+
+        await asyncio.gather(*[worker(w) for w in range(clients)])
+    texts = sum(r["texts"] for r in rows)
+    out = {"texts_per_s": texts / seconds, "requests": len(rows), "errors": errors, "error_sample": sample,
+           "latency_p50_ms": _median([r["total"] * 1e3 for r in rows])}
+    if timing and rows and "app" in rows[0]:
+        parts = {p: _median([r.get(p, 0.0) * 1e3 for r in rows]) for p in SERVER_PHASES}
+        app = _median([r["app"] * 1e3 for r in rows])
+        parts["in_replica_other"] = max(0.0, app - sum(parts.values()))  # routing, validation, batcher
+        parts["proxy_and_http"] = _median([(r["total"] - r["app"]) * 1e3 for r in rows])
+        out["breakdown_ms"] = parts
+    return out
+
+
+def _bodies(texts: list[str], per_request: int, budget: dict | None, naive: bool = False):
+    if naive:
+        return [({"text": t}, 1) for t in texts]
+    if per_request == 1:
+        return [({"text": t, "budget": budget}, 1) for t in texts]
+    return [({"texts": texts[i : i + per_request], "budget": budget}, per_request)
+            for i in range(0, len(texts) - per_request + 1, per_request)]
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+class Peer:
+    def __init__(self, bundle: str, threads: int, log: Path):
+        from .sweep import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "loadtests.naive_peer", bundle, "--port", str(self.port),
+                                      "--threads", str(threads)], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the naive peer exited with {self.proc.returncode} (log {self.log.name})")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the naive peer did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(a) -> dict:
+    import torch
+
+    from dihs_model.bundle import load_bundle
+    from service.engine import Engine
+    from service.load import LoadConfig, LoadTracker
+    from service.metrics import NullMetrics
+
+    from .common import held_out
+    from .sweep import Service
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    bundle = load_bundle(a.bundle)
+    spec = a.data or bundle.meta.get("data", {}).get("spec", "election-tweets")
+    texts = [t for t, _ in held_out(spec)][: a.texts]
+    engine = Engine(bundle, "bench", LoadTracker(LoadConfig(0.25, 32)), NullMetrics(), "cpu")
+
+    env_threads = {"DIHS_TORCH_THREADS": str(a.threads), "DIHS_MAX_BATCH_SIZE": str(a.batch),
+                   "DIHS_REPLICA_CPUS": str(a.threads)}
+    os.environ.update(env_threads)  # the child `dihs serve` reads its settings from DIHS_*
+    os.environ.update(dict(kv.split("=", 1) for kv in a.serve_env))  # e.g. Ray Serve's own options
+    service = Service(a.bundle, a.slo_ms, out / "serve.log")
+    peer = Peer(a.bundle, a.threads, out / "naive.log")
+    rounds = []
+    try:
+        service.wait_ready()
+        peer.wait_ready()
+        svc, naive = f"{service.url}/v1/classify", f"{peer.url}/v1/classify"
+        for url, bodies in ((svc, _bodies(texts, 1, LEVELS["full"])), (svc, _bodies(texts, 16, LEVELS["l25"])),
+                            (naive, _bodies(texts, 1, None, naive=True))):
+            asyncio.run(_closed_loop(url, bodies, 4, 3.0, 0.0, False))  # warm every path once
+        for r in range(a.rounds):
+            row: dict = {"round": r, "load_average": _load_average(), "model": {}, "service": {}}
+            for name, budget in LEVELS.items():
+                for b in (1, a.batch):
+                    row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
+            for name, budget in LEVELS.items():
+                row["service"][f"{name}_1text"] = asyncio.run(_closed_loop(
+                    svc, _bodies(texts, 1, budget), a.clients, a.seconds, a.warmup, True))
+                row["service"][f"{name}_16text"] = asyncio.run(_closed_loop(
+                    svc, _bodies(texts, 16, budget), a.clients_16, a.seconds, a.warmup, True))
+            row["naive"] = asyncio.run(_closed_loop(naive, _bodies(texts, 1, None, naive=True), a.clients,
+                                                    a.seconds, a.warmup, False))
+            row["idle"] = asyncio.run(_closed_loop(svc, _bodies(texts, 1, LEVELS["full"]), 1, a.seconds / 2, 1.0, True))
+            rounds.append(row)
+            print(_round_line(row), flush=True)
+    finally:
+        peer.stop()
+        service.stop()
+    (out / "path.json").write_text(json.dumps({"rounds": rounds}, indent=2))  # kept if the summary fails
+    result = {"bundle": str(a.bundle), "data": spec, "serve_env": a.serve_env, "texts": len(texts), "threads": a.threads, "batch": a.batch,
+              "clients": a.clients, "clients_16": a.clients_16, "seconds": a.seconds, "rounds": rounds,
+              "cpu_count": os.cpu_count(), "summary": summarize(rounds, a.batch)}
+    (out / "path.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "path.png")
+    return result
+
+
+def _round_line(row: dict) -> str:
+    s, m = row["service"], row["model"]
+    return (f"round {row['round']}: service full {s['full_1text']['texts_per_s']:.1f} / model b16 "
+            f"{m['full_b16']['texts_per_s']:.1f} texts/s; l25 {s['l25_1text']['texts_per_s']:.1f} / "
+            f"{m['l25_b16']['texts_per_s']:.1f}; naive {row['naive']['texts_per_s']:.1f}; idle p50 "
+            f"{row['idle']['latency_p50_ms']:.1f} ms vs model b1 {m['full_b1']['ms_per_batch']:.1f} ms")
+
+
+def summarize(rounds: list[dict], batch: int) -> dict:
+    """Per-round ratios (so drift between rounds cancels), then their median and spread."""
+    def per_round(f):
+        xs = []
+        for r in rounds:
+            try:
+                xs.append(f(r))
+            except ZeroDivisionError:  # a variant that served nothing: its errors are in the rounds
+                pass
+        return {"median": _median(xs), "spread": _spread(xs), "rounds": xs}
+
+    b = f"b{batch}"
+    return {
+        "service_over_model_full": per_round(lambda r: r["service"]["full_1text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+        "service_over_model_l25": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["model"][f"l25_{b}"]["texts_per_s"]),
+        "service_over_model_forward_only_full": per_round(
+            lambda r: r["service"]["full_1text"]["texts_per_s"] / r["model"][f"full_{b}"]["forward_only_texts_per_s"]),
+        "level_ratio_service": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"]),
+        "level_ratio_model": per_round(lambda r: r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+        "level_ratio_service_over_model": per_round(
+            lambda r: (r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"])
+            / (r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"])),
+        "service_full_over_naive": per_round(lambda r: r["service"]["full_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
+        "service_l25_over_naive": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
+        "service_16text_over_model_full": per_round(lambda r: r["service"]["full_16text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+        "idle_p50_minus_model_b1_ms": per_round(lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1"]["ms_per_batch"]),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds, b = result["rounds"], f"b{result['batch']}"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    bars = [("model full " + b, lambda r: r["model"][f"full_{b}"]["texts_per_s"]),
+            ("service full", lambda r: r["service"]["full_1text"]["texts_per_s"]),
+            ("service full\n16-text req", lambda r: r["service"]["full_16text"]["texts_per_s"]),
+            ("model l25 " + b, lambda r: r["model"][f"l25_{b}"]["texts_per_s"]),
+            ("service l25", lambda r: r["service"]["l25_1text"]["texts_per_s"]),
+            ("naive peer", lambda r: r["naive"]["texts_per_s"]),
+            ("model full b1", lambda r: r["model"]["full_b1"]["texts_per_s"])]
+    for i, (name, f) in enumerate(bars):
+        xs = [f(r) for r in rounds]
+        ax1.bar(i, statistics.median(xs), color="C0" if name.startswith("model") else "C2" if "naive" in name else "C1")
+        ax1.plot([i] * len(xs), xs, "k.", ms=4)
+    ax1.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=30, ha="right", fontsize=8)
+    ax1.set_ylabel("texts/s (median of rounds; dots: each round)")
+    ax1.set_title(f"saturation, one replica, {result['threads']} torch thread(s)")
+    variants = [v for v in ("full_1text", "l25_1text", "full_16text", "l25_16text")]
+    phases = ["proxy_and_http", "in_replica_other", *SERVER_PHASES]
+    bottom = [0.0] * len(variants)
+    for k, ph in enumerate(phases):
+        vals = [statistics.median(r["service"][v]["breakdown_ms"][ph] for r in rounds) for v in variants]
+        ax2.bar(range(len(variants)), vals, bottom=bottom, label=ph, color=f"C{k}")
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    ax2.set_xticks(range(len(variants)), [v.replace("_", " ") for v in variants], fontsize=8)
+    ax2.set_ylabel("ms per request (medians)")
+    ax2.set_title("where a request's time goes (service, saturated)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data", help="texts to send (default: the bundle's training task, held-out split)")
+    ap.add_argument("--texts", type=int, default=512, help="held-out texts used (default 512)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the replica, the model runs, the peer")
+    ap.add_argument("--batch", type=int, default=16, help="the replica's max batch size = the model-only batch")
+    ap.add_argument("--clients", type=int, default=32, help="closed-loop clients, one-text requests")
+    ap.add_argument("--clients-16", type=int, default=4, help="closed-loop clients, 16-text requests")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per variant and round")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring, per variant and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--slo-ms", type=float, default=250.0)
+    ap.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the started service (Ray Serve options), repeatable")
+    ap.add_argument("--quick", action="store_true", help="1 round of 4 s per variant, 128 texts: a smoke run")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rounds, a.seconds, a.warmup, a.texts = 1, 4.0, 1.0, 128
+    result = run(a)
+    for k, v in result["summary"].items():
+        print(f"{k:>40}: {v['median']:.3f}  [{v['spread'][0]:.3f}, {v['spread'][1]:.3f}]")
+
+
+if __name__ == "__main__":
+    main()
