@@ -146,6 +146,28 @@ def replay(bundle: Bundle, texts: list[str], target: float = 0.5, threads: int =
             "first_pass": plan.first.name, "second_pass": (plan.second or Budget.full(shape)).name}
 
 
+@torch.inference_mode()
+def budget_costs(model, budgets: list[Budget | None], batch: int, seq_len: int, repeats: int = 3) -> list[float]:
+    """Seconds per text of each budget (None: the full model) at this batch shape on the model's own
+    device and threads: the median of `repeats` interleaved calls after one warm-up round."""
+    device = next(model.parameters()).device
+    sync = _sync(device)
+    vocab = model.encoder.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq_len), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    times: list[list[float]] = [[] for _ in budgets]
+    for rep in range(repeats + 1):
+        for i, b in enumerate(budgets):
+            sync()
+            t0 = time.perf_counter()
+            model(ids, mask, budget=b)
+            sync()
+            if rep:
+                times[i].append((time.perf_counter() - t0) / batch)
+    return [statistics.median(t) for t in times]
+
+
 def plot_bench(result: dict, out) -> None:
     import matplotlib
 

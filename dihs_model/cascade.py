@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .budget import Allocator, Budget
-from .passes import Passes, PassResult, run_pass
+from .passes import Passes, PassResult, forward_grouped, margin, run_pass
 
 FIRST_PASS_RATIOS = (0.1, 0.15, 0.2, 0.25)  # FLOPs
 SECOND_PASS_RATIOS = (0.35, 0.5, 0.75, 1.0)
@@ -192,7 +192,7 @@ def run_cascade(model, batches, plan: CascadePlan, n: int, track: bool = True,
     first = first or run_pass(model, batches, plan.first, n)
     if track:
         tracker, esc = EscalationTracker(plan), torch.zeros(n, dtype=torch.bool)
-        for i in torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist():
+        for i in arrival_order(n):
             esc[i] = tracker(float(first.conf[i]))
     else:
         esc = first.conf <= plan.threshold
@@ -213,3 +213,51 @@ def _subset_batches(batches, keep: torch.Tensor):
         if sel:
             T = int(mask[sel].sum(1).max())
             yield [idx[j] for j in sel], ids[sel, :T], mask[sel, :T], y[sel]
+
+
+def arrival_order(n: int) -> list[int]:
+    """The one seeded order in which evaluation (and the tests that compare it with the service)
+    present n inputs, as traffic would bring them."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist()
+
+
+def single_pass_plan(budget: Budget, ratio: float) -> CascadePlan:
+    """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`)."""
+    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, 0.0, second_ratio=1.0, calib_flops_ratio=ratio)
+
+
+def served_plans(meta: dict) -> list[CascadePlan | None]:
+    """What the service may run in auto mode, costliest and most accurate first: the full model
+    (None), the bundle's cascade plans by falling target, then the cheapest first pass alone."""
+    plans = sorted((CascadePlan.from_meta(p) for p in meta["cascade"]["plans"]), key=lambda p: -p.target_flops_ratio)
+    if not plans:
+        return [None]
+    cheapest = min(plans, key=lambda p: p.first_ratio)
+    return [None, *plans, single_pass_plan(cheapest.first, cheapest.first_ratio)]
+
+
+@dataclass
+class CascadeOutput:
+    logits: list[torch.Tensor]  # per row, the last pass's (float32, CPU)
+    margins: list[float]  # per row, the first pass's top-two logit margin
+    thresholds: list[float]  # per row, the tracker's threshold its margin was held against
+    escalated: list[bool]
+
+
+def cascade_batch(model, ids: torch.Tensor, mask: torch.Tensor, plan: CascadePlan, tracker: "EscalationTracker",
+                  device=None) -> CascadeOutput:
+    """A plan on one right-padded model batch, rows in arrival order: every row runs the first pass;
+    the tracker decides, row by row, which run the second pass (grouped, trimmed to their longest)."""
+    first = forward_grouped(model, ids, mask, [plan.first] * len(ids), device)
+    _, margins = margin(torch.stack(first))
+    margins = margins.tolist()
+    thresholds, escalated = [], []
+    for m in margins:
+        thresholds.append(tracker.threshold)
+        escalated.append(tracker(m))
+    out = list(first)
+    idx = [i for i, e in enumerate(escalated) if e]
+    if idx:
+        for i, row in zip(idx, forward_grouped(model, ids[idx], mask[idx], [plan.second] * len(idx), device)):
+            out[i] = row
+    return CascadeOutput(out, margins, thresholds, escalated)

@@ -64,7 +64,8 @@ class DIHSModel:
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
         load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.queue_capacity),
                            gpu_utilization=lambda: hardware.get("gpu"))
-        self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device)
+        self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device,
+                             max_batch_size=s.max_batch_size)
         self.batcher = Batcher(self.engine.run, s.max_batch_size, s.batch_wait_ms / 1e3, s.replica_capacity)
         threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 

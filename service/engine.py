@@ -1,22 +1,29 @@
-"""The inference engine of a model replica: one batch in, tokenized once, texts grouped by width
-budget level, one sliced forward per group (dihs_model.passes.forward_grouped). Plain Python (no Ray, no HTTP): the replica's Batcher
+"""The inference engine of a model replica: one batch in, tokenized once; auto texts run the plan
+the load controller picks (the full model, a confidence cascade over width budgets, or one cheap
+pass), fixed and dense texts their ladder level; one sliced forward per budget group
+(dihs_model.passes.forward_grouped). Plain Python (no Ray, no HTTP): the replica's Batcher
 (service/batcher.py) feeds it model batches; EngineBackend is what the HTTP routes call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from dihs_model.bench import budget_costs
+from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
+from dihs_model.cascade import EscalationTracker, cascade_batch, served_plans
 from dihs_model.device import pick_device
 from dihs_model.levels import LadderPolicy
-from dihs_model.passes import forward_grouped
+from dihs_model.passes import forward_grouped, margin
 from dihs_model.policy import PolicyConfig
 
+from .controller import ControllerConfig, PlanController
 from .load import LoadTracker
 
 PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
@@ -44,19 +51,52 @@ class Item:
 
 
 class Engine:
+    """auto texts run the plan the controller picks for the current load (controller.py): the full
+    model, a confidence cascade over width budgets (first pass; the least confident, by the plan's
+    live EscalationTracker, also run the second pass), or the cheapest first pass alone, the same
+    plans and gate as `dihs eval`'s dihs rows (dihs_model.cascade). fixed texts run the largest
+    ladder level within their cap, dense texts the full model."""
+
     def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
-                 policy: PolicyConfig | None = None):
-        if "levels" not in bundle.meta or "complexity" not in bundle.meta:
-            raise ValueError("the bundle has no budget ladder: run `dihs calibrate BUNDLE` first")
+                 policy: PolicyConfig | None = None, max_batch_size: int = 16,
+                 controller: ControllerConfig = ControllerConfig(), clock=time.monotonic):
+        if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
+            raise ValueError("the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first")
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
         self.model = bundle.model.eval()
         if self.device.type == "cuda":  # half precision on GPU: same slices, bf16 matmuls
             self.model = self.model.to(self.device, dtype=torch.bfloat16)
+        self.shape = self.model.shape
         self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
         self.budget_of = self.ladder_policy.budget_of
-        self.total_heads = self.model.shape.total_heads
+        self.total_heads = self.shape.total_heads
+        self.plans = served_plans(bundle.meta)
+        self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
+        self.plan_costs = self._measure(max_batch_size)
+        self.controller = PlanController(self.plan_costs, controller, clock)
+
+    def _measure(self, batch: int) -> list[float]:
+        """Seconds per text of each plan on this replica: its passes timed at a full batch of the
+        calibration split's mean length, a second pass weighted by its escalated share."""
+        tokens = self.bundle.meta["calibration"]["tokens"]
+        seq = max(2, min(self.bundle.max_length, round(sum(tokens) / len(tokens))))
+        budgets = list({(None if b is None else b.key): b for p in self.plans
+                        for b in ([None] if p is None else [p.first, p.second])}.values())
+        cost = dict(zip((None if b is None else b.key for b in budgets), budget_costs(self.model, budgets, batch, seq)))
+        full = cost[None]
+        out = []
+        for p, tracker in zip(self.plans, self.trackers):
+            out.append(full if p is None else cost[p.first.key] + tracker.share * cost[
+                None if p.second is None else p.second.key])
+        return out
+
+    def plan_name(self, i: int) -> str:
+        p = self.plans[i]
+        if p is None:
+            return "full"
+        return f"single {p.first.name}" if p.threshold == float("-inf") else f"cascade {p.target_flops_ratio:g}"
 
     def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""
@@ -67,75 +107,173 @@ class Engine:
         return self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
                                      max_length=self.bundle.max_length, return_tensors="pt")
 
-    def decide(self, items: list[Item], pressure: float, enc=None):
-        """Tokens, complexity signals and the budget decision of each item (no model call)."""
+    def _plan_for(self, item: Item, current: int) -> tuple[int, str]:
+        """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
+        [min_ratio, max_ratio] (a cheaper one first); the note says why it moved."""
+        targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
+        inside = [i for i, t in enumerate(targets) if item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
+        if not inside or current in inside:
+            return current, ""
+        cheaper = [i for i in inside if i > current]
+        if cheaper:
+            return cheaper[0], f"; capped by max_flops_ratio {item.max_ratio:g}"
+        return inside[-1], f"; raised to min_flops_ratio {item.min_ratio:g}"
+
+    def decide(self, items: list[Item], pressure: float, enc=None, plan: int | None = None):
+        """Tokens, complexity signals and each item's decision: ("plan", index, note) for auto items
+        whose limits a plan fits, else ("level", Decision) from the ladder policy. No model call."""
         enc = self.tokenize(items) if enc is None else enc
         signals, decisions = self.ladder_policy.decide(enc["input_ids"], enc["attention_mask"], pressure,
                                                        [(it.mode, it.min_ratio, it.max_ratio) for it in items])
-        return enc, signals, decisions
+        current = self.controller.peek(pressure) if plan is None else plan
+        out = []
+        for it, d in zip(items, decisions):
+            i, note = self._plan_for(it, current) if it.mode == "auto" else (None, "")
+            inside = i is not None and it.min_ratio - 1e-9 <= (1.0 if self.plans[i] is None else
+                                                                 self.plans[i].target_flops_ratio) <= it.max_ratio + 1e-9
+            out.append(("plan", i, note) if inside else ("level", d))
+        return enc, signals, out
+
+    def _plan_reason(self, i: int, pressure: float, note: str, margin: float | None, threshold: float | None,
+                     escalated: bool) -> str:
+        p = self.plans[i]
+        if p is None:
+            why = "no load pressure: full model" if pressure <= 0 else f"load pressure {pressure:.2f}: full model"
+            return why + note
+        load = f"load pressure {pressure:.2f} and arrival rate -> plan {self.plan_name(i)}"
+        if p.threshold == float("-inf"):
+            return f"{load}: one pass at {p.first.name}{note}"
+        second = (p.second.name if p.second is not None else "f100")
+        gate = (f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: escalated to {second}"
+                if escalated else f"first pass {p.first.name} margin {margin:.3f} > threshold {threshold:.3f}: answered")
+        return f"{load}: {gate}{note}"
 
     def explain(self, item: Item, attention: bool = True) -> dict:
-        """The explanation of what run([item]) would serve now: same budget decision, heads and label.
+        """The explanation of what run([item]) would serve now: the same plan and gate (read, not
+        updated: the tracker's current threshold), the same last pass, label and reason.
 
-        Reads the published load pressure without updating it; records no serving metrics.
-        """
+        Reads the published load pressure and the current plan without updating them; records no
+        serving metrics."""
         from dihs_model.explain import explain
 
         pressure = self.load.published
-        _, signals, decisions = self.decide([item], pressure)
-        d = decisions[0]
-        return explain(self.bundle, item.text, self.budget_of(d.level), level=self.levels[d.level]["name"],
-                       reason=d.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+        enc, signals, (d,) = self.decide([item], pressure)
+        if d[0] == "level":
+            dec = d[1]
+            return explain(self.bundle, item.text, self.budget_of(dec.level), level=self.levels[dec.level]["name"],
+                           reason=dec.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+        _, i, note = d
+        plan, budget, m, thr, esc = self.plans[i], None, None, None, False
+        if plan is not None:
+            (logits,) = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"], [plan.first], self.device)
+            m, thr = float(margin(logits[None])[1][0]), self.trackers[i].threshold
+            esc = m <= thr
+            budget = plan.second if esc else plan.first
+        name = "f100" if budget is None else budget.name
+        exp = explain(self.bundle, item.text, budget, level=name, reason=self._plan_reason(i, pressure, note, m, thr, esc),
+                      signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+        passes = [None] if plan is None else [plan.first, plan.second] if esc else [plan.first]
+        return {**exp, **self._cost(passes, int(enc["attention_mask"].sum())), "plan": self.plan_name(i),
+                "margin": None if m is None else round(m, 4), "escalated": esc,
+                "threshold": None if thr is None or not math.isfinite(thr) else round(thr, 4)}
+
+    def _cost(self, passes: list[Budget | None], tokens: int) -> dict:
+        """What the passes an input ran cost it: heads and neurons summed per layer, FLOPs of them all
+        over the full model's at its length, and each pass."""
+        shape, full = self.shape, Budget.full(self.shape)
+        passes = [b or full for b in passes]
+        heads = [sum(x) for x in zip(*(b.heads for b in passes))]
+        neurons = [sum(x) for x in zip(*(b.neurons for b in passes))]
+        neurons_total = shape.ffn * shape.n_layers
+        dense = full.flops(shape, tokens)
+        return {
+            "heads": {"active": sum(heads), "total": self.total_heads, "ratio": round(sum(heads) / self.total_heads, 4),
+                      "per_layer": heads},
+            "neurons": {"active": sum(neurons), "total": neurons_total, "ratio": round(sum(neurons) / neurons_total, 4),
+                        "per_layer": neurons},
+            "flops_ratio": round(sum(b.flops(shape, tokens) for b in passes) / dense, 4),
+            "passes": [{"budget": b.name, "flops_ratio": round(b.flops(shape, tokens) / dense, 4)} for b in passes],
+        }
 
     @torch.inference_mode()
     def run(self, items: list[Item], timing: dict | None = None) -> list[dict]:
-        """Results in the order of `items`, as protocol.Result fields; `timing` (if given) gets the
-        seconds of each of PHASES for this batch."""
+        """Results in the order of `items` (their arrival order), as protocol.Result fields;
+        `timing` (if given) gets the seconds of each of PHASES for this batch."""
         t0 = time.perf_counter()
         enc = self.tokenize(items)
         t1 = time.perf_counter()
         pressure = self.load.pressure()
-        enc, signals, decisions = self.decide(items, pressure, enc)
+        plan = self.controller.choose(pressure)
+        enc, signals, decisions = self.decide(items, pressure, enc, plan)
         t2 = time.perf_counter()
-        logits = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"],
-                                 [self.budget_of(d.level) for d in decisions], self.device)
-        probs = [x.softmax(-1) for x in logits]
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        served: list[dict | None] = [None] * len(items)
+        levels = [i for i, d in enumerate(decisions) if d[0] == "level"]
+        if levels:
+            budgets = [self.budget_of(decisions[i][1].level) for i in levels]
+            for i, b, logits in zip(levels, budgets, forward_grouped(self.model, ids[levels], mask[levels], budgets,
+                                                                     self.device)):
+                d = decisions[i][1]
+                served[i] = {"logits": logits, "passes": [b], "margin": None, "threshold": None, "escalated": False,
+                             "plan": None, "reason": d.reason}
+        for p in sorted({d[1] for d in decisions if d[0] == "plan"}):
+            rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == p]
+            self._run_plan(p, rows, ids, mask, decisions, pressure, served)
         t3 = time.perf_counter()
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
-        tokens = enc["attention_mask"].sum(1).tolist()
-        results = [self._result(probs[i], decisions[i], signals[i], pressure, bool(enc.encodings[i].overflowing),
-                                int(tokens[i])) for i in range(len(items))]
+        self.metrics.record("dihs_plan_flops_target", 1.0 if self.plans[plan] is None else self.plans[plan].target_flops_ratio)
+        tokens = mask.sum(1).tolist()
+        results = [self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
+                   for i in range(len(items))]
         if timing is not None:
             timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)))
         return results
 
-    def _result(self, p: torch.Tensor, decision, signal: dict, pressure: float, truncated: bool, tokens: int) -> dict:
-        level = self.levels[decision.level]
-        budget = self.ladder_policy.budgets[decision.level]
-        shape = self.model.shape
-        active = sum(budget.heads)
-        neurons_total = shape.ffn * shape.n_layers
-        flops = budget.flops_ratio(shape, [tokens])
+    def _run_plan(self, p: int, rows: list[int], ids, mask, decisions, pressure: float, served: list) -> None:
+        plan = self.plans[p]
+        if plan is None:
+            outs = forward_grouped(self.model, ids[rows], mask[rows], [None] * len(rows), self.device)
+            for i, logits in zip(rows, outs):
+                served[i] = {"logits": logits, "passes": [None], "margin": None, "threshold": None, "escalated": False,
+                             "plan": self.plan_name(p), "reason": self._plan_reason(p, pressure, decisions[i][2],
+                                                                                   None, None, False)}
+            return
+        tracker = self.trackers[p]
+        out = cascade_batch(self.model, ids[rows], mask[rows], plan, tracker, self.device)
+        thresholds = out.thresholds
+        for k, i in enumerate(rows):
+            esc = out.escalated[k]
+            served[i] = {"logits": out.logits[k], "passes": [plan.first, plan.second] if esc else [plan.first],
+                         "margin": out.margins[k], "threshold": thresholds[k], "escalated": esc,
+                         "plan": self.plan_name(p),
+                         "reason": self._plan_reason(p, pressure, decisions[i][2], out.margins[k], thresholds[k], esc)}
+            if esc:
+                self.metrics.record("dihs_escalations", 1)
+
+    def _result(self, s: dict, signal: dict, pressure: float, truncated: bool, tokens: int) -> dict:
+        cost = self._cost(s["passes"], tokens)
+        p = s["logits"].softmax(-1)
         labels = self.bundle.labels
-        self.metrics.record("dihs_active_heads", active)
-        self.metrics.record("dihs_active_heads_ratio", active / self.total_heads)
-        self.metrics.record("dihs_active_neurons_ratio", sum(budget.neurons) / neurons_total)
-        self.metrics.record("dihs_flops_ratio", flops)
-        self.metrics.record("dihs_budget_level", 1, level=level["name"])
+        level = cost["passes"][-1]["budget"]
+        self.metrics.record("dihs_active_heads", cost["heads"]["active"])
+        self.metrics.record("dihs_active_heads_ratio", min(1.0, cost["heads"]["ratio"]))
+        self.metrics.record("dihs_active_neurons_ratio", min(1.0, cost["neurons"]["ratio"]))
+        self.metrics.record("dihs_flops_ratio", cost["flops_ratio"])
+        self.metrics.record("dihs_budget_level", 1, level=level)
         self.metrics.record("dihs_input_complexity", signal["score"])
         return {
             "label": labels[int(p.argmax())],
             "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)},
-            "heads": {"active": active, "total": self.total_heads, "ratio": round(active / self.total_heads, 4),
-                      "per_layer": list(budget.heads)},
-            "neurons": {"active": sum(budget.neurons), "total": neurons_total,
-                        "ratio": round(sum(budget.neurons) / neurons_total, 4), "per_layer": list(budget.neurons)},
-            "flops_ratio": round(flops, 4),
+            **cost,
+            "plan": s["plan"],
+            "margin": None if s["margin"] is None else round(s["margin"], 4),
+            "threshold": None if s["threshold"] is None or not math.isfinite(s["threshold"]) else round(s["threshold"], 4),
+            "escalated": s["escalated"],
             "complexity": signal["score"],
             "pressure": round(pressure, 4),
-            "level": level["name"],
-            "reason": decision.reason,
+            "level": level,
+            "reason": s["reason"],
             "truncated": truncated,
         }
 
@@ -172,6 +310,7 @@ class EngineBackend:
         self.submit = submit
 
     async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:
+        self.engine.controller.arrived(len(items))
         t0s = [self.tracked.begin() for _ in items]
         results: list[dict] = []
         try:

@@ -39,6 +39,10 @@ SPECS = (
                RATIO_BUCKETS),
     MetricSpec("dihs_flops_ratio", "histogram", "FLOPs computed / the full model's FLOPs at the text's length, per text",
                ("model",), RATIO_BUCKETS),
+    MetricSpec("dihs_escalations", "counter", "Auto texts whose first pass was not confident enough: they also ran "
+               "the cascade's second pass", ("model",)),
+    MetricSpec("dihs_plan_flops_target", "gauge", "FLOPs target of the plan auto texts run now (1 = the full model)",
+               ("model",)),
     MetricSpec("dihs_budget_level", "counter", "Texts served at each budget level", ("model", "level")),
     MetricSpec("dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS),
     MetricSpec("dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)),

@@ -64,12 +64,23 @@ class Units(Strict):
     per_layer: list[int] = Field(description="units computed in each layer")
 
 
+class PassRun(Strict):
+    budget: str = Field(description="the width budget of this pass, e.g. f15")
+    flops_ratio: float = Field(description="its FLOPs / the full model's at this input's length")
+
+
 class Result(Strict):
     label: str
     probabilities: dict[str, float]
-    heads: Units
-    neurons: Units = Field(description="FFN intermediate neurons computed")
-    flops_ratio: float = Field(description="this input's FLOPs at its budget / the full model's, at its length")
+    heads: Units = Field(description="heads computed, summed over the passes run (a cascade's two passes can "
+                         "exceed the total)")
+    neurons: Units = Field(description="FFN intermediate neurons computed, summed over the passes run")
+    flops_ratio: float = Field(description="FLOPs of every pass this input ran / the full model's, at its length")
+    passes: list[PassRun] = Field(description="the passes run, in order; the answer is the last one's")
+    plan: str | None = Field(description="auto: the plan the load chose (full, cascade T, single B); else null")
+    margin: float | None = Field(description="cascade: the first pass's top-two logit margin")
+    threshold: float | None = Field(description="cascade: the live escalation threshold the margin was held against")
+    escalated: bool = Field(description="the first pass's margin was at or under the threshold: a second pass ran")
     complexity: float = Field(description="input complexity in [0, 1]")
     pressure: float = Field(description="load pressure in [0, 1] when the budget was chosen")
     level: str = Field(description="budget level name, e.g. f50 = 50% of the full model's FLOPs")
@@ -122,9 +133,14 @@ class ExplainResponse(Strict):
     tokens: list[str] = Field(description="the T tokens the model saw (after truncation)")
     label: str = Field(description="the prediction at the chosen budget, as /v1/classify serves it")
     probabilities: dict[str, float]
-    heads: Units
-    neurons: Units = Field(description="FFN intermediate neurons computed")
-    flops_ratio: float = Field(description="this input's FLOPs at its budget / the full model's, at its length")
+    heads: Units = Field(description="as /v1/classify: heads computed, summed over the passes run")
+    neurons: Units = Field(description="as /v1/classify: FFN neurons computed, summed over the passes run")
+    flops_ratio: float = Field(description="as /v1/classify: FLOPs of every pass run / the full model's")
+    passes: list[PassRun] | None = Field(None, description="as /v1/classify")
+    plan: str | None = Field(None, description="as /v1/classify")
+    margin: float | None = Field(None, description="as /v1/classify")
+    threshold: float | None = Field(None, description="as /v1/classify")
+    escalated: bool | None = Field(None, description="as /v1/classify")
     complexity: float = Field(description="input complexity in [0, 1]")
     complexity_signals: Complexity
     pressure: float = Field(description="the load pressure published when the budget was chosen")

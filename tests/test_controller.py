@@ -1,0 +1,63 @@
+"""The load controller: the most accurate plan whose measured cost fits the arrival rate, capped by
+pressure; monotone in both; hysteresis so that it does not flap (injected clock, no Ray, no model)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.controller import ControllerConfig, PlanController
+
+COSTS = [0.020, 0.012, 0.008, 0.006, 0.005, 0.002]  # seconds per text: full, cascades, one cheap pass
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _fed(rate: float, clock: Clock, cfg=ControllerConfig()) -> PlanController:
+    c = PlanController(COSTS, cfg, clock)
+    for k in range(int(rate * cfg.window_s)):  # rate texts/s over the last window
+        clock.t = k / rate
+        c.arrived(1)
+    return c
+
+
+def test_no_pressure_is_the_full_model_whatever_the_rate():
+    clock = Clock()
+    assert _fed(500, clock).choose(0.0) == 0
+
+
+def test_the_most_accurate_plan_that_fits_the_arrival_rate():
+    clock = Clock()
+    c = _fed(60, clock)  # 60 texts/s: 0.85 / 60 = 14 ms per text fits the 12 ms plan, not the 20 ms one
+    assert abs(c.rate() - 60) < 1 and c.choose(0.01) == 1
+    assert _fed(130, Clock()).choose(0.01) == 3  # 6.5 ms per text: the 6 ms plan
+    assert _fed(2000, Clock()).choose(0.01) == len(COSTS) - 1  # nothing fits: the cheapest
+
+
+@settings(max_examples=200, deadline=None)
+@given(p1=st.floats(0, 1), p2=st.floats(0, 1), r1=st.floats(0, 3000), r2=st.floats(0, 3000))
+def test_more_pressure_or_more_arrivals_never_pick_a_costlier_plan(p1, p2, r1, r2):
+    c = PlanController(COSTS)
+    (p1, p2), (r1, r2) = sorted((p1, p2)), sorted((r1, r2))
+    assert c.wanted(p2, r1) >= c.wanted(p1, r1)
+    assert c.wanted(p1, r2) >= c.wanted(p1, r1)
+
+
+def test_cheaper_at_once_costlier_only_after_the_hold_and_no_flapping():
+    clock, cfg = Clock(), ControllerConfig(hold_s=3.0)
+    c = PlanController(COSTS, cfg, clock)
+    assert c.choose(1.0) == len(COSTS) - 1  # overload: the cheapest at once
+    for k in range(1, 6):  # the load eases for 2.5 s, then comes back: still the cheap plan
+        clock.t = k * 0.5
+        assert c.choose(0.2) == len(COSTS) - 1
+    clock.t = 3.0
+    assert c.choose(1.0) == len(COSTS) - 1
+    for k in range(1, 8):  # wanted from 3.5 s on, for 3 s without a break: the costlier plan
+        clock.t = 3.0 + k * 0.5
+        got = c.choose(0.2)
+    assert got == 1 == c.current  # pressure 0.2 over 6 plans: rung 1
+    assert c.peek(1.0) == len(COSTS) - 1 and c.current == 1  # peek changes nothing

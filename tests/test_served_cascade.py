@@ -1,0 +1,67 @@
+"""What is served is what is evaluated: /v1/classify's auto texts, at a plan, answer as `dihs eval`'s
+dihs row does for the same inputs in the same arrival order (same plan, same gate, same passes), and
+pay what the row counts."""
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from dihs_model.budget import Budget
+from dihs_model.cascade import arrival_order, run_cascade
+from dihs_model.data import Examples
+from service.engine import Engine, EngineBackend, Item
+from service.http import build_http_app
+from service.load import LoadConfig, LoadTracker
+from service.metrics import NullMetrics
+from service.settings import Settings
+from tests.conftest import tiny_calibrated_bundle
+
+TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot", "fun fun", "dull plot",
+         "the movie was good", "the plot was awful", "great actor", "awful end"] * 8
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return Engine(tiny_calibrated_bundle(tmp_path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)),
+                  NullMetrics())
+
+
+def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
+    ex = Examples(TEXTS, [0] * len(TEXTS), ["neg", "pos"])
+    batches = list(engine.bundle.batches(ex, 64))
+    cascades = [i for i, p in enumerate(engine.plans) if p is not None]
+    assert cascades, "the tiny bundle has cascade plans"
+    for i in cascades:
+        plan = engine.plans[i]
+        engine.trackers[i] = type(engine.trackers[i])(plan)  # a fresh tracker, as evaluation starts with
+        monkeypatch.setattr(engine.controller, "choose", lambda pressure, i=i: i)
+        evaluated = run_cascade(engine.model, batches, plan, len(TEXTS))
+        served = {}
+        for k in arrival_order(len(TEXTS)):  # one text per model batch, in evaluation's arrival order
+            (served[k],) = engine.run([Item(TEXTS[k])])
+        labels = [engine.bundle.labels.index(served[k]["label"]) for k in range(len(TEXTS))]
+        assert labels == evaluated.preds.tolist(), engine.plan_name(i)
+        escalated = [served[k]["escalated"] for k in range(len(TEXTS))]
+        assert sum(escalated) / len(TEXTS) == pytest.approx(evaluated.escalated)
+        assert all(r["plan"] == engine.plan_name(i) for r in served.values())
+        for k, r in served.items():  # both passes paid by an escalated text
+            assert [p["budget"] for p in r["passes"]] == [plan.first.name] + (
+                [(plan.second or Budget.full(engine.shape)).name] if r["escalated"] else [])
+            assert r["flops_ratio"] == pytest.approx(sum(p["flops_ratio"] for p in r["passes"]), abs=2e-4)
+
+
+def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
+    app = build_http_app(Settings(model_name="tiny"), EngineBackend(engine, "tiny"), NullMetrics())
+    client = TestClient(app)
+    r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
+    assert r["plan"] == "full" and r["passes"] == [{"budget": "f100", "flops_ratio": 1.0}] and not r["escalated"]
+    for _ in range(40):  # a backlog far over capacity: the controller picks a cheaper plan
+        engine.load.started()
+    for _ in range(5):
+        engine.load.pressure()
+    r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
+    assert r["plan"] != "full" and r["flops_ratio"] < 1.0 or r["escalated"]
+    capped = client.post("/v1/classify", json={"text": "good fun", "budget": {"max_flops_ratio": 0.3}}).json()
+    (c,) = capped["results"]
+    target = {engine.plan_name(i): p.target_flops_ratio for i, p in enumerate(engine.plans) if p is not None}
+    assert target[c["plan"]] <= 0.3
