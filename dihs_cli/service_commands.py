@@ -39,8 +39,10 @@ def cmd_explain(a) -> None:
     import json
 
     from dihs_model.bundle import load_bundle
-    from dihs_model.explain import budget_for, explain
-    from dihs_model.policy import is_finite_ratio
+    from dihs_model.policy import is_finite_ratio, limits_error
+    from service.engine import Engine, Item
+    from service.load import LoadConfig, LoadTracker
+    from service.metrics import NullMetrics
 
     json_out, png_out = a.json and Path(a.json), a.png and Path(a.png)
     _writable(json_out, "JSON")
@@ -58,20 +60,21 @@ def cmd_explain(a) -> None:
             raise UsageError(f"{flag} must be in [0, 1], not {x:g}")
     _threads(a.threads)
     bundle = load_bundle(a.bundle)
-    if "levels" not in bundle.meta or "complexity" not in bundle.meta:
-        raise UsageError(f"{a.bundle} has no budget ladder: run `dihs calibrate {a.bundle}` first")
+    if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
+        raise UsageError(f"{a.bundle} has no width ladder or cascade plans: run `dihs calibrate {a.bundle}` first")
     L, H = bundle.model.shape.n_layers, bundle.model.shape.n_heads
     if a.layer is not None and not 0 <= a.layer < L:
         raise UsageError(f"--layer {a.layer} is out of range: the model has layers 0..{L - 1}")
     if a.head is not None and not 0 <= a.head < H:
         raise UsageError(f"--head {a.head} is out of range: each layer has heads 0..{H - 1}")
     mode = "fixed" if a.flops_ratio is not None else a.mode or "auto"
-    try:
-        kw = budget_for(bundle, a.text, mode, max_ratio=1.0 if a.flops_ratio is None else a.flops_ratio,
-                        pressure=a.pressure or 0.0)
-    except ValueError as e:
-        raise UsageError(f"--flops-ratio {a.flops_ratio:g}: {e}") from None
-    exp = explain(bundle, a.text, **kw)
+    max_ratio = 1.0 if a.flops_ratio is None else a.flops_ratio
+    # the service's own engine: the same plan, gate and pass as /v1/explain at this pressure
+    engine = Engine(bundle, "cli", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=1)), NullMetrics())
+    err = limits_error(engine.ladder, 0.0, max_ratio)
+    if err:
+        raise UsageError(f"--flops-ratio {max_ratio:g}: {err}")
+    exp = engine.explain_at(Item(a.text, mode, 0.0, max_ratio), a.pressure or 0.0)
     png = None
     if png_out:
         from dihs_model.explain_plots import attention_png, head_grid_png

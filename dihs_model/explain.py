@@ -46,8 +46,6 @@ from .budget import Budget
 from .bundle import Bundle
 from .complexity import ComplexityScorer
 from .device import model_device
-from .levels import LadderPolicy
-from .policy import PolicyConfig, limits_error
 
 PER_INPUT_METHOD = ("|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
                     "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)")
@@ -57,22 +55,6 @@ GLOBAL_METHODS = {
     "fisher": "sum_x (dL/dm_h)^2 over the calibration set (Kwon et al. 2022)",
     "attention": "mean over tokens of the head's largest attention weight (Voita et al. 2019)",
 }
-
-
-def budget_for(bundle: Bundle, text: str, mode: str = "auto", min_ratio: float = 0.0, max_ratio: float = 1.0,
-               pressure: float = 0.0, policy: PolicyConfig | None = None) -> dict:
-    """What the service's engine would decide for `text` at `pressure`: keyword arguments for `explain`.
-
-    Raises ValueError when no ladder level lies in [min_ratio, max_ratio].
-    """
-    ladder = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
-    err = limits_error(ladder.ratios, min_ratio, max_ratio)
-    if err:
-        raise ValueError(err)
-    ids, mask = bundle.encode([text])  # the budget decision is CPU work, whatever the model's device
-    (signal,), (d,) = ladder.decide(ids.cpu(), mask.cpu(), pressure, [(mode, min_ratio, max_ratio)])
-    return {"budget": ladder.budget_of(d.level), "level": ladder.levels[d.level]["name"],
-            "reason": d.reason, "signal": signal, "pressure": pressure}
 
 
 def input_gradients(model, ids: torch.Tensor, mask: torch.Tensor, label: int) -> torch.Tensor:
@@ -103,8 +85,8 @@ def explain(bundle: Bundle, text: str, budget: Budget | None, *, level: str | No
             model=None, decimals: int = 4) -> dict:
     """Explain the prediction for `text` at `budget` (None: the full model).
 
-    level/reason/signal/pressure: the budget decision to report (from `budget_for` or the service's
-    engine); `model` defaults to `bundle.model` (the engine passes its own, possibly on a GPU).
+    level/reason/signal/pressure: the budget decision to report (the service's engine, which
+    `dihs explain` runs too); `model` defaults to `bundle.model` (the engine passes its own, possibly on a GPU).
     """
     model = bundle.model if model is None else model
     L, H = model.shape.n_layers, model.shape.n_heads

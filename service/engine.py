@@ -154,9 +154,13 @@ class Engine:
 
         Reads the published load pressure and the current plan without updating them; records no
         serving metrics."""
+        return self.explain_at(item, self.load.published, attention)
+
+    def explain_at(self, item: Item, pressure: float, attention: bool = True) -> dict:
+        """`explain` at a given load pressure (`dihs explain --pressure`: a replica that has just
+        started, at that pressure)."""
         from dihs_model.explain import explain
 
-        pressure = self.load.published
         enc, signals, (d,) = self.decide([item], pressure)
         if d[0] == "level":
             dec = d[1]

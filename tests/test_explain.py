@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from dihs_model.bundle import new_bundle, save_bundle
 from dihs_cli.cli import main
 from dihs_model.data import Examples
-from dihs_model.explain import budget_for, explain
+from dihs_model.budget import Budget
+from dihs_model.explain import explain
 from dihs_model.calibrate import calibrate_bundle
 from dihs_model.importance import mask_gradients
 from service.engine import Engine, EngineBackend, Item
@@ -175,14 +176,16 @@ def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tm
     from dihs_model.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
-    lib = explain(b, "good fun movie", **budget_for(b, "good fun movie", "fixed", max_ratio=0.5))
+    f50 = next(Budget.from_meta(lv) for lv in b.meta["levels"] if lv["name"] == "f50")
+    lib = explain(b, "good fun movie", f50)
     assert lib["probabilities"] == exp["probabilities"] and lib["heads"] == exp["heads"]
     head = exp["layers"][2]["heads"][0]["head"]
     assert main(["explain", str(bundle_dir), "good fun movie", "--png", str(att), "--layer", "2", "--head",
                  str(head), "--quiet", "--threads", "1"]) == 0
     assert att.read_bytes().startswith(PNG)
     assert main(["explain", str(bundle_dir), "bad", "--mode", "auto", "--pressure", "1", "--threads", "1"]) == 0
-    assert "load pressure 1.00" in capsys.readouterr().out
+    out = capsys.readouterr().out  # at full pressure the cheapest plan: one cheap pass, as the service would
+    assert "load pressure 1.00" in out and "plan single" in out
 
 
 def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
