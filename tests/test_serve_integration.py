@@ -92,7 +92,8 @@ def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
     heads = fams["ray_dihs_active_heads"]
     assert sum(s.value for s in heads.samples if s.name.endswith("_count")) == n_texts
     for name, kind in expected.items():
-        if "gpu" in name:
-            continue  # NVML gauges exist only on GPU machines
+        if "gpu" in name or name == "ray_dihs_escalations_total":
+            continue  # NVML gauges exist only on GPU machines; a Ray counter appears at its first increment
+            # (escalations happen under load only: tests/test_served_cascade.py counts them)
         assert name.removesuffix("_total") in fams, f"{name} not exported"
         assert fams[name.removesuffix("_total")].type == kind

@@ -37,12 +37,16 @@ def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
         monkeypatch.setattr(engine.controller, "choose", lambda pressure, i=i: i)
         evaluated = run_cascade(engine.model, batches, plan, len(TEXTS))
         served = {}
+        engine.metrics.log.clear()
         for k in arrival_order(len(TEXTS)):  # one text per model batch, in evaluation's arrival order
             (served[k],) = engine.run([Item(TEXTS[k])])
         labels = [engine.bundle.labels.index(served[k]["label"]) for k in range(len(TEXTS))]
         assert labels == evaluated.preds.tolist(), engine.plan_name(i)
         escalated = [served[k]["escalated"] for k in range(len(TEXTS))]
         assert sum(escalated) / len(TEXTS) == pytest.approx(evaluated.escalated)
+        assert len([m for m in engine.metrics.log if m[0] == "dihs_escalations"]) == sum(escalated)
+        flops = [m[1] for m in engine.metrics.log if m[0] == "dihs_flops_ratio"]
+        assert flops == [served[k]["flops_ratio"] for k in arrival_order(len(TEXTS))]
         assert all(r["plan"] == engine.plan_name(i) for r in served.values())
         for k, r in served.items():  # both passes paid by an escalated text
             assert [p["budget"] for p in r["passes"]] == [plan.first.name] + (
