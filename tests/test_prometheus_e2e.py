@@ -174,7 +174,8 @@ def test_every_dashboard_query_runs(served, prometheus):
     cpu = _wait_for(prometheus, "ray_dihs_cpu_utilization_ratio", lambda r: len(r) == 2, timeout_s=30)
     assert len(cpu) == 2, f"one CPU gauge per DIHSModel replica expected: {cpu}"
     print(f"\nlabels of a replica gauge: {sorted(cpu[0]['metric'])}")
-    no_data_expected = ("gpu", 'status="server_error"', 'status="rejected"')
+    # GPU gauges: GPU machines only; errors, refusals and cascade escalations: none without load
+    no_data_expected = ("gpu", 'status="server_error"', 'status="rejected"', "escalations")
     empty = []
     for expr in _dashboard_queries():
         result = _query(prometheus, expr)  # asserts the query parses and runs
