@@ -3,7 +3,8 @@
     python -m loadtests.burst --url http://127.0.0.1:8000 --concurrency 64 --seconds 20 --out results/burst.json
 
 Phases per mode: `idle` (one request at a time), `burst` (N concurrent clients for S seconds),
-`recovery` (one at a time again, right after the burst). Modes alternate on the same server
+`recovery` (one at a time again for 12 s right after the burst; `full_model_again_after_s` says when
+the answers were the full model's again). Modes alternate on the same server
 (dense, adaptive, dense, adaptive when --rounds 2) so drift hits both alike. Each request is
 one held-out tweet; its label is checked, so accuracy sits beside latency and FLOPs.
 """
@@ -65,6 +66,19 @@ def _summary(rows, wall):
             "sample_reasons": sorted({r["reason"] for r in ok})[:3]}
 
 
+RECOVERY_S = 12.0  # one request at a time after the burst, for this long
+
+
+def _full_again(rows, t0) -> float | None:
+    """Seconds from the burst's end to the first answer after which every answer ran the full
+    model (FLOPs ratio 1.0); None if the recovery phase ended before that."""
+    ok = [r for r in rows if r["status"] == 200]
+    for k, r in enumerate(ok):
+        if all(x["ratio"] == 1.0 for x in ok[k:]):
+            return round(r["t"] - r["latency_s"] - t0, 2)
+    return None
+
+
 async def run(url, concurrency, seconds, rounds):
     ex = held_out("election-tweets", shuffle=False)
     result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
@@ -72,9 +86,12 @@ async def run(url, concurrency, seconds, rounds):
         for mode in ("dense", "auto"):
             phases = {}
             for name, conc, secs, n in (("idle", 1, 8, 40), ("burst", concurrency, seconds, 10**9),
-                                        ("recovery", 1, 8, 40)):
+                                        ("recovery", 1, RECOVERY_S, 10**9)):
+                t_start = time.perf_counter()
                 rows, wall = await _phase(url, ex, mode, conc, secs, n)
                 phases[name] = _summary(rows, wall)
+                if name == "recovery":
+                    phases[name]["full_model_again_after_s"] = _full_again(rows, t_start)
                 print(f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}", flush=True)
             result["rounds"].append({"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases})
             await asyncio.sleep(3)
