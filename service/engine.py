@@ -196,7 +196,8 @@ class Engine:
             "neurons": {"active": sum(neurons), "total": neurons_total, "ratio": round(sum(neurons) / neurons_total, 4),
                         "per_layer": neurons},
             "flops_ratio": round(sum(b.flops(shape, tokens) for b in passes) / dense, 4),
-            "passes": [{"budget": b.name, "flops_ratio": round(b.flops(shape, tokens) / dense, 4)} for b in passes],
+            "passes": [{"budget": b.name, "flops_ratio": round(b.flops(shape, tokens) / dense, 4),
+                        "heads": list(b.heads), "neurons": list(b.neurons)} for b in passes],
         }
 
     @torch.inference_mode()
@@ -227,6 +228,8 @@ class Engine:
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
         self.metrics.record("dihs_plan_flops_target", 1.0 if self.plans[plan] is None else self.plans[plan].target_flops_ratio)
+        for i, cost in enumerate(self.plan_costs):  # re-set each batch: the agent drops gauges left unset
+            self.metrics.record("dihs_plan_cost_seconds", cost, plan=self.plan_name(i))
         tokens = mask.sum(1).tolist()
         results = [self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
                    for i in range(len(items))]

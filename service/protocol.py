@@ -67,6 +67,8 @@ class Units(Strict):
 class PassRun(Strict):
     budget: str = Field(description="the width budget of this pass, e.g. f15")
     flops_ratio: float = Field(description="its FLOPs / the full model's at this input's length")
+    heads: list[int] = Field(description="heads this pass computed in each layer")
+    neurons: list[int] = Field(description="FFN neurons this pass computed in each layer")
 
 
 class Result(Strict):

@@ -52,13 +52,16 @@ def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
             assert [p["budget"] for p in r["passes"]] == [plan.first.name] + (
                 [(plan.second or Budget.full(engine.shape)).name] if r["escalated"] else [])
             assert r["flops_ratio"] == pytest.approx(sum(p["flops_ratio"] for p in r["passes"]), abs=2e-4)
+            assert r["heads"]["per_layer"] == [sum(x) for x in zip(*(p["heads"] for p in r["passes"]))]
+            assert r["passes"][0]["neurons"] == list(plan.first.neurons)
 
 
 def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
     app = build_http_app(Settings(model_name="tiny"), EngineBackend(engine, "tiny"), NullMetrics())
     client = TestClient(app)
     r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
-    assert r["plan"] == "full" and r["passes"] == [{"budget": "f100", "flops_ratio": 1.0}] and not r["escalated"]
+    full = {"budget": "f100", "flops_ratio": 1.0, "heads": [4, 4, 4], "neurons": [64, 64, 64]}
+    assert r["plan"] == "full" and r["passes"] == [full] and not r["escalated"]
     for _ in range(40):  # a backlog far over capacity: the controller picks a cheaper plan
         engine.load.started()
     for _ in range(5):
