@@ -162,10 +162,14 @@ class Engine:
         from dihs_model.explain import explain
 
         enc, signals, (d,) = self.decide([item], pressure)
+        tokens = int(enc["attention_mask"].sum())
         if d[0] == "level":
             dec = d[1]
-            return explain(self.bundle, item.text, self.budget_of(dec.level), level=self.levels[dec.level]["name"],
-                           reason=dec.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+            budget = self.budget_of(dec.level)
+            exp = explain(self.bundle, item.text, budget, level=self.levels[dec.level]["name"],
+                          reason=dec.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+            return {**exp, **self._cost([budget], tokens), "plan": None, "margin": None, "threshold": None,
+                    "escalated": False}
         _, i, note = d
         plan, budget, m, thr, esc = self.plans[i], None, None, None, False
         if plan is not None:
@@ -177,7 +181,7 @@ class Engine:
         exp = explain(self.bundle, item.text, budget, level=name, reason=self._plan_reason(i, pressure, note, m, thr, esc),
                       signal=signals[0], pressure=pressure, attention=attention, model=self.model)
         passes = [None] if plan is None else [plan.first, plan.second] if esc else [plan.first]
-        return {**exp, **self._cost(passes, int(enc["attention_mask"].sum())), "plan": self.plan_name(i),
+        return {**exp, **self._cost(passes, tokens), "plan": self.plan_name(i),
                 "margin": None if m is None else round(m, 4), "escalated": esc,
                 "threshold": None if thr is None or not math.isfinite(thr) else round(thr, 4)}
 

@@ -113,6 +113,7 @@ def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
     assert len(active) == served["heads"]["active"] == sum(served["heads"]["per_layer"])
     assert browser.find_element(By.ID, "label").text == served["label"]
     assert f"level {served['level']}" in browser.find_element(By.ID, "budget").text
+    assert served["passes"][-1]["budget"] in browser.find_element(By.ID, "passes").text
     assert browser.find_element(By.ID, "reason").text == served["reason"]
     T = int(canvas.get_attribute("data-tokens"))
     assert T == 8 and _painted_pixels(browser) > T * T * 16  # every cell of the T x T map painted
