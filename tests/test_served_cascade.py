@@ -72,3 +72,21 @@ def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
     (c,) = capped["results"]
     target = {engine.plan_name(i): p.target_flops_ratio for i, p in enumerate(engine.plans) if p is not None}
     assert target[c["plan"]] <= 0.3
+
+
+@pytest.mark.parametrize("escalate", [True, False])
+def test_explain_equals_classify_for_escalated_and_answered_texts(engine, monkeypatch, escalate):
+    app = build_http_app(Settings(model_name="tiny"), EngineBackend(engine, "tiny"), NullMetrics())
+    client = TestClient(app)
+    i = next(k for k, p in enumerate(engine.plans) if p is not None and p.threshold != float("-inf"))
+    monkeypatch.setattr(engine.controller, "choose", lambda pressure: i)
+    monkeypatch.setattr(engine.controller, "peek", lambda pressure: i)
+    # a threshold every margin is under (escalate) or over (answered); the tracker holds it while warming up
+    engine.trackers[i].threshold = float("inf") if escalate else float("-inf")
+    exp = client.post("/v1/explain", json={"text": "good fun movie", "attention": False}).json()
+    served = client.post("/v1/classify", json={"text": "good fun movie"}).json()["results"][0]
+    assert served["escalated"] is escalate and exp["escalated"] is escalate
+    for key in ("label", "level", "passes", "heads", "neurons", "flops_ratio", "plan", "reason"):
+        assert exp[key] == served[key], key
+    for name, p in served["probabilities"].items():
+        assert abs(exp["probabilities"][name] - p) < 1e-5
