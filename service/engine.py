@@ -107,12 +107,15 @@ class Engine:
         return self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
                                      max_length=self.bundle.max_length, return_tensors="pt")
 
-    def _plan_for(self, item: Item, current: int) -> tuple[int, str]:
+    def _plan_for(self, item: Item, current: int) -> tuple[int, str] | None:
         """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
-        [min_ratio, max_ratio] (a cheaper one first); the note says why it moved."""
+        [min_ratio, max_ratio] (a cheaper one first), with a note saying why it moved; None when no
+        plan's target lies in that range (the item then runs a ladder level, as fixed does)."""
         targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         inside = [i for i, t in enumerate(targets) if item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
-        if not inside or current in inside:
+        if not inside:
+            return None
+        if current in inside:
             return current, ""
         cheaper = [i for i in inside if i > current]
         if cheaper:
@@ -128,10 +131,8 @@ class Engine:
         current = self.controller.peek(pressure) if plan is None else plan
         out = []
         for it, d in zip(items, decisions):
-            i, note = self._plan_for(it, current) if it.mode == "auto" else (None, "")
-            inside = i is not None and it.min_ratio - 1e-9 <= (1.0 if self.plans[i] is None else
-                                                                 self.plans[i].target_flops_ratio) <= it.max_ratio + 1e-9
-            out.append(("plan", i, note) if inside else ("level", d))
+            chosen = self._plan_for(it, current) if it.mode == "auto" else None
+            out.append(("level", d) if chosen is None else ("plan", *chosen))
         return enc, signals, out
 
     def _plan_reason(self, i: int, pressure: float, note: str, margin: float | None, threshold: float | None,
