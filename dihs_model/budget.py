@@ -72,9 +72,13 @@ class Budget:
     def neurons_ratio(self, shape: EncoderShape) -> float:
         return sum(self.neurons) / (shape.ffn * shape.n_layers)
 
+    def counts_meta(self) -> dict:
+        """The budget as dihs.json stores it inside a plan: name and counts."""
+        return {"name": self.name, "heads": list(self.heads), "neurons": list(self.neurons)}
+
     def to_meta(self, shape: EncoderShape, tokens: Sequence[int], **extra) -> dict:
         """The level record in dihs.json: counts and the ratios measured at these token counts."""
-        return {"name": self.name, **extra, "heads": list(self.heads), "neurons": list(self.neurons),
+        return {**self.counts_meta(), **extra,
                 "flops_ratio": round(self.flops_ratio(shape, tokens), 4),
                 "heads_ratio": round(self.heads_ratio(shape), 4), "neurons_ratio": round(self.neurons_ratio(shape), 4)}
 
@@ -88,6 +92,11 @@ def head_flops(shape: EncoderShape, tokens: int) -> float:
 def neuron_flops(shape: EncoderShape, tokens: int) -> float:
     """One FFN intermediate unit in one layer: its row of the first linear and column of the second."""
     return 2 * tokens * shape.hidden * 2
+
+
+def unit_costs(shape: EncoderShape, tokens: Sequence[int]) -> tuple[float, float]:
+    """(one head's, one neuron's) FLOPs in one layer, summed over inputs of these token counts."""
+    return sum(head_flops(shape, int(t)) for t in tokens), sum(neuron_flops(shape, int(t)) for t in tokens)
 
 
 def encoder_flops(shape: EncoderShape, heads: Sequence[int], neurons: Sequence[int], tokens: int) -> float:
@@ -113,8 +122,7 @@ def allocate(shape: EncoderShape, target: float, tokens: Sequence[int], head_sco
     if target >= 1.0:
         return Budget.full(shape, name)
     L, H, F = shape.n_layers, shape.n_heads, shape.ffn
-    head_cost = sum(head_flops(shape, int(t)) for t in tokens)
-    neuron_cost = sum(neuron_flops(shape, int(t)) for t in tokens)
+    head_cost, neuron_cost = unit_costs(shape, tokens)
     spend = target * L * (H * head_cost + F * neuron_cost)
     if method == "uniform":
         k = max(min_heads, min(H, round(target * H)))

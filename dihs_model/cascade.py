@@ -52,10 +52,10 @@ class CascadePlan:
     calib_flops_ratio: float = 0.0  # both passes counted, on the calibration split
 
     def to_meta(self) -> dict:
-        return {"target_flops_ratio": self.target_flops_ratio, "first": _budget_meta(self.first),
+        return {"target_flops_ratio": self.target_flops_ratio, "first": self.first.counts_meta(),
                 "first_ratio": self.first_ratio, "threshold": self.threshold, "calib_escalated": self.calib_escalated,
                 "calib_accuracy": self.calib_accuracy, "calib_agreement": self.calib_agreement,
-                "second": None if self.second is None else _budget_meta(self.second),
+                "second": None if self.second is None else self.second.counts_meta(),
                 "second_ratio": self.second_ratio, "calib_flops_ratio": self.calib_flops_ratio}
 
     @classmethod
@@ -64,10 +64,6 @@ class CascadePlan:
                    d["calib_escalated"], d["calib_accuracy"], d["calib_agreement"],
                    None if d["second"] is None else Budget.from_meta(d["second"]), d["second_ratio"],
                    d.get("calib_flops_ratio", 0.0))
-
-
-def _budget_meta(b: Budget) -> dict:
-    return {"name": b.name, "heads": list(b.heads), "neurons": list(b.neurons)}
 
 
 def candidate_budgets(allocator: Allocator, ratios) -> dict[float, Budget | None]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .budget import Budget, head_flops, level_name, neuron_flops
+from .budget import Budget, level_name, unit_costs
 from .importance import unit_order
 from .surgery import reorder
 
@@ -34,8 +34,7 @@ def search(shape, head_scores: torch.Tensor, neuron_scores: torch.Tensor, tokens
            name: str | None = None) -> Budget:
     """The Fisher-best budget within `target` of the full model's FLOPs at these token counts."""
     L, H, F = shape.n_layers, shape.n_heads, shape.ffn
-    hc = sum(head_flops(shape, int(t)) for t in tokens)
-    nc = sum(neuron_flops(shape, int(t)) for t in tokens)
+    hc, nc = unit_costs(shape, tokens)
     spend = target * L * (H * hc + F * nc)
     h_sorted = head_scores.flatten().sort(descending=True).values.cumsum(0)
     n_sorted = neuron_scores.flatten().sort(descending=True).values.cumsum(0)

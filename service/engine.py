@@ -73,6 +73,7 @@ class Engine:
         self.budget_of = self.ladder_policy.budget_of
         self.total_heads = self.shape.total_heads
         self.plans = served_plans(bundle.meta)
+        self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
         self.plan_costs = self._measure(max_batch_size)
         self.controller = PlanController(self.plan_costs, controller, clock)
@@ -111,8 +112,7 @@ class Engine:
         """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
         [min_ratio, max_ratio] (a cheaper one first), with a note saying why it moved; None when no
         plan's target lies in that range (the item then runs a ladder level, as fixed does)."""
-        targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
-        inside = [i for i, t in enumerate(targets) if item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
+        inside = [i for i, t in enumerate(self.plan_targets) if item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
         if not inside:
             return None
         if current in inside:
@@ -232,7 +232,7 @@ class Engine:
         t3 = time.perf_counter()
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
-        self.metrics.record("dihs_plan_flops_target", 1.0 if self.plans[plan] is None else self.plans[plan].target_flops_ratio)
+        self.metrics.record("dihs_plan_flops_target", self.plan_targets[plan])
         for i, cost in enumerate(self.plan_costs):  # re-set each batch: the agent drops gauges left unset
             self.metrics.record("dihs_plan_cost_seconds", cost, plan=self.plan_name(i))
         tokens = mask.sum(1).tolist()
