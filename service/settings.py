@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each model replica (Ray schedules "
                                 "replicas by it; keep it = torch_threads so replicas do not share cores)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM or a replica's shutdown: how long accepted "
+                                   "requests may take to finish while new ones get 503 with Retry-After")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")
     api_key: SecretStr | None = Field(None, description="if set, inference and explain routes need "
                                       "`Authorization: Bearer <key>`; health, metadata and metrics stay open")
