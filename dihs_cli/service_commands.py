@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from .common import UsageError, _add_data_args, _threads, _writable
+from .common import UsageError, _add_data_args, _add_run_args, _threads, _writable
+
+
+# Settings that are no `dihs serve` flag: the bundle is the positional argument, and the API key
+# only an environment variable (or --api-key-file): a command line is visible to every user in `ps`.
+NOT_FLAGS = {"bundle": "the positional BUNDLE", "api_key": "env only: a command line shows in ps"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _settings_flags(p) -> None:
+    """One `dihs serve` flag per setting, typed and described by the settings model itself."""
+    import types
+    import typing
+
+    from service.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        if name in NOT_FLAGS:
+            continue
+        kind = field.annotation
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        default = "unset" if field.default is None else f"{field.default:g}" if kind is float else field.default
+        extra = {"help": f"{field.description} (default {default}; env DIHS_{name.upper()})"}
+        if kind is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is typing.Literal:
+            extra["choices"] = typing.get_args(kind)
+        else:
+            extra["type"] = kind if kind in (int, float) else str
+            extra["metavar"] = name.upper()
+        try:
+            p.add_argument(_flag(name), default=None, **extra)
+        except argparse.ArgumentError:  # a flag written out by hand for this setting wins
+            pass
 
 
 def cmd_serve(a) -> None:
@@ -16,14 +54,13 @@ def cmd_serve(a) -> None:
         from service.settings import Settings
     except ImportError as e:
         raise UsageError(f"serving needs the service package and its dependencies: {e}") from None
-    flags = {"bundle": a.bundle, "host": a.host, "port": a.port, "replicas": a.replicas, "slo_ms": a.slo_ms,
-             "model_name": a.model_name, "max_batch_size": a.max_batch_size, "device": a.device,
-             "replica_cpus": a.replica_cpus}
+    given = {k: getattr(a, k) for k in Settings.model_fields if getattr(a, k, None) is not None}
     try:
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UsageError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+        where = f"{_flag(str(err['loc'][0]))} / DIHS_{str(err['loc'][0]).upper()}: " if err["loc"] else ""
+        raise UsageError(f"{where}{err['msg']}") from None
     meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
     if "levels" not in meta or "complexity" not in meta:
         raise UsageError(f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first")
@@ -147,20 +184,13 @@ def cmd_loadtest(a) -> None:
     run_sweep(a)
 
 
-def add_service_commands(sub) -> None:
-    p = sub.add_parser("serve", help="serve a bundle over HTTP with Ray Serve (127.0.0.1:8000)")
+def _serve_args(p) -> None:
     p.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: $DIHS_BUNDLE or bundles/default)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, help="model replicas (default 1)")
-    p.add_argument("--slo-ms", type=float, help="latency objective in ms (default 250)")
-    p.add_argument("--model-name", help="served model name (default dihs)")
-    p.add_argument("--max-batch-size", type=int, help="texts per model batch (default 16)")
-    p.add_argument("--replica-cpus", type=float, help="CPUs Ray reserves per replica (default 1 = its torch threads)")
-    p.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    _settings_flags(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("explain", help="explain one prediction: heads that ran, their importance, attention maps")
+
+def _explain_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("text")
     p.add_argument("--flops-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads")
@@ -172,16 +202,19 @@ def add_service_commands(sub) -> None:
     p.add_argument("--head", type=int, help="head of the attention map: its id in the base checkpoint")
     p.add_argument("--score", choices=("input", "michel", "fisher", "attention"), default="input",
                    help="grid colour: this input's importance (default) or a global scorer")
+    _add_run_args(p, quiet=False)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("report", help="one self-contained HTML page about a bundle (importance, ladder, eval, bench)")
+
+def _report_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument("--eval-json", help="`dihs eval` output: accuracy vs heads")
     p.add_argument("--bench-json", help="`dihs bench` output: latency vs heads")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("loadtest", help="Locust sweep: throughput, latency and accuracy vs load, dense vs static vs adaptive")
+
+def _loadtest_args(p) -> None:
     p.add_argument("bundle", nargs="?", default=None, help="bundle to serve (default: $DIHS_BUNDLE or bundles/default)")
     _add_data_args(p, None)  # default: the bundle's training task (its held-out split is sent)
     p.add_argument("--out", required=True, help="folder for sweep.csv, sweep.png, summary.md and raw/")
@@ -197,4 +230,13 @@ def add_service_commands(sub) -> None:
     p.add_argument("--user-rate", type=float, help="requests per second each user aims at (default 2)")
     p.add_argument("--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report in --out from its raw/ files")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_loadtest)
+
+
+SERVICE_COMMANDS = {
+    "serve": ("serve a bundle over HTTP with Ray Serve (127.0.0.1:8000); every setting is a flag", _serve_args),
+    "explain": ("explain one prediction: heads that ran, their importance, attention maps", _explain_args),
+    "report": ("one self-contained HTML page about a bundle (importance, ladder, eval, bench)", _report_args),
+    "loadtest": ("Locust sweep: throughput, latency and accuracy vs load, dense vs static vs adaptive", _loadtest_args),
+}

@@ -6,17 +6,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import threading
 import time
 
+import ray
 from ray import serve
 
-from .batcher import Batcher
-from .engine import Engine, EngineBackend
-from .http import build_http_app
-from .load import LoadConfig, LoadTracker
 from .metrics import Metrics
+from .replica import LiveConfig, Replica
 from .settings import Settings
 
 
@@ -50,28 +50,31 @@ def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> N
 @serve.ingress()
 class DIHSModel:
     """The one deployment: Ray's proxy routes each HTTP request straight to a replica, whose own
-    FastAPI app validates it and hands its texts to the replica's batcher in one call."""
+    FastAPI app validates it and hands its texts to the replica's batcher in one call (replica.py).
+
+    Serve's hooks: `check_health` probes the engine (a replica whose model cannot answer is replaced),
+    `reconfigure` applies the live settings of `user_config` (replica.LiveConfig), and a replica that
+    Serve stops answers what it accepted first (graceful_shutdown_timeout_s = drain_timeout_s)."""
 
     def __init__(self, settings: dict):
         import torch
 
-        from dihs_model.bundle import load_bundle
-
         s = Settings(**settings)
         torch.set_num_threads(s.torch_threads)
-        self.settings = s
         self.metrics = Metrics(s.model_name)
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
-        load = LoadTracker(LoadConfig(slo_s=s.slo_ms / 1e3, queue_capacity=s.queue_capacity),
-                           gpu_utilization=lambda: hardware.get("gpu"))
-        self.engine = Engine(load_bundle(s.bundle), s.model_name, load, self.metrics, s.device,
-                             max_batch_size=s.max_batch_size)
-        self.batcher = Batcher(self.engine.run, s.max_batch_size, s.batch_wait_ms / 1e3, s.replica_capacity)
+        self.replica = Replica(s, self.metrics, hardware)
         threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 
     async def __serve_build_asgi_app__(self):
-        backend = EngineBackend(self.engine, self.settings.model_name, submit=self.batcher.submit)
-        return build_http_app(self.settings, backend, self.metrics)
+        asyncio.get_running_loop().create_task(_watch_drain(self.replica))
+        return self.replica
+
+    async def reconfigure(self, user_config: dict):
+        await self.replica.reconfigure(user_config)
+
+    async def check_health(self):
+        await asyncio.to_thread(self.replica.probe)
 
 
 def build_app(args: dict | None = None):
@@ -89,7 +92,69 @@ def build_app(args: dict | None = None):
         max_queued_requests=s.serve_limit,
         ray_actor_options={"num_cpus": s.replica_cpus},
         logging_config={"enable_access_log": False},
+        user_config=LiveConfig.of(s).model_dump(exclude_none=True),
+        graceful_shutdown_timeout_s=s.drain_timeout_s,
+        graceful_shutdown_wait_loop_s=DRAIN_POLL_S,
     ).bind(s.shareable())
+
+
+# `dihs serve`'s drain: the driver switches every replica to refusing new requests through one
+# named actor (a Serve handle reaches only one replica), then waits until none holds a request.
+DRAIN_ACTOR = "dihs-drain"
+DRAIN_POLL_S = 0.2
+
+
+@ray.remote(num_cpus=0)
+class DrainSignal:
+    def __init__(self):
+        self._started = asyncio.Event()
+        self._inflight: dict[str, int] = {}
+
+    async def started(self) -> bool:
+        await self._started.wait()
+        return True
+
+    async def start(self) -> None:
+        self._started.set()
+
+    async def report(self, replica: str, inflight: int) -> None:
+        self._inflight[replica] = inflight
+
+    async def inflight(self) -> dict[str, int]:
+        return dict(self._inflight)
+
+
+async def _watch_drain(replica: Replica) -> None:
+    """On a replica: wait for `dihs serve`'s drain signal (none under `serve deploy`), then refuse
+    new requests and report the accepted ones still in flight until the process ends."""
+    try:
+        switch = ray.get_actor(DRAIN_ACTOR, namespace="serve")
+        await switch.started.remote()
+    except (ValueError, ray.exceptions.RayActorError):
+        return
+    replica.draining = True
+    me = serve.get_replica_context().replica_id.unique_id
+    while True:
+        switch.report.remote(me, replica.inflight)
+        await asyncio.sleep(DRAIN_POLL_S / 2)
+
+
+def drain(switch, replicas: int, timeout_s: float, quiet_s: float = 1.0) -> dict[str, int]:
+    """Switch every replica to draining and wait (at most timeout_s) until each has reported nothing in
+    flight for quiet_s (late arrivals still in Ray's proxy have been refused by then). Returns the last
+    report: replica -> requests in flight."""
+    ray.get(switch.start.remote())
+    deadline, quiet_since, held = time.monotonic() + timeout_s, None, {}
+    while time.monotonic() < deadline:
+        held = ray.get(switch.inflight.remote())
+        if len(held) >= replicas and not any(held.values()):
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                break
+        else:
+            quiet_since = None
+        time.sleep(DRAIN_POLL_S / 2)
+    return held
 
 
 # Serve gives a starting proxy 5 s to answer its readiness check and then kills it; on a busy
@@ -109,9 +174,8 @@ LEAN_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_R
 
 
 def run_local(s: Settings) -> None:
-    """Start Ray and Serve on this machine and block (Ctrl-C stops)."""
-    import ray
-
+    """Start Ray and Serve on this machine and block. SIGTERM or Ctrl-C drains: new requests get 503
+    with Retry-After, the accepted ones are answered (for at most drain_timeout_s), then Serve and Ray stop."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
     for k, v in {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}.items():
         os.environ.setdefault(k, v)
@@ -121,12 +185,21 @@ def run_local(s: Settings) -> None:
         ray.shutdown()
         raise DoesNotFit(f"{s.replicas} replicas x {s.replica_cpus:g} CPUs each do not fit the {cpus:g} CPUs here: "
                          "lower --replicas or --replica-cpus")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    switch = DrainSignal.options(name=DRAIN_ACTOR, namespace="serve").remote()  # before any replica starts
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)
     print(f"DIHS Serve: http://{s.host}:{s.port} (docs /docs), metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
-        ray.shutdown()
+    while not stop.wait(0.5):
+        pass
+    t0 = time.monotonic()
+    print(f"draining: new requests get 503, accepted ones are answered (at most {s.drain_timeout_s:g} s)", flush=True)
+    held = drain(switch, s.replicas, s.drain_timeout_s)
+    left = sum(held.values())
+    print(f"drained in {time.monotonic() - t0:.1f} s" + (f"; {left} requests still in flight at the timeout" if left else ""),
+          flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    print(f"stopped {time.monotonic() - t0:.1f} s after the signal", flush=True)

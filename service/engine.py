@@ -78,6 +78,16 @@ class Engine:
         self.plan_costs = self._measure(max_batch_size)
         self.controller = PlanController(self.plan_costs, controller, clock)
 
+    @torch.inference_mode()
+    def probe(self, text: str = "health probe: is the model answering") -> None:
+        """One text through the full model and the cheapest ladder level, recording no metric (health
+        checks and warm-up call it): raises if a forward fails or gives non-finite scores."""
+        enc = self.tokenize([Item(text)])
+        for budget in (None, self.budget_of(len(self.levels) - 1)):
+            (logits,) = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"], [budget], self.device)
+            if not torch.isfinite(logits).all():
+                raise RuntimeError(f"the model gives non-finite scores at {'f100' if budget is None else budget.name}")
+
     def _measure(self, batch: int) -> list[float]:
         """Seconds per text of each plan on this replica: its passes timed at a full batch of the
         calibration split's mean length, a second pass weighted by its escalated share."""

@@ -1,0 +1,195 @@
+"""One model replica in plain Python (no Ray): the engine and its batcher behind the HTTP app, and
+what Serve asks of a replica: a warm-up before the first request, a health probe, live settings
+(Serve's `user_config`, applied by `reconfigure`), and a drain that refuses new requests while the
+accepted ones finish. The Serve deployment (app.py) is a thin shell around it; tests drive it in-process.
+
+Every answer carries `X-DIHS-Bundle`: the checksum of the bundle that served it (bundle_id.py), so a
+rollout to a new bundle can be watched request by request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dihs_model.policy import PolicyConfig
+
+from .batcher import Batcher
+from .bundle_id import bundle_checksum
+from .controller import ControllerConfig
+from .engine import Engine, EngineBackend, Item
+from .errors import ApiError
+from .http import build_http_app
+from .load import LoadConfig, LoadTracker
+from .settings import Settings
+
+log = logging.getLogger("dihs.replica")
+BUNDLE_HEADER = b"x-dihs-bundle"
+DRAINING = ("the replica is shutting down and takes no new requests: retry after the Retry-After delay "
+            "(another replica, or the restarted service, answers)")
+
+
+class LiveConfig(BaseModel):
+    """Settings a running replica takes from Serve's `user_config` without a restart; a field left
+    out keeps the deployment's setting (args / DIHS_* env) or the bundle's own default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle: str | None = Field(None, description="bundle folder: a new one is loaded, warmed and swapped in; "
+                               "requests already accepted finish on the old one")
+    slo_ms: float | None = Field(None, gt=0, description="latency objective of the load pressure")
+    max_batch_size: int | None = Field(None, ge=1, le=256, description="texts per model batch")
+    protect: float | None = Field(None, ge=0, le=1, description="policy: share of the cut a maximally complex "
+                                  "text is spared (default: from the bundle's calibration)")
+    utilization: float | None = Field(None, gt=0, le=1, description="controller: share of a replica's time the "
+                                      "chosen plan may fill at the arrival rate")
+    hold_s: float | None = Field(None, ge=0, description="controller: how long a costlier plan must be wanted "
+                                 "before it is taken")
+
+    @classmethod
+    def of(cls, s: Settings) -> "LiveConfig":
+        """The live fields a deployment starts with (build_app puts them in its user_config)."""
+        return cls(bundle=s.bundle, slo_ms=s.slo_ms, max_batch_size=s.max_batch_size)
+
+
+@dataclass
+class Serving:
+    """One loaded bundle and everything built on it; swapped whole when the bundle changes."""
+
+    bundle_path: str
+    engine: Engine
+    batcher: Batcher
+    app: object  # the FastAPI app over this engine
+    bundle_id: str
+    inflight: int = 0  # requests in this app's backend
+
+
+class ReplicaBackend(EngineBackend):
+    """The routes' backend: the engine's, refusing new work while the replica drains and counting the
+    requests in flight (the drain waits for them)."""
+
+    def __init__(self, replica: "Replica", engine: Engine, batcher: Batcher):
+        super().__init__(engine, replica.settings.model_name, submit=batcher.submit)
+        self.replica, self.serving = replica, None
+
+    async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:
+        with self.replica.accepting(self.serving):
+            return await super().classify(items, timing)
+
+    async def explain(self, item: Item, attention: bool = True) -> dict:
+        with self.replica.accepting(self.serving):
+            return await super().explain(item, attention)
+
+    async def ready(self) -> bool:
+        return not self.replica.draining
+
+
+class _Accepted:
+    def __init__(self, replica: "Replica", serving: Serving):
+        self.replica, self.serving = replica, serving
+
+    def __enter__(self):
+        if self.replica.draining:
+            raise ApiError(503, DRAINING, "draining", {"Retry-After": "1"})
+        self.replica.inflight += 1
+        self.serving.inflight += 1
+
+    def __exit__(self, *exc):
+        self.replica.inflight -= 1
+        self.serving.inflight -= 1
+
+
+class Replica:
+    def __init__(self, settings: Settings, metrics, hardware: dict | None = None, live: LiveConfig | None = None):
+        self.settings, self.metrics = settings, metrics
+        self.hardware = {} if hardware is None else hardware  # the gauge thread's latest GPU utilization
+        self.live = live or LiveConfig.of(settings)
+        self.draining = False
+        self.inflight = 0  # requests accepted and not yet answered, over every Serving
+        self.serving = self._build(self.live)
+
+    def _value(self, live: LiveConfig, name: str):
+        v = getattr(live, name)
+        return getattr(self.settings, name) if v is None else v
+
+    def _build(self, live: LiveConfig) -> Serving:
+        """Load, warm up (Engine.probe: a model that cannot answer fails here, before any request) and
+        wire a bundle. Runs off the event loop on reloads."""
+        from dihs_model.bundle import load_bundle
+
+        s, batch, path = self.settings, self._value(live, "max_batch_size"), str(self._value(live, "bundle"))
+        load = LoadTracker(self._load_config(live), gpu_utilization=lambda: self.hardware.get("gpu"))
+        bundle = load_bundle(path)
+        engine = Engine(bundle, s.model_name, load, self.metrics, s.device, policy=_policy(live),
+                        max_batch_size=batch, controller=_controller_config(live))
+        engine.probe()
+        batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity)
+        backend = ReplicaBackend(self, engine, batcher)
+        serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), bundle_checksum(bundle.meta))
+        backend.serving = serving
+        return serving
+
+    def _load_config(self, live: LiveConfig) -> LoadConfig:
+        return LoadConfig(slo_s=self._value(live, "slo_ms") / 1e3, queue_capacity=2 * self._value(live, "max_batch_size"))
+
+    async def reconfigure(self, config: dict | None) -> None:
+        """Apply Serve's user_config: a new bundle path is loaded and swapped in (the old one answers what
+        it accepted, then is released); the other fields change the running engine and batcher in place."""
+        live = LiveConfig.model_validate(config or {})
+        current = self.serving
+        if str(self._value(live, "bundle")) != current.bundle_path:
+            self.serving = await asyncio.to_thread(self._build, live)
+            self.live = live
+            log.warning("bundle %s (%s) swapped in for %s (%s)", self.serving.bundle_path, self.serving.bundle_id,
+                        current.bundle_path, current.bundle_id)
+            asyncio.get_running_loop().create_task(_retire(current))
+            return
+        self.live = live
+        engine = current.engine
+        engine.load.cfg = self._load_config(live)
+        engine.ladder_policy.policy = _policy(live) or PolicyConfig.from_meta(engine.bundle.meta)
+        engine.controller.cfg = _controller_config(live)
+        current.batcher.max_batch_size = self._value(live, "max_batch_size")  # read at every batch
+
+    def probe(self) -> None:
+        """Serve's health check: the current engine answers a probe text with finite scores."""
+        self.serving.engine.probe()
+
+    def accepting(self, serving: Serving) -> _Accepted:
+        """Context of one accepted request (503 `draining` instead, once the drain began)."""
+        return _Accepted(self, serving)
+
+    async def __call__(self, scope, receive, send):
+        """The ASGI app Serve runs: the current bundle's app, each answer tagged with its bundle id."""
+        serving = self.serving
+        if scope["type"] != "http":
+            return await serving.app(scope, receive, send)
+        tag = serving.bundle_id.encode()
+
+        async def tagged(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (BUNDLE_HEADER, tag)]}
+            await send(message)
+
+        await serving.app(scope, receive, tagged)
+
+
+def _policy(live: LiveConfig) -> PolicyConfig | None:
+    return None if live.protect is None else PolicyConfig(protect=live.protect)
+
+
+def _controller_config(live: LiveConfig) -> ControllerConfig:
+    return replace(ControllerConfig(), **{k: getattr(live, k) for k in ("utilization", "hold_s")
+                                           if getattr(live, k) is not None})
+
+
+async def _retire(old: Serving) -> None:
+    """Let a swapped-out bundle answer what it accepted, then stop its batch loop (freeing the model)."""
+    while old.inflight or old.batcher.held:
+        await asyncio.sleep(0.05)
+    worker = old.batcher._worker  # Batcher has no close(); its loop only waits for work now
+    if worker is not None:
+        worker.cancel()

@@ -1,0 +1,89 @@
+"""The replica without Ray (service/replica.py): bundle id on every answer, drain refusals and
+readiness, the health probe, live reconfiguration (settings in place, a new bundle swapped in)."""
+
+import asyncio
+import math
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.bundle_id import bundle_checksum
+from service.metrics import NullMetrics
+from service.replica import LiveConfig, Replica
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Two saved tiny bundles: different weights (seeded differently), different label names."""
+    from dihs_model.bundle import save_bundle
+    from tests.conftest import tiny_calibrated_bundle
+
+    a = tiny_calibrated_bundle(tmp_path_factory.mktemp("a"))
+    b = tiny_calibrated_bundle(tmp_path_factory.mktemp("b"))
+    b.meta["labels"] = ["negative", "positive"]
+    return save_bundle(a, tmp_path_factory.mktemp("sa") / "a"), save_bundle(b, tmp_path_factory.mktemp("sb") / "b")
+
+
+def _replica(path, **settings) -> Replica:
+    return Replica(Settings(bundle=str(path), model_name="tiny", **settings), NullMetrics())
+
+
+def test_answers_name_their_bundle_and_a_draining_replica_refuses(bundles):
+    from dihs_model.bundle import read_meta
+
+    replica = _replica(bundles[0])
+    client = TestClient(replica)
+    r = client.post("/v1/classify", json={"texts": ["good fun", "bad plot"]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-dihs-bundle"] == bundle_checksum(read_meta(bundles[0])) != "unsaved"
+    assert client.get("/v2/health/ready").status_code == 200
+    assert replica.inflight == 0
+
+    replica.draining = True
+    for path, body in (("/v1/classify", {"text": "good"}), ("/v1/explain", {"text": "good"}),
+                       ("/v2/models/tiny/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                              "data": ["good"]}]})):
+        r = client.post(path, json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
+        assert "shutting down" in r.text, r.text
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/health/live").status_code == 200 and client.get("/healthz").status_code == 200
+    statuses = [t["status"] for name, _, t in replica.metrics.log if name == "dihs_requests"]
+    assert statuses.count("rejected") == 2  # classify and infer are counted routes; explain is not
+
+
+def test_probe_fails_on_non_finite_scores(bundles):
+    replica = _replica(bundles[0])
+    replica.probe()  # a sound model passes
+    with torch.no_grad():
+        next(replica.serving.engine.model.parameters()).fill_(math.nan)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        replica.probe()
+
+
+def test_reconfigure_in_place_and_to_a_new_bundle(bundles):
+    from dihs_model.bundle import read_meta
+
+    replica = _replica(bundles[0])
+    first = replica.serving
+    asyncio.run(replica.reconfigure({"slo_ms": 50, "max_batch_size": 3, "protect": 0.2, "hold_s": 0.5}))
+    assert replica.serving is first  # no reload for these
+    assert first.engine.load.cfg.slo_s == 0.05 and first.engine.load.cfg.queue_capacity == 6
+    assert first.batcher.max_batch_size == 3 and first.engine.controller.cfg.hold_s == 0.5
+    assert first.engine.ladder_policy.policy.protect == 0.2
+
+    asyncio.run(replica.reconfigure({"bundle": str(bundles[1])}))
+    assert replica.serving is not first and replica.serving.bundle_id == bundle_checksum(read_meta(bundles[1]))
+    assert replica.serving.batcher.max_batch_size == 16  # fields left out: the deployment's settings again
+    r = TestClient(replica).post("/v1/classify", json={"text": "good fun"})
+    assert r.status_code == 200 and r.headers["x-dihs-bundle"] == replica.serving.bundle_id
+    assert r.json()["results"][0]["label"] in ("negative", "positive")
+
+    with pytest.raises(ValueError, match="max_batch_size"):
+        asyncio.run(replica.reconfigure({"max_batch_size": 0}))
+    with pytest.raises(ValueError, match="Extra inputs"):
+        asyncio.run(replica.reconfigure({"batch": 4}))
+    assert LiveConfig.of(Settings(bundle="x")).model_dump(exclude_none=True) == {
+        "bundle": "x", "slo_ms": 250.0, "max_batch_size": 16}
