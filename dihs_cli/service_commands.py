@@ -17,6 +17,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def default_text(field) -> str:
+    """A setting's default as the help and the README's settings table write it."""
+    d = field.default
+    return "unset" if d is None else f"{d:g}" if isinstance(d, float) else str(d)
+
+
 def _settings_flags(p) -> None:
     """One `dihs serve` flag per setting, typed and described by the settings model itself."""
     import types
@@ -30,8 +36,7 @@ def _settings_flags(p) -> None:
         kind = field.annotation
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        default = "unset" if field.default is None else f"{field.default:g}" if kind is float else field.default
-        extra = {"help": f"{field.description} (default {default}; env DIHS_{name.upper()})"}
+        extra = {"help": f"{field.description} (default {default_text(field)}; env DIHS_{name.upper()})"}
         if kind is bool:
             extra["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is typing.Literal:

@@ -14,10 +14,10 @@ class Settings(BaseSettings):
     bundle: str = Field("bundles/default", description="bundle folder to serve")
     model_name: str = Field("dihs", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="name in responses and /v2/models/{name}")
     host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to listen on all interfaces)")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
-    max_batch_size: int = Field(16, ge=1, le=256)
+    max_batch_size: int = Field(16, ge=1, le=256, description="texts per model batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits to fill; 0: a batch starts as soon "
                                  "as the replica is free, with the texts that arrived while the last one ran")
     max_ongoing_requests: int = Field(128, ge=1, description="texts a model replica holds in its batch queue and "
@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="torch threads per model replica")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each model replica (Ray schedules "
                                 "replicas by it; keep it = torch_threads so replicas do not share cores)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU if there is one), cpu "
+                        "or cuda[:N]; CUDA runs bf16")
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM or a replica's shutdown: how long accepted "
                                    "requests may take to finish while new ones get 503 with Retry-After")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")

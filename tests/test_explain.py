@@ -181,7 +181,7 @@ def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tm
     assert lib["probabilities"] == exp["probabilities"] and lib["heads"] == exp["heads"]
     head = exp["layers"][2]["heads"][0]["head"]
     assert main(["explain", str(bundle_dir), "good fun movie", "--png", str(att), "--layer", "2", "--head",
-                 str(head), "--quiet", "--threads", "1"]) == 0
+                 str(head), "--threads", "1"]) == 0
     assert att.read_bytes().startswith(PNG)
     assert main(["explain", str(bundle_dir), "bad", "--mode", "auto", "--pressure", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out  # at full pressure the cheapest plan: one cheap pass, as the service would
@@ -201,13 +201,13 @@ def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
     (tmp_path / "bn.json").write_text(json.dumps(bn))
     out = tmp_path / "r" / "report.html"
     assert main(["report", str(bundle_dir), "--out", str(out), "--eval-json", str(tmp_path / "ev.json"),
-                 "--bench-json", str(tmp_path / "bn.json"), "--threads", "1"]) == 0
+                 "--bench-json", str(tmp_path / "bn.json")]) == 0
     page = out.read_text()
     assert page.count('src="data:image/png;base64,') == 4  # importance, ladder, accuracy, latency
     assert "Width ladder" in page and "f50" in page and "fisher" in page and "static-width" in page
     assert 'src="http' not in page and "<script" not in page
     plain = tmp_path / "plain.html"
-    assert main(["report", str(bundle_dir), "--out", str(plain), "--threads", "1"]) == 0
+    assert main(["report", str(bundle_dir), "--out", str(plain)]) == 0
     assert plain.read_text().count("data:image/png") == 2
 
 
