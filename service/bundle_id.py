@@ -8,10 +8,7 @@ import json
 
 
 def bundle_checksum(meta: dict) -> str:
-    """12 hex digits of the SHA-256 over the bundle's file checksums (dihs.json `files`, written by
-    save_bundle): any changed weight, tokenizer or config file gives a new id. A bundle that was never
-    saved has no file list and is `unsaved`."""
-    files = meta.get("files")
-    if not files:
-        return "unsaved"
-    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:12]
+    """12 hex digits of the SHA-256 of the bundle's dihs.json content, canonically encoded. It holds
+    the checksum of every other file (`files`, written by save_bundle) and the labels, ladder and
+    calibration, so any changed weight, tokenizer, config or calibration gives a new id."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
