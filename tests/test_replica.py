@@ -38,7 +38,7 @@ def test_answers_name_their_bundle_and_a_draining_replica_refuses(bundles):
     r = client.post("/v1/classify", json={"texts": ["good fun", "bad plot"]})
     assert r.status_code == 200, r.text
     assert r.headers["x-dihs-bundle"] == bundle_checksum(read_meta(bundles[0])) != bundle_checksum(read_meta(bundles[1]))
-    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200 and client.get("/readyz").status_code == 200
     assert replica.inflight == 0
 
     replica.draining = True
@@ -49,6 +49,8 @@ def test_answers_name_their_bundle_and_a_draining_replica_refuses(bundles):
         assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
         assert "shutting down" in r.text, r.text
     assert client.get("/v2/health/ready").status_code == 503
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready" and r.headers["retry-after"] == "1"
     assert client.get("/v2/health/live").status_code == 200 and client.get("/healthz").status_code == 200
     statuses = [t["status"] for name, _, t in replica.metrics.log if name == "dihs_requests"]
     assert statuses.count("rejected") == 2  # classify and infer are counted routes; explain is not
