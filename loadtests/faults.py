@@ -64,6 +64,16 @@ def outcomes(events_csv: Path) -> dict:
     return counts
 
 
+def steady_locust(url: str, prefix: Path, data: str, users: int, user_rate: float, seconds: float) -> list[str]:
+    """The Locust command of a steady load: `users` ClassifyUsers (adaptive budgets, one labelled text per
+    request) at `user_rate` requests/s each for `seconds`; one row per request in PREFIX_events.csv."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "--only-summary",
+            "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING", "--stop-timeout", "60",
+            "--budget", "adaptive", "--data", data, "--user-rate", f"{user_rate:g}", "--shape", "steady",
+            "--shape-users", str(users), "--stage-seconds", f"{seconds:g}", "--events-csv", f"{prefix}_events.csv",
+            "ClassifyUser"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", nargs="?", default="bundles/default")
@@ -84,11 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         service.wait_ready()
         prefix = out / "locust"
-        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", service.url, "--headless",
-               "--only-summary", "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING",
-               "--stop-timeout", "60", "--budget", "adaptive", "--data", a.data, "--user-rate", f"{a.user_rate:g}",
-               "--shape", "steady", "--shape-users", str(a.users), "--stage-seconds", f"{seconds:g}",
-               "--events-csv", f"{prefix}_events.csv", "ClassifyUser"]
+        cmd = steady_locust(service.url, prefix, a.data, a.users, a.user_rate, seconds)
         t0 = time.monotonic()
         state = {"next": t0 + a.every}
 

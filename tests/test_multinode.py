@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from tests.conftest import free_port, need_debian_tool
-from tests.test_prometheus_e2e import PROM_DIR, _dashboard_queries, _query, _scrape_config, _value, _wait_for
+from tests.test_prometheus_e2e import _dashboard_queries, _query, _scrape_config, _value, _wait_for
 
 pytestmark = pytest.mark.serve
 
