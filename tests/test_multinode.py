@@ -2,7 +2,8 @@
 raylets, each with its own metrics export port), `serve deploy` of deploy/serve_config.yaml rendered
 for the test (two replicas, one per node: each node offers one CPU), traffic, and a real Prometheus
 scraping both nodes: the summed dihs_* counters equal the requests and texts sent, and the
-dashboard's aggregations over the counters give the same totals.
+dashboard's aggregations over the counters give the same totals. Then the second node is killed
+under traffic (nothing hangs) and started again (both replicas serve again).
 
 The cluster lives in its own --temp-dir, so `ray.init()` elsewhere on the machine never finds it;
 teardown ends only the processes whose command line names that folder, by pid."""
@@ -104,13 +105,22 @@ def cluster(tmp_path_factory):
         _ray_start(["--head", f"--port={head['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={head['dash']}", f"--ray-client-server-port={head['client']}",
                     '--system-config={"metrics_report_interval_ms": 1000}', *node_args(head)], env)
-        _ray_start([f"--address=127.0.0.1:{head['gcs']}", *node_args(worker)], env)
-        yield {"env": env, "bundle": bundle, "http": f"http://127.0.0.1:{http_port}", "http_port": http_port,
+        join = [f"--address=127.0.0.1:{head['gcs']}", *node_args(worker)]
+        _ray_start(join, env)
+        yield {"env": env, "join": join, "worker_node_port": worker["node"], "bundle": bundle, "http": f"http://127.0.0.1:{http_port}", "http_port": http_port,
                "dashboard": f"http://127.0.0.1:{head['dash']}", "metrics_ports": [head["metrics"], worker["metrics"]],
                "tmp": tmp}
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _running_replicas(cluster) -> list[dict]:
+    try:
+        apps = requests.get(f"{cluster['dashboard']}/api/serve/applications/", timeout=10).json()["applications"]
+        return [r for r in apps["dihs"]["deployments"]["DIHSModel"]["replicas"] if r["state"] == "RUNNING"]
+    except (requests.RequestException, KeyError, json.JSONDecodeError):
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -120,19 +130,22 @@ def deployed(cluster):
     r = subprocess.run([str(BIN / "serve"), "deploy", str(config), "-a", cluster["dashboard"]], env=cluster["env"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, f"serve deploy failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    deadline, replicas = time.monotonic() + 240, []
+    replicas = _wait_running(cluster, 2, 240)
+    assert len(replicas) == 2, f"the two replicas did not start in 240 s: {replicas}"
+    return replicas
+
+
+def _wait_running(cluster, n: int, timeout_s: float) -> list[dict]:
+    deadline, replicas = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
-        try:
-            apps = requests.get(f"{cluster['dashboard']}/api/serve/applications/", timeout=10).json()["applications"]
-            replicas = apps["dihs"]["deployments"]["DIHSModel"]["replicas"]
-            if [x["state"] for x in replicas] == ["RUNNING"] * 2 and requests.get(
-                    f"{cluster['http']}/v2/health/ready", timeout=10).status_code == 200:
-                break
-        except (requests.RequestException, KeyError, json.JSONDecodeError):
-            pass
+        replicas = _running_replicas(cluster)
+        if len(replicas) == n:
+            try:
+                if requests.get(f"{cluster['http']}/v2/health/ready", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
         time.sleep(2)
-    else:
-        pytest.fail(f"the two replicas did not start in 240 s: {replicas}")
     return replicas
 
 
@@ -205,3 +218,67 @@ def test_two_nodes_one_replica_each_and_metric_totals_exact(cluster, deployed, p
     level_panels = [v for e, v in totals.items() if "budget_level_total" in e]
     assert level_panels and all(v == texts for v in level_panels), totals
     assert any(v == N_REQUESTS for e, v in totals.items() if "requests_total" in e), totals
+
+
+def _kill_node(node_manager_port: int) -> int:
+    """SIGKILL the raylet of the node with this node-manager port and every process under it."""
+    import psutil
+
+    (raylet,) = [p for p in psutil.process_iter(["name", "cmdline"])
+                 if p.info["name"] == "raylet" and f"--node_manager_port={node_manager_port}" in (p.info["cmdline"] or [])]
+    procs = [raylet, *raylet.children(recursive=True)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=15)
+    return len(procs)
+
+
+def test_second_node_killed_under_traffic_nothing_hangs_and_capacity_returns(cluster, deployed):
+    """The worker node dies (raylet and all its processes SIGKILLed) while 4 clients send requests:
+    every request is answered or fails fast, none hangs; the node rejoins and both replicas serve."""
+    import threading
+
+    outcomes, stop = [], threading.Event()
+
+    def client(k: int):
+        with requests.Session() as s:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    code = s.post(f"{cluster['http']}/v1/classify", json={"text": f"good fun {k}"}, timeout=30).status_code
+                except requests.Timeout:
+                    code = "hung"
+                except requests.RequestException:
+                    code = "connection"
+                outcomes.append((code, time.monotonic() - t))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    killed = _kill_node(cluster["worker_node_port"])
+    time.sleep(20)  # Ray notices the dead node; the replica left on the head carries the load
+    during = list(outcomes)
+    t_join = time.monotonic()
+    _ray_start(cluster["join"], cluster["env"])
+    back = _wait_running(cluster, 2, 180)
+    rejoined_s = time.monotonic() - t_join
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join()
+    after = outcomes[len(during):]
+    counts = {}
+    for code, _ in outcomes:
+        counts[code] = counts.get(code, 0) + 1
+    slowest_failure = max((dt for code, dt in outcomes if code != 200), default=0.0)
+    print(f"\nworker node killed ({killed} processes): {len(outcomes)} requests {counts}; slowest failure "
+          f"{slowest_failure:.1f} s; back to {len(back)} replicas on {len({r['node_id'] for r in back})} nodes {rejoined_s:.0f} s after the node "
+          "was started again")
+    assert "hung" not in counts, counts
+    assert counts.get(200, 0) > 0.9 * len(outcomes), counts
+    assert len(back) == 2 and len({r["node_id"] for r in back}) == 2, back
+    assert after and all(code == 200 for code, _ in after[-8:]), after[-8:]
