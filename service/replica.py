@@ -103,10 +103,10 @@ class _Accepted:
 
 
 class Replica:
-    def __init__(self, settings: Settings, metrics, hardware: dict | None = None, live: LiveConfig | None = None):
+    def __init__(self, settings: Settings, metrics, hardware: dict | None = None):
         self.settings, self.metrics = settings, metrics
         self.hardware = {} if hardware is None else hardware  # the gauge thread's latest GPU utilization
-        self.live = live or LiveConfig.of(settings)
+        self.live = LiveConfig.of(settings)  # until Serve's reconfigure gives the deployment's user_config
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered, over every Serving
         self.serving = self._build(self.live)
@@ -130,6 +130,7 @@ class Replica:
         backend = ReplicaBackend(self, engine, batcher)
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), bundle_checksum(bundle.meta))
         backend.serving = serving
+        self.metrics.build_info(serving.bundle_id)  # dihs_build_info: this version, this bundle
         return serving
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
