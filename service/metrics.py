@@ -7,11 +7,20 @@ Counters from all replicas are separate series (per worker) that `sum()` adds up
 every name with `ray_` and counters gain `_total`: `dihs_requests` is scraped as
 `ray_dihs_requests_total`. `exported_names()` lists the scraped names: the dashboards, alert
 rules and tests check themselves against it.
+
+Gauges are re-sent: a worker reports to its node's agent only the gauges set since its last report,
+and the agent drops a gauge series it has not been sent for two report intervals (Ray 2.60's
+OpenTelemetry recorder, `_gauge_metric_ttl_s`). A gauge set once per batch would leave the export a
+few seconds after the last batch, so `Metrics` keeps every gauge series' last value and sets it again
+every REFRESH_S: an idle replica is in every scrape (queue depth 0, the pressure its last batch got).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RATIO_BUCKETS = (0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
@@ -53,6 +62,8 @@ SPECS = (
     MetricSpec("dihs_cpu_utilization_ratio", "gauge", "CPU utilization of the replica's process in [0, 1] per core", ("model",)),
     MetricSpec("dihs_gpu_utilization_ratio", "gauge", "GPU utilization from NVML in [0, 1] (absent on CPU)", ("model", "gpu")),
     MetricSpec("dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")),
+    MetricSpec("dihs_build_info", "gauge", "1, labelled with the package version and the served bundle's checksum "
+               "(the X-DIHS-Bundle header's value)", ("model", "version", "bundle_checksum")),
 )
 BY_NAME = {s.name: s for s in SPECS}
 
@@ -66,13 +77,28 @@ def exported_names() -> dict[str, str]:
     return {exported_name(s): s.kind for s in SPECS}
 
 
+# Below Ray's lowest report interval (1 s): every report carries every gauge.
+REFRESH_S = 0.5
+# What a replica that has served nothing exports: no texts waiting, no pressure.
+IDLE_START = {"dihs_load_pressure": 0.0, "dihs_queue_depth": 0.0}
+
+
+def package_version() -> str:
+    try:
+        return version("dihs-serve")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 class Metrics:
     """The live metrics of one process; `record(name, value, **tags)` for every kind."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, refresh_s: float = REFRESH_S):
         from ray.util import metrics as rm
 
         self._m = {}
+        self._last: dict[tuple[str, tuple], float] = {}  # (gauge, sorted tags) -> last value, re-sent
+        self._lock = threading.Lock()
         for s in SPECS:
             if s.kind == "counter":
                 m = rm.Counter(s.name, description=s.description, tag_keys=s.tags)
@@ -82,16 +108,35 @@ class Metrics:
                 m = rm.Histogram(s.name, description=s.description, boundaries=list(s.buckets), tag_keys=s.tags)
             m.set_default_tags({"model": model})
             self._m[s.name] = m
+        for name, value in IDLE_START.items():
+            self.record(name, value)
+        threading.Thread(target=self._resend, args=(refresh_s,), name="dihs-gauges", daemon=True).start()
 
     def record(self, name: str, value: float = 1.0, **tags: str) -> None:
         spec, m = BY_NAME[name], self._m[name]
-        tags = tags or None
         if spec.kind == "counter":
-            m.inc(value, tags=tags)
+            m.inc(value, tags=tags or None)
         elif spec.kind == "gauge":
-            m.set(value, tags=tags)
+            with self._lock:
+                self._last[(name, tuple(sorted(tags.items())))] = value
+                m.set(value, tags=tags or None)
         else:
-            m.observe(value, tags=tags)
+            m.observe(value, tags=tags or None)
+
+    def build_info(self, bundle_checksum: str) -> None:
+        """dihs_build_info = 1 for this version and bundle; a bundle swapped in replaces the old series
+        (no longer re-sent, it leaves the export after the agent's gauge TTL)."""
+        with self._lock:
+            for key in [k for k in self._last if k[0] == "dihs_build_info"]:
+                del self._last[key]
+        self.record("dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum)
+
+    def _resend(self, period_s: float) -> None:
+        while True:
+            time.sleep(period_s)
+            with self._lock:
+                for (name, tags), value in self._last.items():
+                    self._m[name].set(value, tags=dict(tags) or None)
 
 
 class NullMetrics:
@@ -103,3 +148,6 @@ class NullMetrics:
     def record(self, name: str, value: float = 1.0, **tags: str) -> None:
         assert name in BY_NAME, name
         self.log.append((name, value, tags))
+
+    def build_info(self, bundle_checksum: str) -> None:
+        self.record("dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum)
