@@ -1,10 +1,11 @@
-"""The service's own exceptions and the one error response shape."""
+"""The service's own exceptions and its error answers: v1's richer shape, and the Open Inference
+Protocol's `{"error": "<message>"}` on every /v2 path."""
 
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from .protocol import ErrorResponse
+from .protocol import ErrorResponse, V2ErrorResponse
 
 
 class ApiError(Exception):
@@ -17,6 +18,18 @@ class Overloaded(Exception):
     """The model replicas' queues are full: answer 503 with Retry-After at once."""
 
 
-def error_response(code: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error={"code": code, "type": type_, "message": message})
-    return JSONResponse(body.model_dump(), status_code=code, headers=headers)
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_body(path: str, code: int, type_: str, message: str) -> tuple[int, dict]:
+    """The status and body of an error answer on `path`. OIP v2 has no 422: a request it cannot
+    serve as sent is a 400 there, as Triton and KServe answer it."""
+    if is_v2(path):
+        return (400 if code == 422 else code), V2ErrorResponse(error=message).model_dump()
+    return code, ErrorResponse(error={"code": code, "type": type_, "message": message}).model_dump()
+
+
+def error_response(code: int, message: str, type_: str, headers: dict | None = None, path: str = "") -> JSONResponse:
+    status, body = error_body(path, code, type_, message)
+    return JSONResponse(body, status_code=status, headers=headers)

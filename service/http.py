@@ -54,30 +54,32 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return counted(request, error_response(422, _validation_message(exc), "invalid_request"))
+        return counted(request, error_response(422, _validation_message(exc), "invalid_request",
+                                               path=request.url.path))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return counted(request, error_response(exc.code, exc.message, exc.type, exc.headers))
+        return counted(request, error_response(exc.code, exc.message, exc.type, exc.headers, request.url.path))
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
         return counted(request, error_response(503, "the service is at capacity: retry after the Retry-After delay",
-                                               "overloaded", {"Retry-After": "1"}))
+                                               "overloaded", {"Retry-After": "1"}, request.url.path))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         if exc.status_code == 400:  # FastAPI could not even decode the body
             return counted(request, error_response(400, "the request body is not valid UTF-8 JSON: send a JSON object",
-                                                   "invalid_request"))
-        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+                                                   "invalid_request", path=request.url.path))
+        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error",
+                              exc.headers, request.url.path)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         rid = getattr(request.state, "request_id", "-")
         log.exception("request %s failed", rid)
         return counted(request, error_response(500, f"internal error (request id {rid}); the request was not served",
-                                               "internal"))
+                                               "internal", path=request.url.path))
 
     # outermost first: the request id is on every answer, the 413 included
     # (a UTF-8 character is at most 4 bytes; JSON escaping and the rest fit in the slack)

@@ -8,6 +8,8 @@ import logging
 import time
 import uuid
 
+from .errors import error_body
+
 log = logging.getLogger("dihs.http")
 
 
@@ -53,7 +55,7 @@ class MaxBodySize:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(send, scope["path"])
         seen, exceeded = 0, False
 
         async def counted():
@@ -70,13 +72,14 @@ class MaxBodySize:
             if not exceeded:
                 return await send(message)
             if message["type"] == "http.response.start":  # replace whatever the app answered
-                await self._refuse(send)
+                await self._refuse(send, scope["path"])
 
         await self.app(scope, counted, guarded)
 
-    async def _refuse(self, send):
-        body = json.dumps({"error": {"code": 413, "type": "payload_too_large",
-                                     "message": f"request body over {self.max_bytes} bytes: send fewer or shorter texts"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send, path: str):
+        status, body = error_body(path, 413, "payload_too_large",
+                                  f"request body over {self.max_bytes} bytes: send fewer or shorter texts")
+        body = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -166,6 +166,12 @@ class ErrorResponse(Strict):
     error: ErrorBody
 
 
+class V2ErrorResponse(Strict):
+    """The Open Inference Protocol's error shape, on every /v2 path."""
+
+    error: str = Field(description="what went wrong and what to fix")
+
+
 # --- Open Inference Protocol v2 (KServe / Triton HTTP) ---
 
 class V2Tensor(BaseModel):

@@ -139,5 +139,5 @@ def test_v2_infer_through_the_batcher_has_the_oip_shape(replica):
     assert calls == [3] and body.id == "q1" and [o.name for o in body.outputs] == ["label", "level"]
     assert "parameters" not in r.json()["outputs"][0]  # None fields left out, as before
     bad = client.post("/v2/models/tiny/infer", json={**infer, "outputs": [{"name": "logits"}]})
-    assert bad.status_code == 422 and "unknown output 'logits'" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and "unknown output 'logits'" in bad.json()["error"]  # OIP's error shape
     assert calls == [3], "a request that fails validation computes nothing"
