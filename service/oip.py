@@ -61,18 +61,19 @@ async def read_v2(request: Request) -> V2InferRequest:
         head = json.loads(body[:n])
         if not isinstance(head, dict):
             raise bad("the inference header must be a JSON object")
-        _attach_binary(head.get("inputs") or [], body[n:])
+        _attach_binary(head.get("inputs"), body[n:])
         return V2InferRequest.model_validate(head)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(f"cannot parse the inference request: {pydantic_message(e)}"[:500]) from None
 
 
-def _attach_binary(inputs: list, raw: bytes) -> None:
-    """Each input with parameters.binary_data_size takes its bytes, in order, from after the header."""
+def _attach_binary(inputs, raw: bytes) -> None:
+    """Each input with parameters.binary_data_size takes its bytes, in order, from after the header.
+    (A header that is no list of objects is left for the request model to refuse.)"""
     offset = 0
-    for inp in inputs:
+    for inp in inputs if isinstance(inputs, list) else []:
         params = inp.get("parameters") if isinstance(inp, dict) else None
-        size = (params or {}).pop("binary_data_size", None)
+        size = params.pop("binary_data_size", None) if isinstance(params, dict) else None
         if size is None:
             continue
         name = inp.get("name")
@@ -114,7 +115,7 @@ def v2_texts(req: V2InferRequest) -> list[str]:
         raise bad(f"input 'text' parameter {sorted(t.parameters)[0]!r} is not supported; inputs take only "
                   "binary_data_size (the binary tensor extension)")
     data = t.data
-    while data and isinstance(data[0], list):  # [[...]] for shape [n, 1]
+    while data and all(isinstance(row, list) for row in data):  # [[...]] for shape [n, 1]
         data = [x for row in data for x in row]
     if not all(isinstance(x, str) for x in data):
         raise bad("input 'text' data must be strings")
@@ -148,12 +149,14 @@ def _outputs(outputs: list[dict] | None, binary: bool) -> list[Wanted]:
     wanted, seen = [], set()
     for o in outputs:
         name = o.get("name")
-        if name not in OUTPUTS:
+        if not isinstance(name, str) or name not in OUTPUTS:
             raise bad(f"unknown output {name!r}; outputs are {', '.join(OUTPUTS)}")
         if name in seen:
             raise bad(f"output {name!r} is asked for twice")
         seen.add(name)
-        params = dict(o.get("parameters") or {})
+        params = o.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise bad(f"output {name!r}: parameters must be an object")
         unknown = sorted(set(params) - set(OUTPUT_PARAMETERS))
         if unknown:
             raise bad(f"output {name!r}: unknown parameter {unknown[0]!r}; output parameters are "

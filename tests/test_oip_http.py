@@ -79,6 +79,9 @@ def _spec_error(r, status: int, fragment: str) -> str:
     ({"inputs": [{"name": "ids", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "named 'text'"),
     ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}, "data"),
     ({"outputs": []}, "inputs"),
+    (_infer(outputs=[{"name": ["label"]}]), "unknown output ['label']"),
+    (_infer(outputs=[{"name": "label", "parameters": [1]}]), "parameters must be an object"),
+    ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [["a"], 5]}]}, "must be strings"),
 ])
 def test_bad_requests_are_400s_in_the_spec_shape(client, body, fragment):
     _spec_error(client.post("/v2/models/tiny/infer", json=body), 400, fragment)
@@ -200,6 +203,8 @@ def test_binary_inputs_and_their_refusals(client):
         (_binary_request(b"\x09\x00\x00\x00abc"), "runs past"),
         (_binary_request(b"\x01\x00"), "ends inside"),
         (_binary_request(b"\x02\x00\x00\x00\xff\xfe"), "cannot parse"),
+        ((b'{"inputs": 5}', "13"), "inputs"),
+        ((b'{"inputs": [{"name": "text", "parameters": [1]}]}', "49"), "inputs.0.shape: Field required"),
     ]
     for (content, header_len), fragment in refusals:
         r = client.post("/v2/models/tiny/infer", content=content,
