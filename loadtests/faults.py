@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .sweep import LOCUSTFILE, Service, _session_pids, run_locust
 from .shapes import make_plan
+from .stats import percentile
 
 REPLICA_TITLE = "ServeReplica:dihs:DIHSModel"
 HUNG_MS = 59_000  # Locust users' network_timeout is 60 s
@@ -46,13 +47,14 @@ def replica_pids(session: int) -> list[int]:
 
 
 def outcomes(events_csv: Path) -> dict:
-    counts = {"sent": 0, "answered": 0, "refused": 0, "failed": 0, "hung": 0}
+    counts, answered_ms = {"sent": 0, "answered": 0, "refused": 0, "failed": 0, "hung": 0}, []
     with events_csv.open() as fh:
         for row in csv.DictReader(fh):
             status, latency = int(row["status"] or 0), float(row["latency_ms"] or 0)
             counts["sent"] += 1
             if 200 <= status < 300:
                 counts["answered"] += 1
+                answered_ms.append(latency)
             elif status == 503:
                 counts["refused"] += 1
             elif status == 0 or latency >= HUNG_MS:
@@ -61,6 +63,8 @@ def outcomes(events_csv: Path) -> dict:
                 counts["failed"] += 1
                 counts.setdefault("failed_by_status", {}).setdefault(str(status), 0)
                 counts["failed_by_status"][str(status)] += 1
+    counts["answered_ms"] = {f"p{q}": round(percentile(answered_ms, q), 1) for q in (50, 99)}
+    counts["answered_ms"]["max"] = max(answered_ms, default=None)
     return counts
 
 
