@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .common import (
@@ -14,8 +15,10 @@ from .common import (
     UsageError,
     _add_data_args,
     _add_device_arg,
+    _add_dtype_arg,
     _add_run_args,
     _device,
+    _dtype,
     _threads,
     _writable,
 )
@@ -74,6 +77,7 @@ def cmd_eval(a) -> None:
     from dihs_model.cascade import has_current_plans
     from dihs_model.data import load_eval
     from dihs_model.evaluate import POLICIES, evaluate, plot_eval, write_json
+    from dihs_model.precision import with_dtype
 
     json_out, plot_out = Path(a.json), a.plot and Path(a.plot)
     _writable(json_out, "JSON")
@@ -82,8 +86,11 @@ def cmd_eval(a) -> None:
     if unknown:
         raise UsageError(f"unknown policy {min(unknown)!r}; choose from {', '.join(POLICIES)}")
     device = _device(a.device)
+    dtype = _dtype(a.dtype, device)
     _threads(a.threads)
     bundle = load_bundle(a.bundle, device=device, with_kwon="kwon" in a.policies)
+    bundle = replace(bundle, model=with_dtype(bundle.model, dtype),
+                     kwon_model=bundle.kwon_model and with_dtype(bundle.kwon_model, dtype))
     if not bundle.meta.get("importance") and set(a.policies) - {"dense"}:
         raise UsageError(f"{a.bundle} has no head and neuron importance: run `dihs calibrate {a.bundle}` first")
     if "kwon" in a.policies and bundle.kwon_model is None:
@@ -142,16 +149,14 @@ def cmd_bench(a) -> None:
     from dihs_model.bundle import load_bundle
     from dihs_model.decision_cost import decision_cost
     from dihs_model.evaluate import write_json
+    from dihs_model.precision import with_dtype
 
     json_out, plot_out = Path(a.json), a.plot and Path(a.plot)
     _writable(json_out, "JSON")
     _writable(plot_out, "the plot")
     device = _device(a.device)
-    if a.dtype == "bf16" and device.type != "cuda":
-        raise UsageError("--dtype bf16 is for GPU benchmarks: add --device cuda")
+    dtype = _dtype(a.dtype, device)
     bundle = load_bundle(a.bundle, device=device)
-    if a.dtype == "bf16":
-        bundle.model.bfloat16()
     if not bundle.meta.get("levels"):
         raise UsageError(f"{a.bundle} has no width ladder: run `dihs calibrate {a.bundle}` first")
     texts = None
@@ -162,20 +167,22 @@ def cmd_bench(a) -> None:
         if a.replay_max and a.replay_max < len(texts):
             texts = texts[:: -(-len(texts) // a.replay_max)]
     shapes = ((1, 32), (1, 128)) if a.quick else SHAPES
+    dtypes = ("float32",) if dtype == "float32" else ("float32", dtype)  # float32 rows beside, in one run
     result = bench(bundle, shapes=shapes, warmup=a.warmup, repeats=a.repeats, threads=a.threads,
-                   progress=not a.quiet)
+                   progress=not a.quiet, dtypes=dtypes)
     if device.type == "cpu":  # the decision is CPU work beside a CPU forward
         result["decision_cost"] = decision_cost(bundle, warmup=a.warmup, repeats=a.repeats, threads=a.threads)
     if texts is not None:
         try:
-            result["replay"] = replay(bundle, texts, a.replay_target, threads=a.threads, progress=not a.quiet)
+            result["replay"] = replay(replace(bundle, model=with_dtype(bundle.model, dtype)), texts, a.replay_target,
+                                      threads=a.threads, progress=not a.quiet)
         except ValueError as e:
             raise UsageError(str(e)) from None
     write_json(result, json_out)
     if plot_out:
         plot_bench(result, plot_out)
     for r in result["rows"]:
-        print(f"{r['mode']:>11} {r['level']:>5} flops {r['flops_ratio']:.3f} batch {r['batch']} seq {r['seq_len']:>3}: "
+        print(f"{r['dtype']:>8} {r['mode']:>11} {r['level']:>5} flops {r['flops_ratio']:.3f} batch {r['batch']} seq {r['seq_len']:>3}: "
               f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f}, "
               f"{r['of_ideal']:.0%} of it)")
     for r in result.get("decision_cost", {}).get("rows", []):
@@ -236,6 +243,7 @@ def _eval_args(p) -> None:
     p.add_argument("--plot", help="where to write the accuracy-vs-FLOPs PNG")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
     _add_device_arg(p)
+    _add_dtype_arg(p, "every policy's forward passes")
     _add_run_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -260,7 +268,7 @@ def _bench_args(p) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     _add_device_arg(p)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: with --device cuda only")
+    _add_dtype_arg(p, "the rows timed beside float32's (and of the replay)")
     _add_run_args(p, threads=1)
     p.set_defaults(func=cmd_bench)
 

@@ -23,6 +23,26 @@ def _add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu")
 
 
+DTYPES = ("float32", "bfloat16", "int8")  # dihs_model.precision.DTYPES, without importing torch for --help
+
+
+def _add_dtype_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help=f"number format of {what}: float32, bfloat16 (fast with AMX/AVX512-BF16 or on a GPU) or "
+                        "int8 (CPU: each width level's weights quantized per output channel at load)")
+
+
+def _dtype(name: str, device):
+    """The dtype for --dtype, checked against the device before any slow work starts."""
+    from dihs_model.precision import DtypeError, check_dtype
+
+    try:
+        check_dtype(name, device)
+    except DtypeError as e:
+        raise UsageError(str(e)) from None
+    return name
+
+
 def _add_run_args(p: argparse.ArgumentParser, threads: int | None = None, quiet: bool = True) -> None:
     """--threads (torch threads; default all cores) and --quiet, for the commands that use them."""
     p.add_argument("--threads", type=int, default=threads,

@@ -4,7 +4,8 @@ a time, the cascade against the full model, gate and second passes included.
 
 Variants are interleaved (A B C ... A B C ...) after a warm-up, so drift on a noisy machine hits
 all of them alike; `dense` is timed twice (`dense` and `dense-again`) to show the noise floor.
-The model is timed on its own device and dtype; on a GPU each call is bracketed by
+With several dtypes (float32 and int8, say) every variant runs in each, interleaved in one run, and
+speedups are against the first dtype's dense. On a GPU each call is bracketed by
 torch.cuda.synchronize(), so the time is the kernels' and not only their launch.
 """
 
@@ -20,14 +21,15 @@ from .budget import Budget
 from .bundle import Bundle
 from .cascade import ARRIVAL_SEED, EscalationTracker, cascade_flops, plan_from_meta
 from .passes import margin
+from .precision import level_weight_bytes, with_dtype
 
 SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))  # (batch, seq_len)
 
 
-def _variants(bundle: Bundle):
+def _variants(bundle: Bundle, model):
     """(mode, budget, forward kwargs): dense twice, then every ladder level sliced and masked."""
-    shape = bundle.model.shape
-    weight = next(bundle.model.parameters())
+    shape = model.shape
+    weight = next(model.parameters())
     full = Budget.full(shape)
     yield "dense", full, {}
     yield "dense-again", full, {}
@@ -47,13 +49,14 @@ def _sync(device):
 
 @torch.inference_mode()
 def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, threads: int = 1,
-          progress: bool = True) -> dict:
+          progress: bool = True, dtypes: tuple[str, ...] = ("float32",)) -> dict:
+    """Every variant in every dtype, interleaved; speedups are against the first dtype's dense."""
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    model, shape = bundle.model.eval(), bundle.model.shape
-    device, dtype = bundle.device, next(model.parameters()).dtype
+    shape, device = bundle.model.shape, bundle.device
+    models = {d: with_dtype(bundle.model.eval(), d) for d in dtypes}
     sync = _sync(device)
-    vocab = model.encoder.get_input_embeddings().num_embeddings
+    vocab = bundle.model.encoder.get_input_embeddings().num_embeddings
     rows = []
     # a model never sees more than the bundle's max_length tokens: time what it would really run
     shapes = list(dict.fromkeys((b, min(t, bundle.max_length)) for b, t in shapes))
@@ -62,10 +65,10 @@ def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, th
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g).to(device)  # skip specials
             mask = torch.ones_like(ids)
-            variants = list(_variants(bundle))
+            variants = [(d, m, *v) for d, m in models.items() for v in _variants(bundle, m)]
             times = {i: [] for i in range(len(variants))}
             for rep in range(warmup + repeats):
-                for i, (_, _, kw) in enumerate(variants):
+                for i, (_, model, _, _, kw) in enumerate(variants):
                     sync()
                     t0 = time.perf_counter()
                     model(ids, mask, **kw)
@@ -73,25 +76,44 @@ def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, th
                     if rep >= warmup:
                         times[i].append((time.perf_counter() - t0) * 1e3)
             dense_ms = statistics.median(times[0])
-            for i, (mode, budget, _) in enumerate(variants):
+            own_dense = {d: statistics.median(times[i]) for i, (d, _, mode, _, _) in enumerate(variants)
+                         if mode == "dense"}
+            for i, (dtype, model, mode, budget, _) in enumerate(variants):
                 med = statistics.median(times[i])
                 q = statistics.quantiles(times[i], n=10)
                 ratio = budget.flops_ratio(shape, [seq])
                 rows.append({
-                    "mode": mode, "level": budget.name, "flops_ratio": round(ratio, 4),
+                    "dtype": dtype, "mode": mode, "level": budget.name,
+                    "weight_bytes": level_weight_bytes(model, budget), "flops_ratio": round(ratio, 4),
                     "heads_ratio": round(budget.heads_ratio(shape), 4),
                     "neurons_ratio": round(budget.neurons_ratio(shape), 4), "batch": batch, "seq_len": seq,
                     "median_ms": round(med, 3), "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
                     # masked runs everything: its work is dense whatever the mask says
                     "ideal_speedup": round(1.0 if mode == "masked" else 1.0 / ratio, 4),
                     "speedup": round(dense_ms / med, 4),
+                    "speedup_in_dtype": round(own_dense[dtype] / med, 4),  # against this dtype's own dense
                     "of_ideal": round(dense_ms / med * (1.0 if mode == "masked" else ratio), 4),
                 })
     finally:
         torch.set_num_threads(prev_threads)
     gpu = {"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
-    return {"threads": threads, "warmup": warmup, "repeats": repeats, "dtype": str(dtype).removeprefix("torch."),
-            "device": str(device), **gpu, "torch": torch.__version__, "rows": rows}
+    return {"threads": threads, "warmup": warmup, "repeats": repeats, "dtypes": list(dtypes), "baseline": dtypes[0],
+            "device": str(device), **gpu, "torch": torch.__version__, "rows": rows, "stacking": stacking(rows)}
+
+
+def stacking(rows: list[dict]) -> list[dict]:
+    """Whether a dtype and width multiply: each sliced level in another dtype against the product of
+    that dtype's dense speedup and the level's baseline speedup (1.0 = they multiply exactly)."""
+    by = {(r["dtype"], r["mode"], r["level"], r["batch"], r["seq_len"]): r for r in rows}
+    base = rows[0]["dtype"] if rows else None
+    out = []
+    for (d, mode, level, b, t), r in by.items():
+        if d == base or mode != "sliced":
+            continue
+        product = by[(d, "dense", rows[0]["level"], b, t)]["speedup"] * by[(base, "sliced", level, b, t)]["speedup"]
+        out.append({"dtype": d, "level": level, "batch": b, "seq_len": t, "speedup": r["speedup"],
+                    "product": round(product, 4), "of_product": round(r["speedup"] / product, 4)})
+    return out
 
 
 @torch.inference_mode()
@@ -178,15 +200,21 @@ def plot_bench(result: dict, out) -> None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(3.6 * len(shapes), 3.6), sharey=True, squeeze=False)
     for ax, (b, t) in zip(axes[0], shapes):
         rows = [r for r in result["rows"] if (r["batch"], r["seq_len"]) == (b, t)]
-        for mode, style in (("sliced", "o-"), ("masked", "s--")):
-            rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["flops_ratio"])
-            ax.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=mode)
-        rs = sorted((r for r in rows if r["mode"] == "sliced"), key=lambda r: r["flops_ratio"])
+        base = rows[0].get("dtype", "float32")
+        for dtype in dict.fromkeys(r.get("dtype", base) for r in rows):
+            for mode, style in (("sliced", "o-"), ("masked", "s--")):
+                rs = sorted((r for r in rows if r["mode"] in (mode, "dense") and r.get("dtype", base) == dtype
+                             and (mode == "sliced" or r["mode"] == mode)), key=lambda r: r["flops_ratio"])
+                if mode == "masked" and dtype != base:
+                    continue  # masked is the noise reference: the baseline dtype's is enough
+                ax.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=f"{mode} {dtype}")
+        rs = sorted((r for r in rows if r["mode"] == "sliced" and r.get("dtype", base) == base),
+                    key=lambda r: r["flops_ratio"])
         ax.plot([r["flops_ratio"] for r in rs], [r["ideal_speedup"] for r in rs], ":", color="gray", label="FLOP ideal")
         ax.set(title=f"batch {b}, seq {t}", xlabel="FLOPs ratio")
         ax.grid(alpha=0.3)
     where = result.get("device_name") or f"{result['threads']} thread(s), CPU"
-    axes[0][0].set_ylabel(f"speedup vs dense ({result.get('dtype', 'float32')}, {where})")
+    axes[0][0].set_ylabel(f"speedup vs dense {result.get('baseline', 'float32')} ({where})")
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)

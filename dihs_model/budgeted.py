@@ -36,6 +36,13 @@ class BudgetedClassifier(nn.Module):
         self.shape = self.parts.shape
         self.dropout = nn.Dropout(self.shape.hidden_dropout)
         self.classifier = nn.Linear(self.shape.hidden, n_labels)
+        self.kernels = None  # int8 kernels for the encoder's Linear slices (precision.with_dtype), else float
+
+    def _linear(self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """One encoder projection; key = (layer, projection, width) names the slice for packed kernels."""
+        if self.kernels is None:
+            return F.linear(x, weight, bias)
+        return self.kernels(key, x, weight, bias)
 
     def forward(
         self,
@@ -75,11 +82,11 @@ class BudgetedClassifier(nn.Module):
             k, n = (H, Fn) if budget is None else (budget.heads[l], budget.neurons[l])
             hm = None if head_mask is None else head_mask[..., l, :]
             nm = None if neuron_mask is None else neuron_mask[..., l, :]
-            x = self._attention(layer, x, k, attn_mask, hm, attentions)
-            x = self._ffn(layer, x, n, nm)
+            x = self._attention(l, layer, x, k, attn_mask, hm, attentions)
+            x = self._ffn(l, layer, x, n, nm)
         return x
 
-    def _attention(self, p: LayerParts, x: torch.Tensor, k: int, attn_mask: torch.Tensor | None,
+    def _attention(self, l: int, p: LayerParts, x: torch.Tensor, k: int, attn_mask: torch.Tensor | None,
                    head_mask: torch.Tensor | None, attentions: list | None) -> torch.Tensor:
         B, T, C = x.shape
         d = self.shape.head_dim
@@ -89,8 +96,8 @@ class BudgetedClassifier(nn.Module):
                 attentions.append(x.new_zeros(B, 0, T, T))
         else:
             q, kk, v = (
-                F.linear(x, *qkv_rows(lin.weight, lin.bias, k, d)).view(B, T, k, d).transpose(1, 2)
-                for lin in (p.query, p.key, p.value)
+                self._linear((l, name, k), x, *qkv_rows(lin.weight, lin.bias, k, d)).view(B, T, k, d).transpose(1, 2)
+                for name, lin in (("q", p.query), ("k", p.key), ("v", p.value))
             )  # each [B, k, T, d]
             drop = self.shape.attn_dropout if self.training else 0.0
             if attentions is None:
@@ -105,18 +112,19 @@ class BudgetedClassifier(nn.Module):
             if head_mask is not None:  # [H] or [B, H]
                 ctx = ctx * head_mask.view(-1 if head_mask.dim() == 2 else 1, k, 1, 1)
             ctx = ctx.transpose(1, 2).reshape(B, T, k * d)
-            attn = F.linear(ctx, output_cols(p.output.weight, k, d), p.output.bias)
+            attn = self._linear((l, "o", k), ctx, output_cols(p.output.weight, k, d), p.output.bias)
         return p.attn_norm(self.dropout(attn) + x)
 
-    def _ffn(self, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None) -> torch.Tensor:
-        if n == self.shape.ffn:  # the modules themselves: the full model's exact path
-            a = p.act(p.ffn_in(x))
+    def _ffn(self, l: int, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None) -> torch.Tensor:
+        if n == self.shape.ffn:  # the whole weights (F.linear is what nn.Linear runs): the full model's exact path
+            a = p.act(self._linear((l, "ffn_in", n), x, p.ffn_in.weight, p.ffn_in.bias))
             if neuron_mask is not None:  # [F] or [B, F]
                 a = a * (neuron_mask if neuron_mask.dim() == 1 else neuron_mask[:, None, :])
-            h = p.ffn_out(a)
+            h = self._linear((l, "ffn_out", n), a, p.ffn_out.weight, p.ffn_out.bias)
         elif n == 0:  # every neuron removed: the block adds only the second linear's bias
             h = p.ffn_out.bias.expand_as(x)
         else:
             w_in, b_in, w_out = ffn_slices(p.ffn_in, p.ffn_out, n)
-            h = F.linear(p.act(F.linear(x, w_in, b_in)), w_out, p.ffn_out.bias)
+            h = self._linear((l, "ffn_out", n), p.act(self._linear((l, "ffn_in", n), x, w_in, b_in)), w_out,
+                             p.ffn_out.bias)
         return p.ffn_norm(self.dropout(h) + x)

@@ -27,6 +27,7 @@ from .cascade import plan_from_meta, run_cascade
 from .data import Examples
 from .paired import compare
 from .passes import Passes, run_pass
+from .precision import dtype_name
 from .surgery import allocate_heads, per_layer_normalized
 
 TARGET_RATIOS = (1.0, 0.75, 0.5, 0.4, 0.3, 0.25)  # FLOPs
@@ -122,7 +123,7 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
                                        zero_division=0)),
         })
     _add_comparisons(rows, correct)
-    return {"task": task, "n": len(ex), "rows": rows}
+    return {"task": task, "n": len(ex), "dtype": dtype_name(bundle.model), "rows": rows}
 
 
 def _add_comparisons(rows: list[dict], correct: dict) -> None:

@@ -46,6 +46,7 @@ from .budget import Budget
 from .bundle import Bundle
 from .complexity import ComplexityScorer
 from .device import model_device
+from .precision import differentiable
 
 PER_INPUT_METHOD = ("|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
                     "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)")
@@ -58,7 +59,9 @@ GLOBAL_METHODS = {
 
 
 def input_gradients(model, ids: torch.Tensor, mask: torch.Tensor, label: int) -> torch.Tensor:
-    """dL/dm for one input on the full model: [L, H], L = cross-entropy against `label`."""
+    """dL/dm for one input on the full model: [L, H], L = cross-entropy against `label` (an int8 model:
+    on the float weights its levels were quantized from)."""
+    model = differentiable(model)
     L, H = model.shape.n_layers, model.shape.n_heads
     with torch.enable_grad():
         m = torch.ones(1, L, H, device=ids.device, requires_grad=True)

@@ -19,6 +19,7 @@ from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
 from dihs_model.cascade import EscalationTracker, cascade_batch, served_plans
 from dihs_model.device import pick_device
+from dihs_model.precision import check_dtype, prepare, with_dtype
 from dihs_model.levels import LadderPolicy
 from dihs_model.passes import forward_grouped, margin
 from dihs_model.policy import PolicyConfig
@@ -58,15 +59,15 @@ class Engine:
     ladder level within their cap, dense texts the full model."""
 
     def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
-                 policy: PolicyConfig | None = None, max_batch_size: int = 16,
+                 dtype: str = "auto", policy: PolicyConfig | None = None, max_batch_size: int = 16,
                  controller: ControllerConfig = ControllerConfig(), clock=time.monotonic):
         if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
             raise ValueError("the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first")
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
-        self.model = bundle.model.eval()
-        if self.device.type == "cuda":  # half precision on GPU: same slices, bf16 matmuls
-            self.model = self.model.to(self.device, dtype=torch.bfloat16)
+        self.dtype = ("bfloat16" if self.device.type == "cuda" else "float32") if dtype == "auto" else dtype
+        check_dtype(self.dtype, self.device)
+        self.model = with_dtype(bundle.model.eval().to(self.device), self.dtype)  # same slices in any dtype
         self.shape = self.model.shape
         self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
@@ -75,6 +76,8 @@ class Engine:
         self.plans = served_plans(bundle.meta)
         self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
+        prepare(self.model, [self.budget_of(i) for i in range(len(self.levels))]
+                + [b for p in self.plans if p is not None for b in (p.first, p.second)])  # int8: pack every slice now
         self.plan_costs = self._measure(max_batch_size)
         self.controller = PlanController(self.plan_costs, controller, clock)
 

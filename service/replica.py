@@ -123,7 +123,7 @@ class Replica:
         s, batch, path = self.settings, self._value(live, "max_batch_size"), str(self._value(live, "bundle"))
         load = LoadTracker(self._load_config(live), gpu_utilization=lambda: self.hardware.get("gpu"))
         bundle = load_bundle(path)
-        engine = Engine(bundle, s.model_name, load, self.metrics, s.device, policy=_policy(live),
+        engine = Engine(bundle, s.model_name, load, self.metrics, s.device, s.dtype, policy=_policy(live),
                         max_batch_size=batch, controller=_controller_config(live))
         engine.probe()
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity)

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each model replica (Ray schedules "
                                 "replicas by it; keep it = torch_threads so replicas do not share cores)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU if there is one), cpu "
-                        "or cuda[:N]; CUDA runs bf16")
+                        "or cuda[:N]")
+    dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|int8)$", description="number format of the model: "
+                       "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, or int8 (CPU: every width "
+                       "level's weights quantized per output channel at start-up)")
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM or a replica's shutdown: how long accepted "
                                    "requests may take to finish while new ones get 503 with Retry-After")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")

@@ -1,6 +1,6 @@
 """What is served is what is evaluated: /v1/classify's auto texts, at a plan, answer as `dihs eval`'s
 dihs row does for the same inputs in the same arrival order (same plan, same gate, same passes), and
-pay what the row counts."""
+pay what the row counts; in float32 and in int8 (the same int8 slices in both)."""
 
 import pytest
 import torch
@@ -20,10 +20,10 @@ TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot", 
          "the movie was good", "the plot was awful", "great actor", "awful end"] * 8
 
 
-@pytest.fixture
-def engine(tmp_path):
+@pytest.fixture(params=["float32", "int8"])
+def engine(tmp_path, request):
     return Engine(tiny_calibrated_bundle(tmp_path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)),
-                  NullMetrics())
+                  NullMetrics(), dtype=request.param)
 
 
 def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):

@@ -1,0 +1,78 @@
+"""Number formats: int8 width levels (packed once per slice, budgets on top) and bfloat16 copies."""
+
+import pytest
+import torch
+
+from dihs_model.budget import Budget, allocate
+from dihs_model.precision import DtypeError, check_dtype, dtype_name, level_weight_bytes, prepare, with_dtype
+from tests.conftest import random_batch, tiny_classifier
+
+
+def _budgets(model):
+    return [None] + [allocate(model.shape, r, [16], method="uniform") for r in (0.75, 0.5, 0.25)]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_int8_levels_follow_float32_at_every_budget(family):
+    model = tiny_classifier(family, seed=1).eval()
+    q = with_dtype(model, "int8")
+    ids, mask = random_batch(B=6, T=16, seed=2)
+    with torch.inference_mode():
+        for b in _budgets(model):
+            ref = model(ids, mask, budget=b).logits
+            got = q(ids, mask, budget=b).logits
+            # dynamic int8 (8-bit weights per output channel, 8-bit activations per batch): close, not equal
+            err = (got - ref).abs().max() / ref.abs().max()
+            assert 0 < err < 0.1, (family, None if b is None else b.name, float(err))
+
+
+def test_int8_is_a_view_that_leaves_the_float_model_alone():
+    model = tiny_classifier(seed=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = with_dtype(model, "int8")
+    ids, mask = random_batch(seed=4)
+    with torch.inference_mode():
+        ref = model(ids, mask).logits
+        q(ids, mask)
+        assert torch.equal(model(ids, mask).logits, ref)  # still exact float32
+    assert model.kernels is None and dtype_name(model) == "float32" and dtype_name(q) == "int8"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert q.encoder is model.encoder  # the float weights are shared, not copied
+
+
+def test_prepare_packs_each_slice_once_and_levels_cost_a_quarter_of_float32():
+    model = tiny_classifier(seed=5).eval()
+    q = with_dtype(model, "int8")
+    budgets = _budgets(model)
+    prepare(q, budgets)
+    packed = q.kernels.weight_bytes()
+    prepare(q, budgets)  # nothing new to pack
+    assert q.kernels.weight_bytes() == packed > 0
+    L = model.shape.n_layers
+    assert len(q.kernels._packed) <= L * 6 * len(budgets)
+    for b in budgets:
+        f32, i8 = level_weight_bytes(model, b), level_weight_bytes(q, b)
+        assert 0 < i8 < 0.5 * f32  # int8 weights plus a float scale and bias per output channel
+    sizes = [level_weight_bytes(q, b) for b in budgets]
+    assert sizes == sorted(sizes, reverse=True)  # smaller budgets, smaller levels
+
+
+def test_bfloat16_is_a_copy_and_answers_in_float32_logits():
+    model = tiny_classifier(seed=6).eval()
+    bf = with_dtype(model, "bfloat16")
+    assert next(model.parameters()).dtype == torch.float32 and next(bf.parameters()).dtype == torch.bfloat16
+    ids, mask = random_batch(seed=7)
+    b = Budget.full(model.shape)
+    with torch.inference_mode():
+        ref, got = model(ids, mask, budget=b).logits, bf(ids, mask, budget=b).logits.float()
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+
+
+def test_dtype_errors_name_the_fix():
+    with pytest.raises(DtypeError, match="choose float32, bfloat16, int8"):
+        check_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(DtypeError, match="int8 runs on the CPU"):
+        check_dtype("int8", torch.device("cuda", 0))
+    check_dtype("int8", torch.device("cpu"))
+    with pytest.raises(DtypeError):
+        with_dtype(tiny_classifier(), "int4")
