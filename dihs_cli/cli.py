@@ -195,6 +195,25 @@ def cmd_bench(a) -> None:
               f"{r['time_ratio']:.3f}x dense's time (FLOPs ratio {r['flops_ratio']:.3f}, {r['escalated']:.1%} escalated)")
 
 
+def cmd_export(a) -> None:
+    import importlib.util
+
+    from dihs_model.bundle import load_bundle
+    from dihs_model.export import ExportError, export_level
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"exporting needs {' and '.join(missing)}: pip install 'dihs-serve[export]'")
+    bundle = load_bundle(a.bundle)
+    try:
+        info = export_level(bundle, a.level, Path(a.out), a.format, a.dtype, a.force)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    lv = info["level"]
+    print(f"wrote {a.out}: level {lv['name']} ({lv['flops_ratio']:.2f} FLOPs, heads {lv['heads']}, neurons "
+          f"{lv['neurons']}) as {info['dtype']} {info['format']}, {info['bytes'] / 2**20:.1f} MiB")
+
+
 def _train_args(p) -> None:
     from dihs_model.importance import NEURON_SCORERS
     from dihs_model.robust import ROBUST_GAP, ROBUST_MAX_EPOCHS, TRAINED_RATIOS
@@ -273,6 +292,19 @@ def _bench_args(p) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _export_args(p) -> None:
+    p.add_argument("bundle")
+    p.add_argument("--level", required=True, help="a ladder level's name (f75, f50, ...: see dihs.json's levels)")
+    p.add_argument("--out", required=True, help="folder to write (model.onnx, the tokenizer, dihs-level.json)")
+    p.add_argument("--format", choices=("onnx",), default="onnx",
+                   help="onnx (ONNX Runtime runs it). No plain-transformers safetensors: transformers 5 cannot "
+                        "describe a layer with fewer heads of the same head size (docs/cli.md)")
+    p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="int8: the graph quantized by ONNX Runtime (weights per output channel)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_export)
+
+
 # name -> (help, the function that adds its arguments); a command's arguments are only built when
 # it is the one asked for, so `dihs --help` imports no torch (the argument builders may).
 COMMANDS = {
@@ -283,6 +315,8 @@ COMMANDS = {
     "pool": ("add up `dihs eval` comparisons (dihs vs dense and static) over different test sets", _pool_args),
     "bench": ("latency of every width level vs its FLOP ideal, sliced vs masked (CPU, or GPU with --device cuda); "
               "--replay: the cascade vs dense, one text at a time", _bench_args),
+    "export": ("write one width level as a standalone ONNX model (float32 or int8) that ONNX Runtime runs "
+               "without this project", _export_args),
     **SERVICE_COMMANDS,
 }
 

@@ -15,10 +15,12 @@ nothing half-written. Only safetensors is ever read.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,24 +125,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
-    """Write atomically: build in a temporary sibling folder, then rename it into place.
+def bundle_checksum(meta: dict) -> str:
+    """12 hex digits of the SHA-256 of the bundle's dihs.json content, canonically encoded. It holds
+    the checksum of every other file (`files`, written by save_bundle) and the labels, ladder and
+    calibration, so any changed weight, tokenizer, config or calibration gives a new id."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
-    The weights are written as CPU copies; the live model stays on its device."""
+
+@contextmanager
+def atomic_folder(out: Path, force: bool = False):
+    """A temporary sibling folder to write into, renamed to `out` only if the block finishes: a
+    failure leaves `out` as it was (missing, or the old one) and nothing half-written."""
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for model, name in ((bundle.model, WEIGHTS_FILE), (bundle.kwon_model, KWON_FILE)):
-            if model is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / name)
-        bundle.model.encoder.config.save_pretrained(tmp)
-        bundle.tokenizer.save_pretrained(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        meta = {**bundle.meta, "files": files}
-        (tmp / META_FILE).write_text(dumps(meta, str(out / META_FILE)), encoding="utf-8")
+        yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -152,6 +154,20 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
+    """Write atomically (atomic_folder). The weights are written as CPU copies; the live model stays on its device."""
+    out = Path(out)
+    with atomic_folder(out, force) as tmp:
+        for model, name in ((bundle.model, WEIGHTS_FILE), (bundle.kwon_model, KWON_FILE)):
+            if model is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / name)
+        bundle.model.encoder.config.save_pretrained(tmp)
+        bundle.tokenizer.save_pretrained(tmp)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {**bundle.meta, "files": files}
+        (tmp / META_FILE).write_text(dumps(meta, str(out / META_FILE)), encoding="utf-8")
     bundle.meta = meta
     return out
 

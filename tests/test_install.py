@@ -100,7 +100,7 @@ def _dists(modules: set[str]) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("folder,allowed", [
-    ("dihs_model", set(BASE) | set(EXTRAS["demo"])),
+    ("dihs_model", set(BASE) | set(EXTRAS["demo"]) | set(EXTRAS["export"])),
     ("service", set(BASE)),
     ("dihs_cli", set(BASE) | set(EXTRAS["demo"])),
     ("loadtests", set(BASE) | set(EXTRAS["loadtest"])),
