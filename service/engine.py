@@ -39,6 +39,7 @@ class ModelInfo:
     ladder: list[float]
     total_heads: int
     max_length: int
+    dtype: str = "float32"  # the number format the model runs in (precision.DTYPES)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class Engine:
 
     def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""
-        return ModelInfo(model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length)
+        return ModelInfo(model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length,
+                         self.dtype)
 
     def tokenize(self, items: list[Item]):
         """The whole batch through the tokenizer at once (right-padded to its longest text)."""

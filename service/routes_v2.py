@@ -59,7 +59,7 @@ def v2_router(api: Api) -> APIRouter:
         in order), the budget ladder (FLOPs ratios of the width levels), the request limits."""
         known(name, version)
         s = api.settings
-        return {"name": info.name, "labels": info.labels, "ladder_flops_ratios": info.ladder,
+        return {"name": info.name, "labels": info.labels, "ladder_flops_ratios": info.ladder, "dtype": info.dtype,
                 "max_texts": s.max_texts, "max_chars": s.max_chars, "max_tokens": info.max_length,
                 "parameters": list(REQUEST_PARAMETERS), "output_parameters": list(OUTPUT_PARAMETERS),
                 "outputs": list(OUTPUTS)}

@@ -223,6 +223,7 @@ def test_metadata_config_and_server_extensions(client, engine):
     assert client.get("/v2/models/tiny/versions/1").json() == meta
     config = client.get("/v2/models/tiny/config").json()
     assert config["labels"] == ["neg", "pos"] and config["ladder_flops_ratios"] == engine.ladder
+    assert config["dtype"] == engine.dtype == "float32"
     assert config["max_texts"] == 8 and "max_flops_ratio" in config["parameters"]
     assert client.get("/v2/models/tiny/versions/1/config").json() == config
     paths = client.get("/openapi.json").json()["paths"]
