@@ -223,16 +223,25 @@ def _loadtest_args(p) -> None:
     p.add_argument("bundle", nargs="?", default=None, help="bundle to serve (default: $DIHS_BUNDLE or bundles/default)")
     _add_data_args(p, None)  # default: the bundle's training task (its held-out split is sent)
     p.add_argument("--out", required=True, help="folder for sweep.csv, sweep.png, summary.md and raw/")
-    p.add_argument("--quick", action="store_true", help="3 short stages, 1 round (about 2 minutes): a smoke test")
-    p.add_argument("--url", help="use the running service here instead of starting one")
-    p.add_argument("--model-name", default="dihs", help="served model name (v2 route; default dihs)")
-    p.add_argument("--route", choices=("v1", "v2"), default="v1", help="POST /v1/classify or /v2/models/NAME/infer")
-    p.add_argument("--modes", nargs="+", choices=("dense", "static", "adaptive"), default=["dense", "static", "adaptive"])
-    p.add_argument("--rounds", type=int, help="repeats, modes interleaved (default 2; --quick 1)")
-    p.add_argument("--users", help="users of each step, comma-separated (default 2,4,6,8,11,14,18,23,30)")
-    p.add_argument("--stage-seconds", type=float, help="seconds per step (default 13; --quick 8)")
-    p.add_argument("--settle-seconds", type=float, help="first seconds of a step left out of its figures (default 4)")
-    p.add_argument("--user-rate", type=float, help="requests per second each user aims at (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short probe, 3 rates of 3 s, 1 round, no traces (under 3 minutes): a smoke test")
+    p.add_argument("--url", help="use the running service here instead of starting one (its dtype's modes only)")
+    p.add_argument("--model-name", default="dihs", help="served model name (default dihs)")
+    p.add_argument("--modes", nargs="+", choices=("dense", "dense-int8", "f50", "auto", "auto-int8"),
+                   default=["dense", "dense-int8", "f50", "auto", "auto-int8"],
+                   help="dense/auto in float32 or int8 (a second service, DIHS_DTYPE=int8), f50 = fixed 50%% FLOPs")
+    p.add_argument("--rounds", type=int, help="repeats of the rate grid, modes interleaved (default 2; --quick 1)")
+    p.add_argument("--grid", help="offered rates as multiples of dense's probed capacity, comma-separated "
+                                  "(default 0.5,0.7,0.9,1.0,1.1,...,2.0,2.25,2.5; --quick 0.5,1,2.5)")
+    p.add_argument("--segment-seconds", type=float, help="seconds each rate of the grid is offered (default 4; --quick 3)")
+    p.add_argument("--gap-seconds", type=float, help="idle seconds after each rate (default 1)")
+    p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson", help="arrival times (default poisson)")
+    p.add_argument("--trace", action="append", help="CSV with columns seconds,requests, replayed once per mode after "
+                                                    "the grid; repeatable (default loadtests/traces/spike.csv; "
+                                                    "steady, step and bursty are there too)")
+    p.add_argument("--trace-load", type=float, help="a trace's mean offered rate, x dense's capacity (default 1.2)")
+    p.add_argument("--minute-seconds", type=float, help="seconds a trace's 60-s row lasts in the replay (default 5)")
+    p.add_argument("--max-rps", type=float, help="highest rate offered (default 400: one Locust process)")
     p.add_argument("--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report in --out from its raw/ files")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -243,5 +252,5 @@ SERVICE_COMMANDS = {
     "serve": ("serve a bundle over HTTP with Ray Serve (127.0.0.1:8000); every setting is a flag", _serve_args),
     "explain": ("explain one prediction: heads that ran, their importance, attention maps", _explain_args),
     "report": ("one self-contained HTML page about a bundle (importance, ladder, eval, bench)", _report_args),
-    "loadtest": ("Locust sweep: throughput, latency and accuracy vs load, dense vs static vs adaptive", _loadtest_args),
+    "loadtest": ("open-loop Locust sweep: SLO attainment and accuracy vs offered load, every mode side by side", _loadtest_args),
 }

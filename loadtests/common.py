@@ -10,6 +10,14 @@ BUDGETS: dict[str, dict] = {
     "static": {"mode": "fixed", "max_flops_ratio": 0.5},
     "adaptive": {"mode": "auto"},
 }
+# The open-loop sweep's modes: (the service's dtype, the requests' budget).
+MODES: dict[str, tuple[str, str]] = {
+    "dense": ("float32", "dense"),
+    "dense-int8": ("int8", "dense"),
+    "f50": ("float32", "static"),
+    "auto": ("float32", "adaptive"),
+    "auto-int8": ("int8", "adaptive"),
+}
 EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order
 
 

@@ -4,7 +4,11 @@
         --budget adaptive --shape step --shape-users 2,4,8,12 --stage-seconds 30 ClassifyUser
 
 Users: `ClassifyUser` (POST /v1/classify, one text) and `InferUser` (POST /v2/models/{name}/infer,
-one BYTES text, the budget in `parameters`). Name one on the command line, or both run.
+one BYTES text, the budget in `parameters`) are closed loops, each paced at --user-rate; name one
+on the command line, or both run. `OpenLoopUser` is the open loop: one user that starts each
+request of --arrivals FILE (JSON [[seconds, segment], ...], from loadtests/open_loop.py) in its own
+greenlet at its scheduled time, whatever the latency, then waits --drain-seconds at most for the
+answers and ends the run; its events' `t` is the scheduled time and `lag_ms` how late it started.
 
 Options (each also an env var): --budget dense|static|adaptive (DIHS_LOADTEST_BUDGET; dense =
 {"mode":"dense"}, static = {"mode":"fixed","max_flops_ratio":0.5}, adaptive = {"mode":"auto"}),
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import time
 from pathlib import Path
 
+import gevent.pool
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.exception import StopUser
 
@@ -61,6 +67,10 @@ def _options(parser):
     parser.add_argument("--shape-users", default="", env_var="DIHS_LOADTEST_SHAPE_USERS",
                         help="steady: N; step: N1,N2,...; spike: BASE,PEAK (default per shape)")
     parser.add_argument("--stage-seconds", type=float, default=30.0, env_var="DIHS_LOADTEST_STAGE_SECONDS")
+    parser.add_argument("--arrivals", default="", env_var="DIHS_LOADTEST_ARRIVALS",
+                        help="OpenLoopUser: JSON list of [scheduled seconds, segment] (replaces the shape)")
+    parser.add_argument("--drain-seconds", type=float, default=60.0, env_var="DIHS_LOADTEST_DRAIN_SECONDS",
+                        help="OpenLoopUser: how long answers are awaited after the last arrival")
     parser.add_argument("--events-csv", default="", env_var="DIHS_LOADTEST_EVENTS_CSV",
                         help="one row per request (default: PREFIX_events.csv when --csv PREFIX is given)")
 
@@ -75,6 +85,8 @@ class _State:
     started = time.perf_counter()
     writer = None
     file = None
+    arrivals: list | None = None  # the open loop's schedule; its run ends once `open_done`
+    open_done = False
 
 
 @events.init.add_listener
@@ -86,6 +98,10 @@ def _init(environment, **_):
     try:
         _State.plan = make_plan(o.shape, parse_users(o.shape_users) if o.shape_users else None, o.stage_seconds)
         _State.examples = held_out(o.data, o.text_column, o.label_column)
+        if o.arrivals:
+            _State.arrivals = json.loads(Path(o.arrivals).read_text())
+    except OSError as e:
+        raise SystemExit(f"locustfile: error: --arrivals: {e}") from None
     except ValueError as e:  # DataError is a ValueError: one line, not a traceback
         raise SystemExit(f"locustfile: error: {e}") from None
 
@@ -117,7 +133,10 @@ def _record(response_time=0.0, response=None, context=None, exception=None, **_)
     env = _State.env
     shape = env.shape_class
     t = shape.get_run_time() if shape is not None else time.perf_counter() - _State.started
+    t = context.get("sched_t", t)
     _State.writer.writerow({
+        "segment": context.get("segment", ""), "lag_ms": context.get("lag_ms", ""),
+        "heads_ratio": context.get("heads_ratio", ""), "retry_after": context.get("retry_after", ""),
         "t": round(t, 3), "users": env.runner.user_count if env.runner else "", "route": context["route"],
         "budget": context["budget"], "status": getattr(response, "status_code", 0) or 0,
         "ok": int(exception is None), "latency_ms": round(response_time, 2), "correct": context.get("correct", ""),
@@ -152,27 +171,30 @@ class _LabelledUser(FastHttpUser):
         raise NotImplementedError
 
     def parse(self, data: dict) -> tuple[str, float, float | None]:
-        """(label, FLOPs ratio, load pressure or None) of the one answered text."""
+        """(label, FLOPs ratio, load pressure or None, heads ratio or None) of the one answered text."""
         raise NotImplementedError
 
-    def send(self, path: str, name: str):
+    def send(self, path: str, name: str, context: dict | None = None):
         k = next(_State.counter)
         text, label = _State.examples[k % len(_State.examples)]
-        context = {"route": self.route, "budget": self.opts.budget, "example": k % len(_State.examples)}
+        context = {**(context or {}), "route": self.route, "budget": self.opts.budget, "example": k % len(_State.examples)}
         with self.client.post(path, json=self.body(text), name=f"{name} [{self.opts.budget}]", context=context,
                               headers=self.headers, catch_response=True) as resp:
+            if resp.status_code == 503:
+                resp.request_meta["context"]["retry_after"] = resp.headers.get("Retry-After") or ""
             if resp.status_code != 200:
                 kind = "back-pressure (documented)" if resp.status_code == 503 else "error"
                 resp.failure(f"HTTP {resp.status_code} {kind}: {(resp.text or '')[:200]}")
                 return
             try:
-                got, ratio, pressure = self.parse(resp.json())
+                got, ratio, pressure, heads = self.parse(resp.json())
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 resp.failure(f"malformed answer: {e!r}")
                 return
             ctx = resp.request_meta["context"]
             ctx["correct"], ctx["flops_ratio"] = int(got == label), ratio
             ctx["pressure"] = "" if pressure is None else pressure
+            ctx["heads_ratio"] = "" if heads is None else heads
             resp.success()
         fire = self.environment.events.request.fire
         fire(request_type="CHECK", name=f"label [{self.opts.budget}]", response_time=0, response_length=0,
@@ -191,7 +213,7 @@ class ClassifyUser(_LabelledUser):
 
     def parse(self, data):
         r = data["results"][0]
-        return r["label"], float(r["flops_ratio"]), float(r["pressure"])
+        return r["label"], float(r["flops_ratio"]), float(r["pressure"]), float(r["heads"]["ratio"])
 
     @task
     def classify(self):
@@ -209,15 +231,46 @@ class InferUser(_LabelledUser):
 
     def parse(self, data):
         out = {o["name"]: o["data"] for o in data["outputs"]}
-        return out["label"][0], float(out["flops_ratio"][0]), None  # v2 answers carry no pressure
+        heads = float(out["heads_ratio"][0]) if "heads_ratio" in out else None
+        return out["label"][0], float(out["flops_ratio"][0]), None, heads  # v2 answers carry no pressure
 
     @task
     def infer(self):
         self.send(f"/v2/models/{self.opts.model_name}/infer", "/v2/models/{name}/infer")
 
 
+class OpenLoopUser(ClassifyUser):
+    """The open loop over POST /v1/classify: each arrival of --arrivals in its own greenlet at its time."""
+
+    concurrency = 1024  # connections the one user may hold open at once (FastHttpSession's pool)
+
+    def wait_time(self) -> float:
+        return 0.0
+
+    @task
+    def classify(self):
+        if _State.open_done or not _State.arrivals:
+            _State.open_done = True
+            raise StopUser()
+        group, t0 = gevent.pool.Group(), time.perf_counter()
+        for at, segment in _State.arrivals:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                gevent.sleep(delay)
+            lag = 1000 * (time.perf_counter() - t0 - at)
+            group.spawn(self.send, "/v1/classify", "/v1/classify",
+                        {"sched_t": at, "segment": segment, "lag_ms": round(lag, 2)})
+        group.join(timeout=self.opts.drain_seconds)
+        group.kill(block=False)  # past the drain: no answer (counted as such: no event is written)
+        _State.open_done = True
+        raise StopUser()
+
+
 class SelectedShape(LoadTestShape):
-    """The plan named by --shape (steady, step or spike); see loadtests/shapes.py."""
+    """The plan named by --shape (steady, step or spike; see loadtests/shapes.py); with --arrivals,
+    the one open-loop user until its schedule is done."""
 
     def tick(self):
+        if _State.arrivals is not None:
+            return None if _State.open_done else (1, 1.0)
         return _State.plan.tick(self.get_run_time())

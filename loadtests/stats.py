@@ -18,7 +18,7 @@ from pathlib import Path
 from .shapes import Plan
 
 EVENT_FIELDS = ("t", "users", "route", "budget", "status", "ok", "latency_ms", "correct", "flops_ratio", "pressure",
-                "example")
+                "example", "segment", "lag_ms", "heads_ratio", "retry_after")  # the last four: open-loop runs
 ROW_FIELDS = ("mode", "round", "stage", "users", "offered_rps", "requests", "rps", "p50_ms", "p95_ms", "p99_ms",
               "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure", "rps_vs_dense", "accuracy_vs_dense")
 METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure",
@@ -84,16 +84,18 @@ def versus_dense(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def combine(rows: list[dict]) -> list[dict]:
-    """Rows of several rounds -> one per (mode, stage): the median of each metric, and its min and max."""
+def combine(rows: list[dict], keys: tuple[str, ...] = ("mode", "stage"), metrics: tuple[str, ...] = METRICS,
+            same: tuple[str, ...] = ("users", "offered_rps")) -> list[dict]:
+    """Rows of several rounds -> one per `keys` (by default mode and stage): the median of each metric,
+    its min and max, and the first row's `same` fields."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["mode"], int(r["stage"]))].append(r)
+        groups[tuple(int(r[k]) if k in ("stage", "segment") else r[k] for k in keys)].append(r)
     out = []
-    for (mode, stage), rs in groups.items():
-        c = {"mode": mode, "stage": stage, "users": rs[0]["users"], "offered_rps": rs[0].get("offered_rps"),
+    for key, rs in groups.items():
+        c = {**dict(zip(keys, key)), **{f: rs[0].get(f) for f in same},
              "rounds": len(rs), "requests": sum(int(r["requests"]) for r in rs)}
-        for m in METRICS:
+        for m in metrics:
             vals = [float(r[m]) for r in rs if r.get(m) not in (None, "") and not math.isnan(float(r[m]))]
             c[m] = statistics.median(vals) if vals else math.nan
             c[m + "_min"] = min(vals) if vals else math.nan

@@ -1,14 +1,18 @@
-"""`dihs loadtest`: how much throughput adaptive head budgets win, and what accuracy they cost, as load rises.
+"""`dihs loadtest`: how much load each way of serving takes within the latency objective, and what accuracy it pays.
 
-For each mode (dense, static = 50% of the FLOPs, adaptive = DIHS auto) the same step shape runs with
-Locust (a `locust --headless` subprocess per run) against one service: started here on free
-ports (`dihs serve`), or the one at --url. The budget is a per-request parameter, so one server
-serves every mode; before each run 30 sequential warm-up requests in that mode drain the queue
-and let the adaptive pressure fall back to 0. Rounds interleave the modes (A B C A B C).
+Open loop (loadtests/open_loop.py and the locustfile's OpenLoopUser): requests start at Poisson (or
+constant) times at a set offered rate whatever the latency. A short probe finds dense float32's
+capacity on this machine; then a grid of offered rates from 0.5x to 2.5x of it runs for every mode
+(dense and adaptive in float32 and int8, static width at half the FLOPs), modes interleaved and
+repeated over rounds; then each trace (loadtests/traces/*.csv or --trace FILE) once per mode.
 
-Writes DIR/sweep.csv (one row per mode x round x stage), DIR/sweep.png, DIR/summary.md,
-DIR/runs.json (settings, Locust's own totals, wall times) and DIR/raw/ (Locust's CSVs, the
-per-request events, logs).
+The budget is a per-request parameter, so one `dihs serve` serves every mode of its dtype; the
+int8 modes get a second service (DIHS_DTYPE=int8), started after the float32 one is stopped, and
+rounds alternate the order (float32 int8, int8 float32) so a round costs one restart. The model
+replica is pinned to a core of its own, the proxy, Ray and Locust to the others (placement.py).
+
+Writes DIR/sweep.csv (one row per mode x trace x round x segment), DIR/sweep.png, DIR/summary.md,
+DIR/runs.json (settings, capacities, per-run schedule) and DIR/raw/ (arrivals, per-request events, logs).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -30,26 +35,42 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import BUDGETS, held_out
-from .report import plot, target_check, write_summary
-from .shapes import Plan, make_plan, parse_users
-from .stats import ROW_FIELDS, combine, locust_totals, read_events, read_locust_stats, stage_rows, versus_dense
+from .common import BUDGETS, MODES, held_out
+from .open_loop import SEGMENT_FIELDS, TRACES, Segment, arrivals, capacity, grid_segments, read_trace, \
+    segment_rows, trace_segments
+from .placement import pin_client, pin_service
+from .report import combined, findings, plot, trace_totals, write_summary
+from .stats import read_events
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WARMUP_REQUESTS = 30
+ROW_FIELDS = ("mode", "trace", "round", *SEGMENT_FIELDS)
+MODE_TEXT = {"dense": "the full model, float32", "dense-int8": "the full model, int8 weights",
+             "f50": "fixed width at 50% of the FLOPs, float32", "auto": "adaptive width (load and input pick it), float32",
+             "auto-int8": "adaptive width, int8 weights"}
+FULL_GRID = (0.5, 0.7, 0.9, *(round(1 + k / 10, 1) for k in range(11)), 2.25, 2.5)
+QUICK_GRID = (0.5, 1.0, 2.5)
 
 
 @dataclass(frozen=True)
 class Config:
-    users: tuple[int, ...]
-    stage_seconds: float
-    settle_seconds: float
+    grid: tuple[float, ...]  # offered rates as multiples of dense's probed capacity
+    segment_seconds: float
+    gap_seconds: float
     rounds: int
-    user_rate: float
+    probe_steps: int
+    probe_seconds: float
+    traces: tuple[str, ...]  # trace CSVs, each run once per mode after the grid
+    trace_load: float  # a trace's mean offered rate, as a multiple of dense's probed capacity
+    minute_seconds: float  # seconds a trace's 60-second row lasts in the replay
+    arrival: str
+    max_rps: float
 
 
-FULL = Config(users=(2, 4, 6, 8, 11, 14, 18, 23, 30), stage_seconds=13.0, settle_seconds=4.0, rounds=2, user_rate=2.0)
-QUICK = Config(users=(2, 8, 16), stage_seconds=8.0, settle_seconds=3.0, rounds=1, user_rate=2.0)
+FULL = Config(grid=FULL_GRID, segment_seconds=4.0, gap_seconds=1.0, rounds=2, probe_steps=8, probe_seconds=3.0,
+              traces=(str(TRACES / "spike.csv"),), trace_load=1.2, minute_seconds=5.0, arrival="poisson", max_rps=400.0)
+QUICK = Config(grid=QUICK_GRID, segment_seconds=3.0, gap_seconds=1.0, rounds=1, probe_steps=5, probe_seconds=2.0,
+               traces=(), trace_load=1.2, minute_seconds=3.0, arrival="poisson", max_rps=300.0)
 
 
 def _usage_error(msg: str) -> Exception:
@@ -60,22 +81,32 @@ def _usage_error(msg: str) -> Exception:
 
 def config_from_args(a) -> Config:
     base = QUICK if a.quick else FULL
+    pick = lambda given, default: default if given is None else given  # noqa: E731
     try:
-        users = tuple(parse_users(a.users)) if a.users else base.users
-        pick = lambda given, default: default if given is None else given  # noqa: E731
-        cfg = Config(users=users, stage_seconds=pick(a.stage_seconds, base.stage_seconds),
-                     settle_seconds=pick(a.settle_seconds, min(base.settle_seconds, (a.stage_seconds or 1e9) / 3)),
-                     rounds=pick(a.rounds, base.rounds),
-                     user_rate=pick(a.user_rate, base.user_rate))
-        make_plan("step", list(cfg.users), cfg.stage_seconds)
-    except ValueError as e:
-        raise _usage_error(f"--users/--stage-seconds: {e}") from None
+        grid = tuple(float(x) for x in a.grid.split(",") if x.strip()) if a.grid else base.grid
+    except ValueError:
+        raise _usage_error(f"--grid must be comma-separated numbers (multiples of dense's capacity), got {a.grid!r}") from None
+    cfg = Config(grid=grid, segment_seconds=pick(a.segment_seconds, base.segment_seconds),
+                 gap_seconds=pick(a.gap_seconds, base.gap_seconds), rounds=pick(a.rounds, base.rounds),
+                 probe_steps=base.probe_steps, probe_seconds=base.probe_seconds,
+                 traces=tuple(a.trace) if a.trace else base.traces, trace_load=pick(a.trace_load, base.trace_load),
+                 minute_seconds=pick(a.minute_seconds, base.minute_seconds), arrival=a.arrival,
+                 max_rps=pick(a.max_rps, base.max_rps))
+    if not grid or any(not g > 0 for g in grid):
+        raise _usage_error(f"--grid needs multiples above 0, got {a.grid!r}")
+    if not cfg.segment_seconds > 0 or cfg.gap_seconds < 0:
+        raise _usage_error("--segment-seconds must be above 0 and --gap-seconds at least 0")
     if cfg.rounds < 1:
         raise _usage_error(f"--rounds must be 1 or more, got {cfg.rounds}")
-    if not 0 <= cfg.settle_seconds < cfg.stage_seconds:
-        raise _usage_error(f"--settle-seconds must be at least 0 and under --stage-seconds ({cfg.stage_seconds:g})")
-    if not cfg.user_rate > 0:
-        raise _usage_error(f"--user-rate must be above 0, got {cfg.user_rate:g}")
+    for name, v in (("--trace-load", cfg.trace_load), ("--minute-seconds", cfg.minute_seconds),
+                    ("--max-rps", cfg.max_rps)):
+        if not v > 0:
+            raise _usage_error(f"{name} must be above 0, got {v:g}")
+    for t in cfg.traces:
+        try:
+            read_trace(t)
+        except ValueError as e:
+            raise _usage_error(f"--trace: {e}") from None
     return cfg
 
 
@@ -103,10 +134,12 @@ def _http(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[in
 class Service:
     """`dihs serve` as a child process on free ports; stopped with Ctrl-C semantics (Ray shuts down cleanly)."""
 
-    def __init__(self, bundle: str, slo_ms: float, log_path: Path):
+    def __init__(self, bundle: str, slo_ms: float, log_path: Path, dtype: str | None = None):
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DIHS_METRICS_PORT": str(self.metrics_port)}
+        if dtype:
+            env["DIHS_DTYPE"] = dtype
         self.log_path = log_path
         self.log = log_path.open("w")
         # Ctrl-C semantics even where this process was started with SIGINT ignored (a background job)
@@ -187,63 +220,21 @@ def check_service(url: str, examples: list[tuple[str, str]]) -> list[str]:
     return labels
 
 
-def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS) -> float | None:
-    """Sequential requests in `mode`; returns the last answer's load pressure (0 once settled)."""
-    pressure = None
+def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS) -> tuple[float | None, float]:
+    """Sequential requests with budget `mode` (dense, static or adaptive); returns the last answer's load
+    pressure (0 once settled) and the sequential rate in requests per second."""
+    pressure, t0 = None, time.perf_counter()
     for text, _ in examples[-n:]:  # the tail: the runs themselves start at the head
         status, body = _http(f"{url}/v1/classify", {"text": text, "budget": BUDGETS[mode]}, 60)
         if status == 200:
             pressure = body["results"][0]["pressure"]
-    return pressure
-
-
-class Progress:
-    """A tqdm bar over the planned seconds on a terminal; one line per change of stage otherwise (logs, CI)."""
-
-    def __init__(self, total_s: float, quiet: bool = False):
-        self.quiet, self.tty, self.last = quiet, sys.stderr.isatty(), ""
-        self.bar = None
-        if not quiet and self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=round(total_s), unit="s", file=sys.stderr, mininterval=0.5,
-                            bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}]")
-
-    def show(self, what: str, at_s: float | None = None, force: bool = False) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.set_description_str(what, refresh=False)
-            if at_s is not None:
-                self.bar.n = max(self.bar.n, min(round(at_s), self.bar.total))
-            self.bar.refresh()
-            if force:
-                self.bar.write(what, file=sys.stderr)
-        elif what != self.last or force:
-            print(what, file=sys.stderr, flush=True)
-        self.last = what
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.n = self.bar.total
-            self.bar.close()
+    return pressure, n / (time.perf_counter() - t0)
 
 
 # --- one Locust run ------------------------------------------------------------------------------
 
-def locust_command(url: str, prefix: Path, mode: str, cfg: Config, data: tuple[str, str, str], route: str,
-                   model_name: str) -> list[str]:
-    spec, text_col, label_col = data
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "--only-summary",
-            "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING",
-            "--stop-timeout", "30",  # at the end, answers in flight are awaited, not cut off
-            "--budget", mode, "--data", spec, "--text-column", text_col, "--label-column", label_col,
-            "--model-name", model_name, "--user-rate", f"{cfg.user_rate:g}", "--shape", "step",
-            "--shape-users", ",".join(map(str, cfg.users)), "--stage-seconds", f"{cfg.stage_seconds:g}",
-            "--events-csv", f"{prefix}_events.csv", "ClassifyUser" if route == "v1" else "InferUser"]
-
-
-def run_locust(cmd: list[str], log_path: Path, plan: Plan, tick=None) -> None:
+def run_locust(cmd: list[str], log_path: Path, plan, tick=None) -> None:
+    """Locust as a subprocess, killed past plan.duration + 90 s; a failed run is one line."""
     root = str(Path(__file__).resolve().parent.parent)  # so the locustfile imports `loadtests` from anywhere
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with log_path.open("w") as log:
@@ -265,6 +256,56 @@ def run_locust(cmd: list[str], log_path: Path, plan: Plan, tick=None) -> None:
         raise _usage_error(f"locust failed (exit {proc.returncode}): {lines[-1] if lines else ''} (log: {log_path})")
 
 
+@dataclass(frozen=True)
+class OpenRun:
+    """One open-loop run: a schedule of segments replayed against one service in one mode."""
+
+    name: str
+    mode: str
+    trace: str
+    round: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def duration(self) -> float:
+        return self.segments[-1].end
+
+
+def open_loop(run: OpenRun, url: str, raw: Path, data: tuple[str, str, str], arrival: str, slo_ms: float,
+              seed: int, tick=None) -> tuple[list[dict], dict]:
+    """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for runs.json)."""
+    t_run = time.monotonic()
+    pressure, _ = warm_up(url, MODES[run.mode][1], data_examples(data))
+    sched = arrivals(list(run.segments), arrival, seed)
+    (raw / f"{run.name}_arrivals.json").write_text(json.dumps(sched))
+    spec, text_col, label_col = data
+    prefix = raw / run.name
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "--only-summary",
+           "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING", "--stop-timeout", "30",
+           "--budget", MODES[run.mode][1], "--data", spec, "--text-column", text_col, "--label-column", label_col,
+           "--arrivals", str(raw / f"{run.name}_arrivals.json"), "--drain-seconds", "60",
+           "--events-csv", f"{prefix}_events.csv", "OpenLoopUser"]
+    run_locust(cmd, raw / f"{run.name}.log", run, tick)
+    scheduled = [0] * len(run.segments)
+    for _, i in sched:
+        scheduled[i] += 1
+    rows = [{"mode": run.mode, "trace": run.trace, "round": run.round, **r}
+            for r in segment_rows(read_events(Path(f"{prefix}_events.csv")), list(run.segments), slo_ms, scheduled)]
+    record = {"run": run.name, "mode": run.mode, "trace": run.trace, "round": run.round, "seed": seed,
+              "segments": [[s.start, s.end, s.rate] for s in run.segments], "scheduled": scheduled,
+              "warmup_pressure": pressure, "wall_s": round(time.monotonic() - t_run, 1)}
+    return rows, record
+
+
+_EXAMPLES: dict[tuple, list] = {}
+
+
+def data_examples(data: tuple[str, str, str]) -> list[tuple[str, str]]:
+    if data not in _EXAMPLES:
+        _EXAMPLES[data] = held_out(*data)
+    return _EXAMPLES[data]
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 def _default_data(a) -> tuple[str, str, str]:
@@ -278,35 +319,59 @@ def _default_data(a) -> tuple[str, str, str]:
     return "election-tweets", a.text_column, a.label_column
 
 
-def write_report(out: Path, rows: list[dict], meta: dict, totals: list[dict]) -> None:
-    """sweep.csv, sweep.png, summary.md and runs.json from the per-stage rows of every run."""
-    rows = versus_dense(rows)
+def write_report(out: Path, rows: list[dict], meta: dict, records: list[dict]) -> None:
+    """sweep.csv, sweep.png, summary.md and runs.json from the per-segment rows of every run."""
     with (out / "sweep.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, ROW_FIELDS)
         w.writeheader()
         w.writerows(rows)
-    combined = combine(rows)
-    check = target_check(combined, meta["slo_ms"])
-    plot(out / "sweep.png", combined, meta["slo_ms"])
-    write_summary(out / "summary.md", meta, combined, check, totals)
-    (out / "runs.json").write_text(json.dumps({"meta": meta, "target": check, "runs": totals}, indent=1))
+    comb = combined(rows)
+    found = findings(comb)
+    plot(out / "sweep.png", comb, meta["slo_ms"])
+    write_summary(out / "summary.md", meta, comb, found, trace_totals(rows))
+    (out / "runs.json").write_text(json.dumps({"meta": meta, "findings": found, "runs": records}, indent=1))
 
 
 def rebuild_report(out: Path) -> None:
     """The report again from DIR/runs.json and DIR/raw/*_events.csv, running nothing (after a change of report)."""
     try:
         runs = json.loads((out / "runs.json").read_text())
-        meta, totals = runs["meta"], runs["runs"]
-        plan = make_plan("step", meta["users"], meta["stage_seconds"])
+        meta, records = runs["meta"], runs["runs"]
         rows = []
-        for name in meta["order"]:
-            mode, rnd = name.rsplit("-r", 1)
-            events = read_events(out / "raw" / f"{name}_events.csv")
-            rows += [{"mode": mode, "round": int(rnd), **r}
-                     for r in stage_rows(events, plan, meta["settle_seconds"], meta["user_rate"])]
+        for r in records:
+            segs = [Segment(*s) for s in r["segments"]]
+            events = read_events(out / "raw" / f"{r['run']}_events.csv")
+            rows += [{"mode": r["mode"], "trace": r["trace"], "round": r["round"], **x}
+                     for x in segment_rows(events, segs, meta["slo_ms"], r["scheduled"])]
     except (OSError, ValueError, KeyError) as e:
         raise _usage_error(f"--report-only needs a finished sweep in {out}: {e}") from None
-    write_report(out, rows, meta, totals)
+    write_report(out, [r for r in rows if r["trace"] != "probe"], meta, records)
+
+
+def _service_dtype(url: str, model_name: str) -> str | None:
+    try:
+        status, body = _http(f"{url}/v2/models/{model_name}/config", timeout=10)
+    except (OSError, ValueError):
+        return None
+    return body.get("dtype") if status == 200 else None
+
+
+def plan_runs(modes: list[str], cfg: Config, grid_rates: list[float], trace_rows: dict[str, list]) -> list[tuple[str, OpenRun]]:
+    """(dtype, run) in the order they run: per round the dtypes alternate (float32 int8, then int8 float32)
+    so a round costs one restart; the traces once per mode at the end, the last dtype first."""
+    dtypes = list(dict.fromkeys(MODES[m][0] for m in modes))
+    out: list[tuple[str, OpenRun]] = []
+    grid = tuple(grid_segments(grid_rates, cfg.segment_seconds, cfg.gap_seconds))
+    for r in range(cfg.rounds):
+        for dt in (dtypes if r % 2 == 0 else dtypes[::-1]):
+            for m in (m for m in modes if MODES[m][0] == dt):
+                out.append((dt, OpenRun(f"{m}-grid-r{r + 1}", m, "grid", r + 1, grid)))
+    last = out[-1][0] if out else dtypes[0]
+    for name, segs in trace_rows.items():
+        for dt in sorted(dtypes, key=lambda d: d != last):
+            for m in (m for m in modes if MODES[m][0] == dt):
+                out.append((dt, OpenRun(f"{m}-{name}", m, name, 1, tuple(segs))))
+    return out
 
 
 def run_sweep(a) -> Path:
@@ -323,69 +388,90 @@ def run_sweep(a) -> Path:
     if a.slo_ms <= 0:
         raise _usage_error(f"--slo-ms must be above 0, got {a.slo_ms:g}")
     modes = list(dict.fromkeys(a.modes))
+    if "dense" not in modes:
+        raise _usage_error("--modes must include dense: the rate grid is built around its capacity")
     bundle = a.bundle or os.environ.get("DIHS_BUNDLE", "bundles/default")
     if not a.url and not (Path(bundle) / "dihs.json").is_file():
         raise _usage_error(f"no bundle at {bundle}: train one (dihs train) or pass --url of a running service")
     data = _default_data(a)
-    examples = held_out(*data)  # DataError: one line
+    examples = data_examples(data)  # DataError: one line
     if a.url:
         check_service(a.url.rstrip("/"), examples)  # before anything is written
+        served = _service_dtype(a.url.rstrip("/"), a.model_name) or "float32"
+        other = [m for m in modes if MODES[m][0] != served]
+        if other:
+            raise _usage_error(f"the service at --url runs {served}: --modes {' '.join(other)} need another dtype "
+                               "(leave out --url to have both started here)")
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    plan = make_plan("step", list(cfg.users), cfg.stage_seconds)
-    order = [(r, m) for r in range(cfg.rounds) for m in modes]
-    say = (lambda *_: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start, loadavg_start = time.monotonic(), os.getloadavg()[0]
+    say = (lambda *_: None) if a.quiet else (
+        lambda msg: print(f"[{time.monotonic() - t_start:4.0f} s] {msg}", file=sys.stderr, flush=True))
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    service = progress = None
-    rows, totals = [], []
-    try:
+    client_place = pin_client()
+    service, dtype, placement, services = None, None, client_place, []
+    rows, records = [], []
+
+    def use(dt: str) -> str:
+        nonlocal service, dtype, placement
         if a.url:
-            url, service_desc = a.url.rstrip("/"), f"the running service at {a.url}"
-        else:
-            say(f"starting `dihs serve {bundle}` on a free port (log {raw / 'service.log'}) ...")
-            service = Service(bundle, a.slo_ms, raw / "service.log")
+            return a.url.rstrip("/")
+        if dt != dtype:
+            if service is not None:
+                say(f"stopping the {dtype} service ...")
+                service.stop()
+            say(f"starting `DIHS_DTYPE={dt} dihs serve {bundle}` on a free port ...")
+            service = Service(bundle, a.slo_ms, raw / f"service-{dt}-{len(services) + 1}.log", dtype=dt)
             service.wait_ready()
-            url, service_desc = service.url, f"`dihs serve {bundle}` started here (default settings: 1 replica, 1 torch thread)"
-            check_service(url, examples)
-        say(f"{len(order)} runs of {plan.duration:.0f} s ({', '.join(f'{m} r{r + 1}' for r, m in order)})")
-        progress = Progress(len(order) * plan.duration, quiet=a.quiet)
-        for i, (rnd, mode) in enumerate(order):
-            name = f"{mode}-r{rnd + 1}"
-            t_run = time.monotonic()
-            progress.show(f"{name} warm-up")
-            pressure = warm_up(url, mode, examples)
-            prefix = raw / name
-            cmd = locust_command(url, prefix, mode, cfg, data, a.route, a.model_name)
-            t0 = time.monotonic()
+            dtype = dt
+            services.append(dt)
+            check_service(service.url, examples)
+            placement = pin_service(_session_pids(service.proc.pid))
+            say(f"placement: {placement}")
+        return service.url
 
-            def tick(name=name, t0=t0, done=i * plan.duration):
-                el = time.monotonic() - t0
-                s = plan.stage_at(el) or plan.stages[-1]
-                progress.show(f"{name} stage {s.index + 1}/{len(plan.stages)} ({s.users} users)", done + el)
-
-            run_locust(cmd, raw / f"{name}.log", plan, tick)
-            events = read_events(Path(f"{prefix}_events.csv"))
-            for r in stage_rows(events, plan, cfg.settle_seconds, cfg.user_rate):
-                rows.append({"mode": mode, "round": rnd + 1, **r})
-            tot = locust_totals(read_locust_stats(Path(f"{prefix}_stats.csv")))
-            totals.append({"run": name, **tot, "rejected": sum(int(e["status"]) == 503 for e in events),
-                           "warmup_pressure": pressure, "wall_s": time.monotonic() - t_run})
-            last = [r for r in rows if r["mode"] == mode and r["round"] == rnd + 1][-1]
-            progress.show(f"{name} done: {tot['requests']} requests, {tot['failures']} failed, last stage "
-                          f"{last['rps']:.1f} req/s p95 {last['p95_ms']:.0f} ms", (i + 1) * plan.duration, force=True)
+    try:
+        url = use(MODES["dense"][0])
+        _, seq_rps = warm_up(url, "dense", examples)
+        start = min(0.6 * seq_rps, cfg.max_rps / 1.3 ** (cfg.probe_steps - 1))
+        probe_rates = [round(start * 1.3 ** k, 2) for k in range(cfg.probe_steps)]
+        probe = OpenRun("dense-probe", "dense", "probe", 0,
+                        tuple(grid_segments(probe_rates, cfg.probe_seconds, cfg.gap_seconds)))
+        say(f"probing dense's capacity at {', '.join(f'{r:g}' for r in probe_rates)} req/s ...")
+        probe_rows, rec = open_loop(probe, url, raw, data, cfg.arrival, a.slo_ms, seed=0)
+        records.append(rec)
+        cap = capacity(probe_rows)
+        probe_cap = float(cap["offered_rps"]) if cap else probe_rates[0] / 1.3
+        say(f"dense capacity (probe): {probe_cap:.1f} req/s")
+        grid_rates = [round(min(g * probe_cap, cfg.max_rps), 2) for g in cfg.grid]
+        trace_rows = {Path(t).stem: trace_segments(read_trace(t), cfg.trace_load * probe_cap, cfg.minute_seconds / 60)
+                      for t in cfg.traces}
+        plan = plan_runs(modes, cfg, grid_rates, trace_rows)
+        say(f"{len(plan)} runs: {' '.join(r.name for _, r in plan)}")
+        for k, (dt, run) in enumerate(plan, 1):
+            url = use(dt)
+            got, rec = open_loop(run, url, raw, data, cfg.arrival, a.slo_ms, seed=run.round * 1000 + k)
+            rows += got
+            records.append(rec)
+            worst = min(got, key=lambda r: r["slo_attainment"] if not math.isnan(r["slo_attainment"]) else 2)
+            say(f"[{k}/{len(plan)}] {run.name}: {sum(r['requests'] for r in got)} requests; lowest SLO attainment "
+                f"{worst['slo_attainment']:.3f} at {worst['offered_rps']:g} req/s")
     finally:
-        if progress is not None:
-            progress.close()
         if service is not None:
             say("stopping the service ...")
             service.stop()
-    meta = {"command": shlex.join(["dihs", *sys.argv[1:]]), "started": started, "service": service_desc, "url": url,
-            "data": data[0], "examples": len(examples), "route": a.route, "users": list(cfg.users),
-            "stage_seconds": cfg.stage_seconds, "settle_seconds": cfg.settle_seconds, "user_rate": cfg.user_rate,
-            "rounds": cfg.rounds, "order": [f"{m}-r{r + 1}" for r, m in order], "slo_ms": a.slo_ms,
+    meta = {"command": shlex.join(["dihs", *sys.argv[1:]]), "started": started, "bundle": bundle if not a.url else a.url,
+            "service": (f"the running service at {a.url}" if a.url else
+                        f"`dihs serve` started here per dtype ({' then '.join(services)}; default settings: 1 replica, "
+                        "1 torch thread)"),
+            "data": data[0], "examples": len(examples), "slo_ms": a.slo_ms, "arrival": cfg.arrival,
+            "probe_rates": probe_rates, "probe_seconds": cfg.probe_seconds, "probe_capacity": probe_cap,
+            "grid": list(cfg.grid), "grid_rates": grid_rates, "segment_seconds": cfg.segment_seconds,
+            "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
+            "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces),
+            "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": f"{placement}; {client_place}",
             "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
-    write_report(out, rows, meta, totals)
+    write_report(out, rows, meta, records)
     print((out / "summary.md").read_text())
     return out

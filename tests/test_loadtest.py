@@ -1,11 +1,12 @@
 """Load tests: the shapes' tick sequences, the per-stage aggregation, the `dihs loadtest` contract.
 
 Nothing here imports locust into the test process (it monkey-patches everything with gevent):
-Locust runs only as a subprocess. The last test runs `dihs loadtest --quick` end to end.
+Locust runs only as a subprocess. The last test runs `dihs loadtest --quick` (open loop) end to end.
 """
 
 import csv
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 from dihs_cli.cli import main
 from loadtests.shapes import make_plan, parse_users
 from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows, versus_dense
-from loadtests.report import target_check
+from loadtests.open_loop import Segment, arrivals, capacity, grid_segments, read_trace, segment_rows, trace_segments
+from loadtests.report import findings, trace_totals
 from loadtests.sweep import LOCUSTFILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ def ev(t, ok=1, status=200, latency=100.0, correct=1, heads=1.0, pressure=0.0):
     row = {"t": t, "users": 2, "route": "v1", "budget": "adaptive", "status": status, "ok": ok,
            "latency_ms": latency, "correct": correct if ok else "", "flops_ratio": heads if ok else "",
            "pressure": pressure if ok else "", "example": 0}
-    assert set(row) == set(EVENT_FIELDS)
+    assert set(row) <= set(EVENT_FIELDS)
     return {k: str(v) for k, v in row.items()}  # as csv.DictReader gives them
 
 
@@ -142,29 +144,92 @@ def test_locust_stats_csv_totals(tmp_path):
     assert locust_totals(stats) == {"requests": 200, "failures": 2, "accuracy": round(1 - 9 / 198, 4)}
 
 
-def _c(mode, stage, offered, rps, p95, acc=0.95):
-    c = {"mode": mode, "stage": stage, "users": offered / 2, "offered_rps": offered, "rounds": 1, "requests": 1,
-         "rps": rps, "p95_ms": p95, "error_rate": 0.0, "accuracy": acc}
-    return c
+# --- open loop: schedules, traces, per-segment rows ---
+
+def test_poisson_and_constant_arrivals_hold_the_offered_rate():
+    segs = grid_segments([10, 40], seconds=50, gap=5)
+    assert [(s.start, s.end, s.rate) for s in segs] == [(0, 50, 10), (55, 105, 40)]
+    for process in ("poisson", "constant"):
+        times = arrivals(segs, process, seed=1)
+        assert times == sorted(times) and all(segs[i].start <= t < segs[i].end for t, i in times)
+        counts = [sum(i == k for _, i in times) for k in range(2)]
+        assert counts[0] == pytest.approx(500, rel=0.1) and counts[1] == pytest.approx(2000, rel=0.1), counts
+    assert len(arrivals(segs, "constant")) == 2500
+    assert arrivals(segs, "poisson", seed=3) == arrivals(segs, "poisson", seed=3)  # reproducible
+    with pytest.raises(ValueError, match="arrival process"):
+        arrivals(segs, "bursty")
 
 
-def test_target_check_compares_at_1_3x_the_dense_sustained_load():
-    rows = [_c("dense", 0, 10, 10, 100), _c("dense", 1, 20, 20, 200), _c("dense", 2, 30, 24, 900),
-            _c("adaptive", 0, 10, 10, 90, acc=0.953), _c("adaptive", 1, 20, 20, 150), _c("adaptive", 2, 30, 29, 240)]
-    check = target_check(rows, slo_ms=250)
-    assert check["dense_sustained_rps"] == 20 and check["target_offered_rps"] == 26
-    assert (check["stage"], check["dense_p95_ms"], check["adaptive_p95_ms"], check["held"]) == (2, 900, 240, True)
-    assert check["low_load_accuracy"]["held"]
-    rows[-1] = _c("adaptive", 2, 30, 25, 400)
-    assert target_check(rows, slo_ms=250)["held"] is False
+def test_traces_scale_to_a_mean_rate_and_keep_their_shape(tmp_path):
+    rows = read_trace(ROOT / "loadtests" / "traces" / "spike.csv")
+    segs = trace_segments(rows, mean_rps=12.0, time_scale=0.1)
+    assert [s.seconds for s in segs] == pytest.approx([6.0] * 4)
+    mean = sum(s.rate * s.seconds for s in segs) / segs[-1].end
+    assert mean == pytest.approx(12.0) and segs[2].rate == pytest.approx(5 * segs[0].rate)
+    for name in ("steady", "step", "bursty"):
+        assert read_trace(ROOT / "loadtests" / "traces" / f"{name}.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("minute,count\n1,2\n")
+    with pytest.raises(ValueError, match="seconds,requests"):
+        read_trace(bad)
 
+
+def oev(t, segment, latency=100.0, lag=0.0, ok=1, status=200, correct=1, flops=1.0, retry_after=""):
+    return {"t": str(t), "segment": str(segment), "latency_ms": str(latency), "lag_ms": str(lag), "ok": str(ok),
+            "status": str(status), "correct": str(correct) if ok else "", "flops_ratio": str(flops) if ok else "",
+            "heads_ratio": str(flops) if ok else "", "retry_after": retry_after}
+
+
+def test_segment_rows_count_misses_from_the_scheduled_start():
+    segs = [Segment(0, 10, 1.0), Segment(12, 22, 0.6)]
+    events = [oev(1, 0), oev(2, 0, latency=200, lag=60),  # 260 ms from its scheduled start: a miss
+              oev(3, 0, ok=0, status=503, retry_after="1"), oev(4, 0, ok=0, status=503),
+              oev(5, 0, ok=0, status=0), oev(15, 1, latency=30000, flops=0.5, correct=0)]
+    r0, r1 = segment_rows(events, segs, slo_ms=250, scheduled=[6, 2])
+    assert (r0["requests"], r0["sent_rps"], r0["slo_attainment"]) == (6, 0.6, round(1 / 6, 4))
+    assert (r0["error_rate"], r0["rejected_rate"], r0["rejected_no_retry_after"]) == (round(4 / 6, 4), round(2 / 6, 4), 1)
+    assert r0["unanswered"] == 2  # the connection error and the one that left no event
+    assert r0["p50_ms"] == 180.0 and r0["achieved_rps"] == 0.2
+    assert (r1["slo_attainment"], r1["accuracy"], r1["flops_ratio"], r1["heads_ratio"]) == (0.0, 0.0, 0.5, 0.5)
+    assert r1["achieved_rps"] == round(1 / 33, 3)  # answered 33 s after the segment began: a drained queue
+
+
+def test_capacity_is_the_last_rate_before_the_first_miss():
+    rows = [{"offered_rps": r, "slo_attainment": a} for r, a in ((10, 1.0), (20, 0.995), (30, 0.9), (40, 1.0))]
+    assert capacity(rows)["offered_rps"] == 20
+    assert capacity([{"offered_rps": 5, "slo_attainment": 0.5}]) is None
+
+
+def _g(mode, rate, att, acc=0.9, trace="grid", seg=0):
+    return {"mode": mode, "trace": trace, "segment": seg, "offered_rps": rate, "slo_attainment": att, "accuracy": acc,
+            "flops_ratio": 1.0 if mode == "dense" else 0.4}
+
+
+def test_findings_compare_modes_at_1_5x_dense_capacity():
+    comb = [_g("dense", 10, 1.0, 0.92), _g("dense", 20, 0.995), _g("dense", 30, 0.4),
+            _g("auto", 10, 1.0, 0.918), _g("auto", 20, 1.0), _g("auto", 30, 0.99, 0.91), _g("auto", 40, 0.7)]
+    f = findings(comb)
+    assert f["compare_rps_wanted"] == 30
+    d, a = f["modes"]["dense"], f["modes"]["auto"]
+    assert (d["capacity_rps"], a["capacity_rps"], a["x_dense"], a["accuracy_at_capacity"]) == (20, 30, 1.5, 0.91)
+    assert (d["at_compare"]["slo_attainment"], a["at_compare"]["slo_attainment"]) == (0.4, 0.99)
+    assert a["low_load_accuracy"] == 0.918
+
+
+def test_trace_totals_separate_documented_503s_from_failures():
+    row = {"mode": "auto", "trace": "spike", "requests": 10, "slo_attainment": 0.5, "rejected_rate": 0.3,
+           "rejected_no_retry_after": 0, "error_rate": 0.4, "unanswered": 1, "offered_rps": 50}
+    (t,) = trace_totals([row, {**row, "trace": "grid"}])
+    assert (t["requests"], t["within_slo"], t["rejected"], t["other_failures"], t["unanswered"]) == (10, 5, 3, 1, 1)
 
 # --- the command's contract ---
 
 @needs_locust
 @pytest.mark.parametrize("args, message", [
-    (["--users", "2,x"], "comma-separated"),
-    (["--stage-seconds", "5", "--settle-seconds", "5"], "--settle-seconds"),
+    (["--grid", "0.5,x"], "comma-separated"),
+    (["--segment-seconds", "0"], "--segment-seconds"),
+    (["--trace", "nope.csv"], "trace file not found"),
+    (["--modes", "auto"], "must include dense"),
     (["--data", "no-such-task"], "unknown task"),
     (["--data", "missing.csv"], "data file not found"),
     (["--rounds", "0"], "--rounds"),
@@ -201,7 +266,8 @@ def test_locustfile_loads_and_refuses_bad_data_in_one_line(tmp_path):
 @needs_locust
 @pytest.mark.serve
 def test_quick_sweep_end_to_end(tmp_path):
-    """`dihs loadtest --quick` starts a real service on free ports and writes the three modes' rows."""
+    """`dihs loadtest --quick` starts real services (float32 and int8) and writes every mode's rows; the open
+    loop holds the offered rate at 2.5x dense's probed capacity, whatever the service does with it."""
     from dihs_model.bundle import new_bundle, save_bundle
     from dihs_model.data import Examples
     from dihs_model.calibrate import calibrate_bundle
@@ -214,20 +280,29 @@ def test_quick_sweep_end_to_end(tmp_path):
     data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
     out = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "dihs_cli", "loadtest", str(path), "--quick", "--data", str(data),
-                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     with (out / "sweep.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert {"mode", "stage", "users", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "accuracy",
-            "flops_ratio"} <= set(rows[0])
-    assert {r["mode"] for r in rows} == {"dense", "static", "adaptive"}
-    assert len(rows) == 9  # 3 modes x 3 stages
+    assert {"mode", "trace", "offered_rps", "sent_rps", "achieved_rps", "slo_attainment", "p50_ms", "p95_ms", "p99_ms",
+            "error_rate", "rejected_rate", "accuracy", "flops_ratio", "heads_ratio"} <= set(rows[0])
+    assert {r["mode"] for r in rows} == {"dense", "dense-int8", "f50", "auto", "auto-int8"}
+    assert len(rows) == 5 * 3 and {r["trace"] for r in rows} == {"grid"}  # 5 modes x 3 rates
+    runs = json.loads((out / "runs.json").read_text())
+    probe_cap = runs["meta"]["probe_capacity"]
     for row in rows:
-        assert float(row["rps"]) > 0, row
-        assert float(row["error_rate"]) == 0, row
-        assert 0 <= float(row["accuracy"]) <= 1, row
-    assert all(float(r["flops_ratio"]) == 1.0 for r in rows if r["mode"] == "dense")
-    assert all(float(r["flops_ratio"]) <= 0.5 for r in rows if r["mode"] == "static")
+        offered = float(row["offered_rps"])
+        sent = float(row["sent_rps"])
+        assert int(row["requests"]) > 0 and 0 <= float(row["slo_attainment"]) <= 1, row
+        # Poisson counts over a few seconds: the rate started is the rate asked, give or take chance
+        assert abs(sent - offered) <= 4 * math.sqrt(offered / 3) + 1, row
+        answered = float(row["error_rate"]) < 1
+        assert not answered or 0 <= float(row["accuracy"]) <= 1, row
+    top = [r for r in rows if float(r["offered_rps"]) == max(float(x["offered_rps"]) for x in rows)]
+    assert float(top[0]["offered_rps"]) >= min(2.5 * probe_cap, runs["meta"]["grid_rates"][-1]) - 0.01
+    assert all(float(r["flops_ratio"]) == 1.0 for r in rows if r["mode"].startswith("dense") and r["accuracy"])
+    assert all(float(r["flops_ratio"]) <= 0.5 for r in rows if r["mode"] == "f50" and r["accuracy"])
     assert (out / "sweep.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
-    assert "| adaptive |" in summary and "The issue's target" in summary
+    assert "| auto-int8 |" in summary and "capacity" in summary and "Placement:" in summary
+    assert "ServeReplica" not in summary and runs["meta"]["placement"]
