@@ -31,6 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -450,7 +451,9 @@ def run_sweep(a) -> Path:
         say(f"{len(plan)} runs: {' '.join(r.name for _, r in plan)}")
         for k, (dt, run) in enumerate(plan, 1):
             url = use(dt)
-            got, rec = open_loop(run, url, raw, data, cfg.arrival, a.slo_ms, seed=run.round * 1000 + k)
+            # the same seed for every mode of a round and trace: the same arrival times and the same examples
+            seed = run.round * 1000 + zlib.crc32(run.trace.encode()) % 1000
+            got, rec = open_loop(run, url, raw, data, cfg.arrival, a.slo_ms, seed=seed)
             rows += got
             records.append(rec)
             worst = min(got, key=lambda r: r["slo_attainment"] if not math.isnan(r["slo_attainment"]) else 2)
@@ -469,7 +472,7 @@ def run_sweep(a) -> Path:
             "grid": list(cfg.grid), "grid_rates": grid_rates, "segment_seconds": cfg.segment_seconds,
             "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
             "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces),
-            "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": f"{placement}; {client_place}",
+            "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
             "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
     write_report(out, rows, meta, records)
