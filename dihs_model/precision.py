@@ -38,6 +38,15 @@ def check_dtype(dtype: str, device: torch.device) -> None:
         raise DtypeError("int8 runs on the CPU (fbgemm kernels): use --device cpu, or bfloat16 on a GPU")
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run in hardware here: a CUDA GPU that supports them, or a CPU with
+    AMX or AVX512-BF16 (elsewhere a CPU emulates them, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes (private)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def dtype_name(model) -> str:
     """The dtype a model runs in, as DTYPES names it."""
     if getattr(model, "kernels", None) is not None:

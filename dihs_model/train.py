@@ -13,6 +13,7 @@ from tqdm import tqdm
 from .budget import Budget
 from .bundle import Bundle
 from .data import Examples
+from .precision import fast_bfloat16
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     seed: int = 0
+    # bfloat16 autocast for the forward passes (weights and optimizer stay float32); auto: where
+    # bfloat16 runs in hardware (precision.fast_bfloat16). 6.7x per step on this AMX CPU, but the one
+    # election-tweets bundle trained so lost 1.4 points at FLOPs 0.3 (docs/results.md): off by default
+    autocast: str = "float32"
 
 
 def _shuffled_batches(ex: Examples, batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -39,7 +44,7 @@ def _shuffled_batches(ex: Examples, batch_size: int, rng: random.Random) -> list
 
 
 def full_model_loss(model, ids, mask, labels, rng) -> torch.Tensor:
-    return F.cross_entropy(model(ids, mask).logits, labels)
+    return F.cross_entropy(model(ids, mask).logits.float(), labels)  # float: the loss stays float32 under autocast
 
 
 def budget_robust_loss(always: list[Budget], others: list[Budget]):
@@ -49,11 +54,11 @@ def budget_robust_loss(always: list[Budget], others: list[Budget]):
     neurons must be in importance order."""
 
     def loss_fn(model, ids, mask, labels, rng):
-        full = model(ids, mask).logits
+        full = model(ids, mask).logits.float()  # losses in float32 under bfloat16 autocast
         soft = full.detach().softmax(-1)
         loss = F.cross_entropy(full, labels)
         for budget in (*always, *([rng.choice(others)] if others else [])):
-            logits = model(ids, mask, budget=budget).logits
+            logits = model(ids, mask, budget=budget).logits.float()
             loss = loss + 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.kl_div(
                 logits.log_softmax(-1), soft, reduction="batchmean")
         return loss
@@ -82,13 +87,16 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
+    device = next(model.parameters()).device
+    bf16 = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and fast_bfloat16(device))
     t0, losses = time.perf_counter(), []
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
         for idx in _shuffled_batches(train, cfg.batch_size, rng):
             ids, mask = bundle.encode([train.texts[i] for i in idx])
             labels = torch.tensor([train.labels[i] for i in idx], device=ids.device)
-            loss = loss_fn(model, ids, mask, labels, rng)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model, ids, mask, labels, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -100,4 +108,5 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
     bar.close()
     model.eval()
     return {"steps": steps, "epochs": cfg.epochs, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "seconds": round(time.perf_counter() - t0, 1), "lr": cfg.lr, "batch_size": cfg.batch_size}
+            "seconds": round(time.perf_counter() - t0, 1), "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "autocast": "bfloat16" if bf16 else "float32"}

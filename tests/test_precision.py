@@ -76,3 +76,26 @@ def test_dtype_errors_name_the_fix():
     check_dtype("int8", torch.device("cpu"))
     with pytest.raises(DtypeError):
         with_dtype(tiny_classifier(), "int4")
+
+
+@pytest.mark.parametrize("autocast", ["float32", "bfloat16"])
+def test_training_in_bfloat16_autocast_keeps_float32_weights_and_learns(tmp_path, autocast):
+    from dihs_model.bundle import new_bundle
+    from dihs_model.data import Examples
+    from dihs_model.train import TrainConfig, fine_tune
+    from tests.conftest import make_tiny_checkpoint
+
+    bundle = new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32)
+    ex = Examples(["good great fun", "bad awful dull"] * 16, [1, 0] * 16, ["neg", "pos"])
+    summary = fine_tune(bundle, ex, TrainConfig(epochs=4, batch_size=8, lr=3e-3, autocast=autocast), progress=False)
+    assert summary["autocast"] == autocast
+    assert all(p.dtype == torch.float32 for p in bundle.model.parameters())
+    ids, mask = bundle.encode(ex.texts[:2])
+    with torch.inference_mode():
+        assert bundle.model(ids, mask).logits.argmax(1).tolist() == [1, 0]  # it learned the two texts
+
+
+def test_auto_autocast_follows_the_hardware():
+    from dihs_model.precision import fast_bfloat16
+
+    assert isinstance(fast_bfloat16(torch.device("cpu")), bool)
