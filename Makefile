@@ -63,7 +63,7 @@ bench: install $(BUNDLE)/dihs.json
 pathbench: install $(BUNDLE)/dihs.json
 	RAY_AUTH_MODE=disabled $(PY) -m loadtests.path_bench $(BUNDLE) --out $(RESULTS)/path
 
-# Locust sweep, dense vs static vs adaptive (~13 min; --quick: ~2 min)
+# Open-loop Locust sweep: dense, int8, half width and adaptive against offered load (~19 min; --quick: <3 min)
 loadtest: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs loadtest --out $(RESULTS)/loadtest
 
