@@ -202,11 +202,11 @@ def plot_bench(result: dict, out) -> None:
         rows = [r for r in result["rows"] if (r["batch"], r["seq_len"]) == (b, t)]
         base = rows[0].get("dtype", "float32")
         for dtype in dict.fromkeys(r.get("dtype", base) for r in rows):
-            for mode, style in (("sliced", "o-"), ("masked", "s--")):
-                rs = sorted((r for r in rows if r["mode"] in (mode, "dense") and r.get("dtype", base) == dtype
-                             and (mode == "sliced" or r["mode"] == mode)), key=lambda r: r["flops_ratio"])
-                if mode == "masked" and dtype != base:
-                    continue  # masked is the noise reference: the baseline dtype's is enough
+            # sliced levels from the dtype's own dense point; masked (the noise reference) for the baseline only
+            for mode, style in (("sliced", "o-"), ("masked", "s--"))[: 2 if dtype == base else 1]:
+                kinds = ("dense", mode) if mode == "sliced" else (mode,)
+                rs = sorted((r for r in rows if r["mode"] in kinds and r.get("dtype", base) == dtype),
+                            key=lambda r: r["flops_ratio"])
                 ax.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=f"{mode} {dtype}")
         rs = sorted((r for r in rows if r["mode"] == "sliced" and r.get("dtype", base) == base),
                     key=lambda r: r["flops_ratio"])

@@ -12,6 +12,7 @@ of the original head size has no config that describes it.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -59,7 +60,7 @@ def export_level(bundle: Bundle, name: str, out: Path, fmt: str = "onnx", dtype:
         raise ExportError(f"an exported level is {' or '.join(EXPORT_DTYPES)}, not {dtype!r}")
     record = level_record(bundle, name)
     budget = Budget.from_meta(record)
-    model = bundle.model.float().cpu().eval()
+    model = copy.deepcopy(bundle.model).float().cpu().eval()  # the bundle's own model stays where and as it is
     ids = torch.full((2, 8), 1, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0  # padding in the example, so the trace keeps the attention-mask path (forward skips it without)

@@ -67,7 +67,7 @@ fi
 if wants bench; then
 step GPU bench
 dihs bench /tmp/b/r8 --device cuda --quiet --json "$OUT/bench-gpu.json" --plot "$OUT/bench-gpu.png"
-dihs bench /tmp/b/r8 --device cuda --dtype bf16 --quiet --json "$OUT/bench-gpu-bf16.json"
+dihs bench /tmp/b/r8 --device cuda --dtype bfloat16 --quiet --json "$OUT/bench-gpu-bf16.json"
 fi
 
 step done

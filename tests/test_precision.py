@@ -99,3 +99,10 @@ def test_auto_autocast_follows_the_hardware():
     from dihs_model.precision import fast_bfloat16
 
     assert isinstance(fast_bfloat16(torch.device("cpu")), bool)
+
+
+def test_the_cli_offers_the_librarys_dtypes():
+    from dihs_cli.common import DTYPES as CLI_DTYPES
+    from dihs_model.precision import DTYPES
+
+    assert CLI_DTYPES == DTYPES  # the CLI keeps its own copy so that --help imports no torch
