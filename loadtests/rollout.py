@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
-    from service.app import LEAN_PATH_ENV, SLOW_MACHINE_ENV
+    from service.app import ray_env
+    from service.settings import Settings
 
-    env = {"RAY_AUTH_MODE": "disabled", **SLOW_MACHINE_ENV, **LEAN_PATH_ENV}
+    env = {"RAY_AUTH_MODE": "disabled", **ray_env(Settings())}
     os.environ.update(env)
     port = free_port()
     ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="WARNING", _metrics_export_port=free_port(),

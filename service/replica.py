@@ -124,7 +124,7 @@ class Replica:
         load = LoadTracker(self._load_config(live), gpu_utilization=lambda: self.hardware.get("gpu"))
         bundle = load_bundle(path)
         engine = Engine(bundle, s.model_name, load, self.metrics, s.device, s.dtype, policy=_policy(live),
-                        max_batch_size=batch, controller=_controller_config(live))
+                        max_batch_size=batch, controller=self._controller_config(live))
         engine.probe()
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity)
         backend = ReplicaBackend(self, engine, batcher)
@@ -135,6 +135,10 @@ class Replica:
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
         return LoadConfig(slo_s=self._value(live, "slo_ms") / 1e3, queue_capacity=2 * self._value(live, "max_batch_size"))
+
+    def _controller_config(self, live: LiveConfig) -> ControllerConfig:
+        given = {k: getattr(live, k) for k in ("utilization", "hold_s") if getattr(live, k) is not None}
+        return replace(ControllerConfig(), slo_s=self._value(live, "slo_ms") / 1e3, **given)
 
     async def reconfigure(self, config: dict | None) -> None:
         """Apply Serve's user_config: a new bundle path is loaded and swapped in (the old one answers what
@@ -152,7 +156,7 @@ class Replica:
         engine = current.engine
         engine.load.cfg = self._load_config(live)
         engine.ladder_policy.policy = _policy(live) or PolicyConfig.from_meta(engine.bundle.meta)
-        engine.controller.cfg = _controller_config(live)
+        engine.controller.cfg = self._controller_config(live)
         current.batcher.max_batch_size = self._value(live, "max_batch_size")  # read at every batch
 
     def probe(self) -> None:
@@ -180,11 +184,6 @@ class Replica:
 
 def _policy(live: LiveConfig) -> PolicyConfig | None:
     return None if live.protect is None else PolicyConfig(protect=live.protect)
-
-
-def _controller_config(live: LiveConfig) -> ControllerConfig:
-    return replace(ControllerConfig(), **{k: getattr(live, k) for k in ("utilization", "hold_s")
-                                           if getattr(live, k) is not None})
 
 
 async def _retire(old: Serving) -> None:

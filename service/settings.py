@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     model_name: str = Field("dihs", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="name in responses and /v2/models/{name}")
     host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to listen on all interfaces)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    ingress: str = Field("haproxy", pattern=r"^(haproxy|proxy)$", description="what takes the HTTP port: haproxy "
+                         "(Ray Serve's HAProxy mode: HAProxy forwards each request straight to a model replica's own "
+                         "HTTP server) or proxy (Ray Serve's Python proxy actor, one Ray call per request)")
     replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
     max_batch_size: int = Field(16, ge=1, le=256, description="texts per model batch")

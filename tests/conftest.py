@@ -128,11 +128,12 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
     from dihs_model.bundle import save_bundle
     from service.app import build_app
 
-    from service.app import SLOW_MACHINE_ENV
+    from service.app import ray_env
+    from service.settings import Settings
 
     path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
     http_port, metrics_port = free_port(), free_port()
-    env = {"RAY_AUTH_MODE": "disabled", **SLOW_MACHINE_ENV}
+    env = {"RAY_AUTH_MODE": "disabled", **ray_env(Settings(**settings))}  # the ingress `dihs serve` runs
     os.environ.update(env)
     ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": env}, _system_config={"metrics_report_interval_ms": 1000})

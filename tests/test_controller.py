@@ -1,12 +1,21 @@
-"""The load controller: the most accurate plan whose measured cost fits the arrival rate, capped by
-pressure; monotone in both; hysteresis so that it does not flap (injected clock, no Ray, no model)."""
+"""The load controller: the most accurate plan whose measured capacity covers the arrival rate, capped
+by pressure; monotone in both; plans that serve no more than a more accurate one never picked;
+hysteresis so that it does not flap (injected clock, no Ray, no model)."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.controller import ControllerConfig, PlanController
+from service.controller import ControllerConfig, PlanController, batch_seconds, capacity
 
-COSTS = [0.020, 0.012, 0.008, 0.006, 0.005, 0.002]  # seconds per text: full, cascades, one cheap pass
+PER_TEXT = [0.020, 0.012, 0.008, 0.006, 0.005, 0.002]  # seconds per text: full, cascades, one cheap pass
+SIZES = (1, 2, 4, 8, 16)
+
+
+def _times(per_text: float, overhead: float = 0.0) -> dict[int, float]:
+    return {b: overhead + per_text * b for b in SIZES}
+
+
+COSTS = [_times(c) for c in PER_TEXT]  # no overhead, so a plan's capacity is 1 / its cost per text
 
 
 class Clock:
@@ -61,3 +70,32 @@ def test_cheaper_at_once_costlier_only_after_the_hold_and_no_flapping():
         got = c.choose(0.2)
     assert got == 1 == c.current  # pressure 0.2 over 6 plans: rung 1
     assert c.peek(1.0) == len(COSTS) - 1 and c.current == 1  # peek changes nothing
+
+
+def test_capacity_is_the_best_rate_in_batches_within_the_limit():
+    times = {1: 0.020, 4: 0.050, 16: 0.160}  # 50, 80 and 100 texts/s
+    assert capacity(times, 0.075) == 4 / 0.050  # a batch of 16 takes longer than the limit
+    assert capacity(times, 1.0) == 16 / 0.160
+    assert capacity(times, 0.001) == 1 / 0.020  # nothing fits: the smallest batch's rate
+    assert batch_seconds(times, 2) == 0.020 + (0.050 - 0.020) / 3
+    assert batch_seconds(times, 0) == 0.0 and batch_seconds(times, 32) == 0.320
+
+
+def test_a_plan_no_faster_than_a_more_accurate_one_is_never_picked():
+    # plan 1 (a cascade whose two passes cost more than the full model at these batch sizes)
+    costs = [_times(0.010), _times(0.011, 0.004), _times(0.004)]
+    c = PlanController(costs)
+    assert c.usable() == [0, 2]
+    assert {c.wanted(p / 10, r) for p in range(11) for r in range(0, 400, 5)} == {0, 2}
+
+
+@settings(max_examples=100, deadline=None)
+@given(per_text=st.lists(st.floats(1e-4, 0.05), min_size=1, max_size=6),
+       overhead=st.lists(st.floats(0, 0.02), min_size=6, max_size=6),
+       p=st.floats(0, 1), r=st.floats(0, 5000))
+def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
+    c = PlanController([_times(x, o) for x, o in zip(per_text, overhead)])
+    caps = c.capacities()
+    usable = c.usable()
+    assert usable[0] == 0 and all(caps[a] < caps[b] for a, b in zip(usable, usable[1:]))
+    assert c.wanted(p, r) in usable

@@ -2,8 +2,9 @@
 accepted request is answered, a killed replica is replaced and in-flight requests fail fast.
 
 The HTTP app runs in the model replica itself (one hop), so a request in flight at a replica that
-dies is answered by Ray's proxy, the only process left on its path: a 500 in Ray's plain-text
-shape, at once, not the API's JSON error shape."""
+dies is answered by what stands in front of it, at once: with Ray's Python proxy a 500 in Ray's
+plain-text shape; with HAProxy (the default ingress) a 500 or a connection closed without an answer,
+which HTTP clients raise as a retryable protocol error. Never a hang, never the API's JSON shape."""
 
 import asyncio
 import time
@@ -65,7 +66,7 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
     async def in_flight():
         async with httpx.AsyncClient(timeout=120) as client:
             return await asyncio.gather(*[client.post(f"{base}/v1/classify", json={"text": "good"})
-                                          for _ in range(3)])
+                                          for _ in range(3)], return_exceptions=True)
 
     async def kill_soon():
         await asyncio.sleep(1.5)  # the 3 texts wait in the replica's batch queue (3 s fill wait)
@@ -78,10 +79,16 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
 
     t0 = time.monotonic()
     responses, _ = asyncio.run(both())
-    print("in flight at the kill:", [r.status_code for r in responses], f"after {time.monotonic() - t0:.1f}s")
+    failed_after = time.monotonic() - t0
+    print("in flight at the kill:", [getattr(r, "status_code", repr(r)) for r in responses], f"after {failed_after:.1f}s")
     for r in responses:
-        # from Ray's proxy: the replica is gone (a hang would end in the client's 120 s timeout instead)
-        assert r.status_code == 500, (r.status_code, r.text)
+        # the replica is gone: its front answers 500 or closes the connection (a hang would end in the
+        # client's 120 s timeout instead, as httpx.ReadTimeout)
+        if isinstance(r, Exception):
+            assert isinstance(r, httpx.RemoteProtocolError), repr(r)
+        else:
+            assert r.status_code == 500, (r.status_code, r.text)
+    assert failed_after < 60, failed_after
 
     deadline = time.monotonic() + 180  # Serve starts a new replica (slower on a busy machine)
     while True:

@@ -62,6 +62,9 @@ def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
     r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
     full = {"budget": "f100", "flops_ratio": 1.0, "heads": [4, 4, 4], "neurons": [64, 64, 64]}
     assert r["plan"] == "full" and r["passes"] == [full] and not r["escalated"]
+    # the tiny model's plans all cost about the same (its time is overhead), so the controller would
+    # rightly keep the full model: give it plan times in which each plan is cheaper than the last
+    engine.controller.plan_times = [{1: 0.01 / (k + 1)} for k in range(len(engine.plans))]
     for _ in range(40):  # a backlog far over capacity: the controller picks a cheaper plan
         engine.load.started()
     for _ in range(5):
