@@ -52,6 +52,15 @@ class Item:
     max_ratio: float = 1.0
 
 
+def padded_length(tokens: list[int], batch: int, max_length: int) -> int:
+    """Expected longest of `batch` texts drawn from these token counts (a batch is padded to its
+    longest text): the mean of the maximum under the empirical distribution, P(max <= x) = F(x)^batch."""
+    xs = sorted(min(t, max_length) for t in tokens)
+    n = len(xs)
+    mean = sum(x * (((k + 1) / n) ** batch - (k / n) ** batch) for k, x in enumerate(xs))
+    return max(2, round(mean))
+
+
 class Engine:
     """auto texts run the plan the controller picks for the current load (controller.py): the full
     model, a confidence cascade over width budgets (first pass; the least confident, by the plan's
@@ -95,14 +104,14 @@ class Engine:
 
     def _measure(self, max_batch: int) -> list[dict[int, float]]:
         """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
-        its passes timed at the calibration split's mean length; a cascade's second pass as expected
+        its passes timed at the length a batch of that size is padded to (padded_length); a cascade's second pass as expected
         over how many texts of the batch escalate (binomial in the plan's escalated share)."""
         tokens = self.bundle.meta["calibration"]["tokens"]
-        seq = max(2, min(self.bundle.max_length, round(sum(tokens) / len(tokens))))
         sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         budgets = list({(None if b is None else b.key): b for p in self.plans
                         for b in ([None] if p is None else [p.first, p.second])}.values())
-        per_text = {b: budget_costs(self.model, budgets, b, seq) for b in sizes}
+        per_text = {b: budget_costs(self.model, budgets, b, padded_length(tokens, b, self.bundle.max_length))
+                    for b in sizes}
         times = {(None if x is None else x.key): {b: per_text[b][j] * b for b in sizes} for j, x in enumerate(budgets)}
         out = []
         for p, tracker in zip(self.plans, self.trackers):
