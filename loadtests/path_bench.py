@@ -165,7 +165,8 @@ def run(a) -> dict:
     from service.metrics import NullMetrics
 
     from .common import held_out
-    from .sweep import Service
+    from .placement import on_replica_core, pin_client, pin_server, pin_service, split_cores
+    from .sweep import Service, _session_pids
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,21 +180,28 @@ def run(a) -> dict:
                    "DIHS_REPLICA_CPUS": str(a.threads)}
     os.environ.update(env_threads)  # the child `dihs serve` reads its settings from DIHS_*
     os.environ.update(dict(kv.split("=", 1) for kv in a.serve_env))  # e.g. Ray Serve's own options
+    placement = {"client": pin_client()}  # this process, its clients and what it starts: the client cores
     service = Service(a.bundle, a.slo_ms, out / "serve.log")
     peer = Peer(a.bundle, a.threads, out / "naive.log")
     rounds = []
     try:
         service.wait_ready()
         peer.wait_ready()
+        pinned = split_cores() is not None  # (on Linux; _session_pids elsewhere stops the service)
+        placement["service"] = pin_service(_session_pids(service.proc.pid)) if pinned else "not pinned"
+        placement["naive_peer"] = pin_server(peer.proc.pid)
+        placement["model_only"] = "this process's model runs on the replica core" if pinned else "not pinned"
+        print(f"placement: {placement}", flush=True)
         svc, naive = f"{service.url}/v1/classify", f"{peer.url}/v1/classify"
         for url, bodies in ((svc, _bodies(texts, 1, LEVELS["full"])), (svc, _bodies(texts, 16, LEVELS["l25"])),
                             (naive, _bodies(texts, 1, None, naive=True))):
             asyncio.run(_closed_loop(url, bodies, 4, 3.0, 0.0, False))  # warm every path once
         for r in range(a.rounds):
             row: dict = {"round": r, "load_average": _load_average(), "model": {}, "service": {}}
-            for name, budget in LEVELS.items():
-                for b in (1, a.batch):
-                    row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
+            with on_replica_core():
+                for name, budget in LEVELS.items():
+                    for b in (1, a.batch):
+                        row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
             for name, budget in LEVELS.items():
                 row["service"][f"{name}_1text"] = asyncio.run(_closed_loop(
                     svc, _bodies(texts, 1, budget), a.clients, a.seconds, a.warmup, True))
@@ -208,7 +216,7 @@ def run(a) -> dict:
         peer.stop()
         service.stop()
     (out / "path.json").write_text(json.dumps({"rounds": rounds}, indent=2))  # kept if the summary fails
-    result = {"bundle": str(a.bundle), "data": spec, "serve_env": a.serve_env, "texts": len(texts), "threads": a.threads, "batch": a.batch,
+    result = {"bundle": str(a.bundle), "data": spec, "serve_env": a.serve_env, "texts": len(texts), "threads": a.threads, "batch": a.batch, "placement": placement,
               "clients": a.clients, "clients_16": a.clients_16, "seconds": a.seconds, "rounds": rounds,
               "cpu_count": os.cpu_count(), "summary": summarize(rounds, a.batch)}
     (out / "path.json").write_text(json.dumps(result, indent=2))

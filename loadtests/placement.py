@@ -54,6 +54,28 @@ def pin_client() -> str:
     return f"load generator on cores {sorted(split[1])}"
 
 
+def pin_server(pid: int) -> str:
+    """A one-process server (the naive peer) onto the replica core."""
+    split = split_cores()
+    if split is None or not _pin(pid, split[0]):
+        return "not pinned"
+    return f"on core {sorted(split[0])}"
+
+
+class on_replica_core:
+    """Run this thread on the replica core for a while (the model-only runs of the path bench)."""
+
+    def __enter__(self):
+        split = split_cores()
+        self._before = os.sched_getaffinity(0) if split else None
+        if split:
+            os.sched_setaffinity(0, split[0])
+
+    def __exit__(self, *exc):
+        if self._before is not None:
+            os.sched_setaffinity(0, self._before)
+
+
 def pin_service(pids: list[int]) -> str:
     """The service's replica processes onto the replica core, its other processes (proxy, controller,
     Ray's own) onto the client cores; a sentence for the summary."""

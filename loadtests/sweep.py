@@ -39,7 +39,7 @@ from pathlib import Path
 from .common import BUDGETS, MODES, held_out
 from .open_loop import SEGMENT_FIELDS, TRACES, Segment, arrivals, capacity, grid_segments, read_trace, \
     segment_rows, trace_segments
-from .placement import pin_client, pin_service
+from .placement import pin_client, pin_service, split_cores
 from .report import combined, findings, plot, trace_totals, write_summary
 from .stats import read_events
 
@@ -427,7 +427,7 @@ def run_sweep(a) -> Path:
             dtype = dt
             services.append(dt)
             check_service(service.url, examples)
-            placement = pin_service(_session_pids(service.proc.pid))
+            placement = pin_service(_session_pids(service.proc.pid)) if split_cores() else "not pinned"
             say(f"placement: {placement}")
         return service.url
 

@@ -57,8 +57,9 @@ class Api:
         route = request.scope.get("route")
         return any(getattr(d, "dependency", None) == self.counted for d in getattr(route, "dependencies", ()))
 
-    def authorized(self, request: Request) -> None:
-        """Route dependency: with an API key set, the route needs `Authorization: Bearer <key>`."""
+    async def authorized(self, request: Request) -> None:
+        """Route dependency: with an API key set, the route needs `Authorization: Bearer <key>`.
+        (async: FastAPI would run a plain function in a worker thread, one thread hop per request)"""
         key = self.settings.api_key
         if key is None:
             return

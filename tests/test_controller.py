@@ -99,3 +99,14 @@ def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
     usable = c.usable()
     assert usable[0] == 0 and all(caps[a] < caps[b] for a, b in zip(usable, usable[1:]))
     assert c.wanted(p, r) in usable
+
+
+def test_padded_length_is_the_expected_longest_text_of_a_batch():
+    from service.engine import padded_length
+
+    tokens = [10, 20, 30, 40]
+    assert padded_length(tokens, 1, 128) == 25  # one text: the mean
+    assert padded_length(tokens, 2, 128) == round((10 * 1 + 20 * 3 + 30 * 5 + 40 * 7) / 16)
+    grows = [padded_length(tokens, b, 128) for b in (1, 2, 4, 8, 16, 64)]
+    assert grows == sorted(grows) and grows[-1] == 40
+    assert padded_length(tokens, 4, 25) == 25  # never past the model's max length

@@ -13,6 +13,7 @@ from dihs_model.data import Examples
 from dihs_model.budget import Budget
 from dihs_model.explain import explain
 from dihs_model.calibrate import calibrate_bundle
+from tests.conftest import each_plan_cheaper
 from dihs_model.importance import mask_gradients
 from service.engine import Engine, EngineBackend, Item
 from service.http import build_http_app
@@ -35,6 +36,7 @@ def served(tiny_checkpoint):
     bundle = tiny_bundle(tiny_checkpoint)
     metrics = NullMetrics()
     engine = Engine(bundle, "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics)
+    each_plan_cheaper(engine)
     app = build_http_app(Settings(max_texts=8, max_chars=200, model_name="tiny"), EngineBackend(engine, "tiny"), metrics)
     return TestClient(app), engine
 
@@ -184,8 +186,10 @@ def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tm
                  str(head), "--threads", "1"]) == 0
     assert att.read_bytes().startswith(PNG)
     assert main(["explain", str(bundle_dir), "bad", "--mode", "auto", "--pressure", "1", "--threads", "1"]) == 0
-    out = capsys.readouterr().out  # at full pressure the cheapest plan: one cheap pass, as the service would
-    assert "load pressure 1.00" in out and "plan single" in out
+    out = capsys.readouterr().out
+    # at full pressure the plan that serves the most texts per second by the times measured here, as the
+    # service would: for the tiny model's overhead-bound passes, the single cheap pass or the full model
+    assert "load pressure 1.00" in out and ("plan single" in out or "plan full" in out)
 
 
 def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):

@@ -8,7 +8,7 @@ from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
-from tests.conftest import tiny_calibrated_bundle
+from tests.conftest import each_plan_cheaper, tiny_calibrated_bundle
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def served(tmp_path):
     metrics = NullMetrics()
     load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32))
     engine = Engine(bundle, "tiny", load, metrics)
+    each_plan_cheaper(engine)
     app = build_http_app(settings, EngineBackend(engine, "tiny"), metrics)
     return TestClient(app), metrics, engine
 

@@ -14,7 +14,7 @@ from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
-from tests.conftest import tiny_calibrated_bundle
+from tests.conftest import each_plan_cheaper, tiny_calibrated_bundle
 
 TEXTS = ["good great fun", "bad awful dull", "love the movie", "hate the plot", "fun fun", "dull plot",
          "the movie was good", "the plot was awful", "great actor", "awful end"] * 8
@@ -62,9 +62,7 @@ def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
     r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
     full = {"budget": "f100", "flops_ratio": 1.0, "heads": [4, 4, 4], "neurons": [64, 64, 64]}
     assert r["plan"] == "full" and r["passes"] == [full] and not r["escalated"]
-    # the tiny model's plans all cost about the same (its time is overhead), so the controller would
-    # rightly keep the full model: give it plan times in which each plan is cheaper than the last
-    engine.controller.plan_times = [{1: 0.01 / (k + 1)} for k in range(len(engine.plans))]
+    each_plan_cheaper(engine)
     for _ in range(40):  # a backlog far over capacity: the controller picks a cheaper plan
         engine.load.started()
     for _ in range(5):
