@@ -77,8 +77,8 @@ class on_replica_core:
 
 
 def pin_service(pids: list[int]) -> str:
-    """The service's replica processes onto the replica core, its other processes (proxy, controller,
-    Ray's own) onto the client cores; a sentence for the summary."""
+    """The service's replica processes onto the replica core, its other processes (HAProxy or Ray's
+    proxy, Serve's controller, Ray's own) onto the client cores; a sentence for the summary."""
     split = split_cores()
     if split is None:
         return "not pinned (fewer than 2 cores or no sched_setaffinity)"
@@ -88,6 +88,6 @@ def pin_service(pids: list[int]) -> str:
         return "not pinned: no Serve replica process was found"
     for p in pids:
         _pin(p, replica if p in replicas else client)
-    return (f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; Ray's proxy, controller "
-            f"and the rest of the service ({len(pids) - len(replicas)} processes) with the load generator on "
+    return (f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; the HTTP front (HAProxy or "
+            f"Ray's proxy), Serve's controller and the rest of the service ({len(pids) - len(replicas)} processes) with the load generator on "
             f"cores {sorted(client)}")

