@@ -270,8 +270,11 @@ class Engine:
         tokens = mask.sum(1).tolist()
         results = [self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
                    for i in range(len(items))]
+        t4 = time.perf_counter()
+        if all(d[0] == "plan" and d[1] == plan for d in decisions):  # a batch all on the controller's plan
+            self.controller.observed(plan, len(items), t4 - t0)
         if timing is not None:
-            timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)))
+            timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
         return results
 
     def _run_plan(self, p: int, rows: list[int], ids, mask, decisions, pressure: float, served: list) -> None:

@@ -110,3 +110,15 @@ def test_padded_length_is_the_expected_longest_text_of_a_batch():
     grows = [padded_length(tokens, b, 128) for b in (1, 2, 4, 8, 16, 64)]
     assert grows == sorted(grows) and grows[-1] == 40
     assert padded_length(tokens, 4, 25) == 25  # never past the model's max length
+
+
+def test_observed_slowdown_scales_every_plans_capacity():
+    c = PlanController(COSTS, ControllerConfig(slowdown_alpha=1.0))
+    before = c.capacities()
+    c.observed(1, 4, 2 * batch_seconds(COSTS[1], 4))  # served batches take twice the measured time
+    assert c.slowdown == 2.0
+    after = c.capacities()
+    assert all(a < b for a, b in zip(after, before))
+    assert c.wanted(0.01, 40) >= PlanController(COSTS).wanted(0.01, 40)  # so a cheaper plan for the same rate
+    c.observed(0, 1, 1e3)  # clamped: one odd batch cannot stall the controller's view
+    assert c.slowdown == 4.0
