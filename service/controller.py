@@ -4,10 +4,10 @@ single pass) auto-mode texts run now.
 Each plan's capacity comes from its batch times measured on this replica at start-up (seconds per
 batch at a few batch sizes, a cascade's second pass weighted by how many texts of a batch escalate):
 the most texts per second it serves in batches that each take at most `batch_share` of the SLO (a
-text waits for the batch in flight, then runs in its own), with every time scaled by the slowdown
-observed while serving: the EWMA of a served batch's whole time (tokenizing, the passes, the answers,
-and the HTTP work that shares the replica's core) over its measured pass time, so what the start-up
-benchmark leaves out is counted in. A plan that serves no more than a more
+text waits for the batch in flight, then runs in its own), with a per-text overhead observed while
+serving added to every batch: the EWMA of what a served batch took beyond its measured passes, per
+text (tokenizing, the answers, and the HTTP work that shares the replica's core, which is per request,
+so the same for every plan). A plan that serves no more than a more
 accurate one buys nothing and is never picked (on a CPU, a cascade's two passes at small batches can
 cost more time than the full model). Over the plans left, ordered by accuracy, two inputs, each monotone:
 - the arrival rate (texts/s over the last `window_s`): the most accurate plan whose capacity, times
@@ -40,7 +40,7 @@ class ControllerConfig:
     hold_s: float = 3.0  # a costlier plan must be wanted this long before it is taken
     slo_s: float = 0.25  # the latency objective
     batch_share: float = 0.3  # a batch may take at most this share of the SLO
-    slowdown_alpha: float = 0.1  # EWMA weight of a served batch's observed/measured time
+    overhead_alpha: float = 0.1  # EWMA weight of a served batch's per-text overhead
 
 
 def batch_seconds(times: BatchTimes, b: float) -> float:
@@ -75,24 +75,25 @@ class PlanController:
         self._lock = threading.Lock()
         self._current = 0
         self._wanted_since: float | None = None  # when a costlier plan than the current one began to be wanted
-        self.slowdown = 1.0  # served batch time / measured pass time (EWMA)
+        self.overhead_s = 0.0  # seconds per text a served batch takes beyond its measured passes (EWMA)
 
     @property
     def current(self) -> int:
         return self._current
 
     def capacities(self) -> list[float]:
-        """Texts/s each plan serves within the batch time limit, at the observed slowdown."""
-        limit = self.cfg.batch_share * self.cfg.slo_s / self.slowdown
-        return [capacity(t, limit) / self.slowdown for t in self.plan_times]
+        """Texts/s each plan serves within the batch time limit, the observed overhead included."""
+        limit, o = self.cfg.batch_share * self.cfg.slo_s, self.overhead_s
+        return [capacity({b: s + o * b for b, s in t.items()}, limit) for t in self.plan_times]
 
     def observed(self, plan: int, texts: int, seconds: float) -> None:
         """A batch of `texts` auto texts ran `plan` in `seconds`, everything of Engine.run included."""
-        predicted = batch_seconds(self.plan_times[plan], texts)
-        if predicted > 0 and seconds > 0:
-            a = self.cfg.slowdown_alpha
-            with self._lock:
-                self.slowdown = min(4.0, max(0.5, (1 - a) * self.slowdown + a * seconds / predicted))
+        if texts <= 0:
+            return
+        extra = max(0.0, seconds - batch_seconds(self.plan_times[plan], texts)) / texts
+        a = self.cfg.overhead_alpha
+        with self._lock:  # at most 50 ms a text: one stalled batch cannot blind the controller
+            self.overhead_s = min(0.05, (1 - a) * self.overhead_s + a * extra)
 
     def usable(self) -> list[int]:
         """The plans worth picking, most accurate first: each serves more than every more accurate one."""

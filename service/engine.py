@@ -266,7 +266,7 @@ class Engine:
         self.metrics.record("dihs_load_pressure", pressure)
         self.metrics.record("dihs_plan_flops_target", self.plan_targets[plan])
         for i, cost in enumerate(self.plan_costs):  # re-set each batch: the agent drops gauges left unset
-            self.metrics.record("dihs_plan_cost_seconds", cost, plan=self.plan_name(i))
+            self.metrics.record("dihs_plan_cost_seconds", cost + self.controller.overhead_s, plan=self.plan_name(i))
         tokens = mask.sum(1).tolist()
         results = [self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
                    for i in range(len(items))]

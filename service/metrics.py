@@ -52,8 +52,9 @@ SPECS = (
                "the cascade's second pass", ("model",)),
     MetricSpec("dihs_plan_flops_target", "gauge", "FLOPs target of the plan auto texts run now (1 = the full model)",
                ("model",)),
-    MetricSpec("dihs_plan_cost_seconds", "gauge", "Compute per text of each plan, measured on the replica at start-up "
-               "(full batch, the calibration split's mean length)", ("model", "plan")),
+    MetricSpec("dihs_plan_cost_seconds", "gauge", "Seconds per text of each plan: its passes measured on the replica at "
+               "start-up (a full batch, padded as such a batch is) plus the per-text overhead observed while serving",
+               ("model", "plan")),
     MetricSpec("dihs_budget_level", "counter", "Texts served at each budget level", ("model", "level")),
     MetricSpec("dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS),
     MetricSpec("dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)),

@@ -112,13 +112,16 @@ def test_padded_length_is_the_expected_longest_text_of_a_batch():
     assert padded_length(tokens, 4, 25) == 25  # never past the model's max length
 
 
-def test_observed_slowdown_scales_every_plans_capacity():
-    c = PlanController(COSTS, ControllerConfig(slowdown_alpha=1.0))
+def test_observed_overhead_is_added_per_text_to_every_plan():
+    c = PlanController(COSTS, ControllerConfig(overhead_alpha=1.0))
     before = c.capacities()
-    c.observed(1, 4, 2 * batch_seconds(COSTS[1], 4))  # served batches take twice the measured time
-    assert c.slowdown == 2.0
+    c.observed(1, 4, batch_seconds(COSTS[1], 4) + 4 * 0.003)  # served batches take 3 ms a text more
+    assert abs(c.overhead_s - 0.003) < 1e-12
     after = c.capacities()
     assert all(a < b for a, b in zip(after, before))
+    assert abs(1 / after[-1] - (PER_TEXT[-1] + 0.003)) < 1e-9  # the cheapest plan: (2 + 3) ms a text
     assert c.wanted(0.01, 40) >= PlanController(COSTS).wanted(0.01, 40)  # so a cheaper plan for the same rate
-    c.observed(0, 1, 1e3)  # clamped: one odd batch cannot stall the controller's view
-    assert c.slowdown == 4.0
+    c.observed(0, 1, 10.0)  # clamped: one stalled batch cannot blind the controller
+    assert c.overhead_s == 0.05
+    c.observed(0, 2, 0.0)  # faster than measured: no negative overhead
+    assert c.overhead_s == 0.0
