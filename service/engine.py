@@ -104,8 +104,9 @@ class Engine:
 
     def _measure(self, max_batch: int) -> list[dict[int, float]]:
         """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
-        its passes timed at the length a batch of that size is padded to (padded_length); a cascade's second pass as expected
-        over how many texts of the batch escalate (binomial in the plan's escalated share)."""
+        its passes timed at the length a batch of that size is padded to (padded_length); a cascade's
+        second pass as expected over how many texts of the batch escalate (binomial in the plan's
+        escalated share)."""
         tokens = self.bundle.meta["calibration"]["tokens"]
         sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         budgets = list({(None if b is None else b.key): b for p in self.plans
