@@ -50,8 +50,9 @@ def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> N
 @serve.deployment(name="DIHSModel")
 @serve.ingress()
 class DIHSModel:
-    """The one deployment: Ray's proxy routes each HTTP request straight to a replica, whose own
-    FastAPI app validates it and hands its texts to the replica's batcher in one call (replica.py).
+    """The one deployment: the HTTP front (HAProxy, or Ray's proxy) sends each HTTP request straight
+    to a replica, whose own FastAPI app validates it and hands its texts to the replica's batcher in
+    one call (replica.py).
 
     Serve's hooks: `check_health` probes the engine (a replica whose model cannot answer is replaced),
     `reconfigure` applies the live settings of `user_config` (replica.LiveConfig), and a replica that
