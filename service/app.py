@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 
@@ -198,9 +199,20 @@ def ingress_in_use(s: Settings) -> str:
     return "haproxy" if s.ingress == "haproxy" and haproxy_binary() else "proxy"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def ray_env(s: Settings) -> dict[str, str]:
-    """Environment of a local Ray cluster serving `s` (read by Ray Serve when its processes start)."""
-    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **(HAPROXY_ENV if ingress_in_use(s) == "haproxy" else {})}
+    """Environment of a local Ray cluster serving `s` (read by Ray Serve when its processes start).
+    HAProxy's own stats and Prometheus listeners get free ports: Ray's defaults (8404, 9101) are
+    fixed, so a second service on the machine, or a stray HAProxy, would stop this one starting."""
+    if ingress_in_use(s) != "haproxy":
+        return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}
+    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **HAPROXY_ENV, **ports}
 
 
 def run_local(s: Settings) -> None:

@@ -142,6 +142,8 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
     path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
     http_port, metrics_port = free_port(), free_port()
     env = {"RAY_AUTH_MODE": "disabled", **ray_env(Settings(**settings))}  # the ingress `dihs serve` runs
+    for k in env:  # put back by stop_serve
+        _ENV_BEFORE.setdefault(k, os.environ.get(k))
     os.environ.update(env)
     ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": env}, _system_config={"metrics_report_interval_ms": 1000})
@@ -157,7 +159,12 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
             "bundle": path}
 
 
+_ENV_BEFORE: dict = {}  # what start_tiny_serve changed in os.environ, to put back
+
+
 def stop_serve() -> None:
+    import os
+
     import ray
     from ray import serve
 
@@ -165,6 +172,12 @@ def stop_serve() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+        for k, v in _ENV_BEFORE.items():  # later tests (a `ray start` cluster, say) must not inherit them
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _ENV_BEFORE.clear()
 
 
 def need_debian_tool(name: str, package: str = "prometheus") -> str:

@@ -11,6 +11,9 @@ def test_haproxy_by_default_where_there_is_a_binary(monkeypatch):
     assert app.ingress_in_use(Settings()) == "haproxy"
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) > 0
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # the lean path options either way
+    # HAProxy's stats and Prometheus listeners on free ports, not Ray's fixed 8404 and 9101
+    ports = {int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    assert len(ports) == 2 and not ports & {8404, 9101}
 
 
 def test_rays_proxy_when_asked_or_without_a_binary(monkeypatch):

@@ -93,6 +93,7 @@ def cluster(tmp_path_factory):
     http_port = free_port()
     env = {**os.environ, **SLOW_MACHINE_ENV, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)  # `serve deploy` on a cluster: Ray's proxy, as the manifests
 
     def node_args(p: dict) -> list[str]:
         return ["--num-cpus=1", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
