@@ -95,10 +95,11 @@ class PlanController:
         with self._lock:  # at most 50 ms a text: one stalled batch cannot blind the controller
             self.overhead_s = min(0.05, (1 - a) * self.overhead_s + a * extra)
 
-    def usable(self) -> list[int]:
-        """The plans worth picking, most accurate first: each serves more than every more accurate one."""
+    def usable(self, caps: list[float] | None = None) -> list[int]:
+        """The plans worth picking, most accurate first: each serves more than every more accurate one
+        (`caps`: capacities() already computed)."""
         out, best = [], 0.0
-        for i, c in enumerate(self.capacities()):
+        for i, c in enumerate(self.capacities() if caps is None else caps):
             if c > best:
                 out.append(i)
                 best = c
@@ -122,7 +123,8 @@ class PlanController:
         """The plan the load asks for, before hysteresis (index into the plans, 0 = the full model)."""
         if pressure <= 0.0:
             return 0
-        usable, caps = self.usable(), self.capacities()
+        caps = self.capacities()
+        usable = self.usable(caps)
         n = len(usable)
         by_pressure = usable[min(n - 1, math.floor(min(1.0, pressure) * (n - 1)))]
         by_rate = next((i for i in usable if rate <= self.cfg.utilization * caps[i]), usable[-1])
