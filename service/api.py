@@ -52,6 +52,12 @@ class Api:
         yield
         self.metrics.record("dihs_requests", 1, status="ok")
 
+    def count_outcome(self, status_code: int) -> None:
+        """dihs_requests of an error answer, by what went wrong."""
+        c = status_code
+        self.metrics.record("dihs_requests", 1, status="rejected" if c == 503 else "client_error" if c < 500
+                            else "server_error")
+
     def counts(self, request: Request) -> bool:
         """Does the route this request matched declare the `counted` dependency?"""
         route = request.scope.get("route")
@@ -60,14 +66,18 @@ class Api:
     async def authorized(self, request: Request) -> None:
         """Route dependency: with an API key set, the route needs `Authorization: Bearer <key>`.
         (async: FastAPI would run a plain function in a worker thread, one thread hop per request)"""
-        key = self.settings.api_key
-        if key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
+        if not self.key_ok(request):
             log.info("request %s %s -> 401 (missing or wrong API key)", request.method, request.url.path)
             raise ApiError(401, "this route needs `Authorization: Bearer <API key>`", "unauthorized",
                            {"WWW-Authenticate": "Bearer"})
+
+    def key_ok(self, request: Request) -> bool:
+        """No API key is set, or the request carries it as `Authorization: Bearer <key>`."""
+        key = self.settings.api_key
+        if key is None:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode())
 
     # --- request checks ---
 

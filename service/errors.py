@@ -3,9 +3,15 @@ Protocol's `{"error": "<message>"}` on every /v2 path."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi.responses import JSONResponse
 
 from .protocol import ErrorResponse, V2ErrorResponse
+
+
+log = logging.getLogger("dihs.http")
+OVERLOADED = "the service is at capacity: retry after the Retry-After delay"
 
 
 class ApiError(Exception):
@@ -33,3 +39,15 @@ def error_body(path: str, code: int, type_: str, message: str) -> tuple[int, dic
 def error_response(code: int, message: str, type_: str, headers: dict | None = None, path: str = "") -> JSONResponse:
     status, body = error_body(path, code, type_, message)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_answer(exc: Exception, path: str, request_id: str = "-") -> JSONResponse:
+    """The answer to an exception a request raised after it was validated: the service's own errors
+    in their shape, anything else a logged 500 that names the request id."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.code, exc.message, exc.type, exc.headers, path)
+    if isinstance(exc, Overloaded):
+        return error_response(503, OVERLOADED, "overloaded", {"Retry-After": "1"}, path)
+    log.error("request %s failed", request_id, exc_info=exc)
+    return error_response(500, f"internal error (request id {request_id}); the request was not served", "internal",
+                          path=path)

@@ -8,23 +8,20 @@ without Ray.
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .api import Api, Backend
-from .errors import ApiError, Overloaded, error_response
+from .errors import ApiError, Overloaded, error_answer, error_response
 from .middleware import MaxBodySize, RequestId
 from .protocol import ErrorResponse
 from .routes_ops import ops_router
-from .routes_v1 import v1_router
+from .routes_v1 import ClassifyFastPath, v1_router
 from .routes_v2 import v2_router
 from .settings import Settings
 
-log = logging.getLogger("dihs.http")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
 
 
@@ -47,24 +44,13 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     def counted(request: Request, response: JSONResponse) -> JSONResponse:
         """An error answer on a counted route (see Api.counted) is counted by its outcome."""
         if api.counts(request):
-            c = response.status_code
-            status = "rejected" if c == 503 else "client_error" if c < 500 else "server_error"
-            metrics.record("dihs_requests", 1, status=status)
+            api.count_outcome(response.status_code)
         return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return counted(request, error_response(422, _validation_message(exc), "invalid_request",
                                                path=request.url.path))
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return counted(request, error_response(exc.code, exc.message, exc.type, exc.headers, request.url.path))
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded):
-        return counted(request, error_response(503, "the service is at capacity: retry after the Retry-After delay",
-                                               "overloaded", {"Retry-After": "1"}, request.url.path))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
@@ -74,15 +60,16 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error",
                               exc.headers, request.url.path)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        rid = getattr(request.state, "request_id", "-")
-        log.exception("request %s failed", rid)
-        return counted(request, error_response(500, f"internal error (request id {rid}); the request was not served",
-                                               "internal", path=request.url.path))
+    async def _answer(request: Request, exc: Exception):
+        return counted(request, error_answer(exc, request.url.path, getattr(request.state, "request_id", "-")))
 
-    # outermost first: the request id is on every answer, the 413 included
+    for kind in (ApiError, Overloaded, Exception):
+        app.add_exception_handler(kind, _answer)
+
+    # the last added runs first: the request id is on every answer, the 413 included, and the classify
+    # fast path sees only bodies within the limit
     # (a UTF-8 character is at most 4 bytes; JSON escaping and the rest fit in the slack)
+    app.add_middleware(ClassifyFastPath, api=api)
     app.add_middleware(MaxBodySize, max_bytes=settings.max_texts * settings.max_chars * 4 + 65536)
     app.add_middleware(RequestId)
     return app
