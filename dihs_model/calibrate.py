@@ -56,7 +56,8 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
 
 def fit_cascade(bundle, examples, allocator: Allocator, scorer, batch_size: int = 32) -> dict:
     """The DIHS cascade plans for every target, how well each complexity signal predicts a small
-    budget's errors (signals.py), and each ladder level's accuracy, on all calibration examples."""
+    budget's errors (signals.py), and the accuracy of each ladder level and of each plan's passes,
+    on all calibration examples."""
     from .cascade import TARGETS, fit_plans, plans_to_meta
     from .passes import Passes
     from .signals import signal_report
@@ -65,7 +66,7 @@ def fit_cascade(bundle, examples, allocator: Allocator, scorer, batch_size: int 
     passes = Passes(bundle.model, list(bundle.batches(examples, batch_size)), len(labels))
     plans = fit_plans(passes, labels, allocator, TARGETS)
     meta = plans_to_meta(plans, len(labels), signal_report(passes, labels, allocator, scorer))
-    meta["level_accuracy"] = {
-        lv["name"]: round(float((passes(Budget.from_meta(lv)).preds == labels).float().mean()), 4)
-        for lv in bundle.meta["levels"]}
+    budgets = [Budget.from_meta(lv) for lv in bundle.meta["levels"]]
+    budgets += [b for p in plans for b in (p.first, p.second) if b is not None]
+    meta["level_accuracy"] = {b.name: round(float((passes(b).preds == labels).float().mean()), 4) for b in budgets}
     return meta

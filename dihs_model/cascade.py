@@ -217,19 +217,29 @@ def arrival_order(n: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist()
 
 
-def single_pass_plan(budget: Budget, ratio: float) -> CascadePlan:
-    """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`)."""
-    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, 0.0, second_ratio=1.0, calib_flops_ratio=ratio)
+def single_pass_plan(budget: Budget, ratio: float, accuracy: float = 0.0) -> CascadePlan:
+    """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`; `accuracy` on the
+    calibration split, 0 where it was not measured)."""
+    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, accuracy, second_ratio=1.0, calib_flops_ratio=ratio)
 
 
-def served_plans(meta: dict) -> list[CascadePlan | None]:
+def served_plans(meta: dict, max_accuracy_loss: float = 1.0) -> list[CascadePlan | None]:
     """What the service may run in auto mode, costliest and most accurate first: the full model
-    (None), the bundle's cascade plans by falling target, then the cheapest first pass alone."""
+    (None), the bundle's cascade plans by falling target, then the cheapest first pass alone; of
+    those, the ones whose accuracy on the calibration split trails the full model's by at most
+    `max_accuracy_loss` (1: all of them; a plan whose accuracy was not measured counts as trailing,
+    as the single pass of a bundle calibrated before its accuracy was recorded does)."""
     plans = sorted((CascadePlan.from_meta(p) for p in meta["cascade"]["plans"]), key=lambda p: -p.target_flops_ratio)
     if not plans:
         return [None]
     cheapest = min(plans, key=lambda p: p.first_ratio)
-    return [None, *plans, single_pass_plan(cheapest.first, cheapest.first_ratio)]
+    levels = meta["cascade"].get("level_accuracy", {})
+    single = single_pass_plan(cheapest.first, cheapest.first_ratio, levels.get(cheapest.first.name, 0.0))
+    if max_accuracy_loss >= 1.0 or "f100" not in levels:
+        return [None, *plans, single]
+    floor = levels["f100"] - max_accuracy_loss
+    measured = [*plans, single] if single.first.name in levels else plans
+    return [None, *(p for p in measured if p.calib_accuracy >= floor)]
 
 
 @dataclass

@@ -12,10 +12,13 @@ accurate one buys nothing and is never picked (on a CPU, a cascade's two passes 
 cost more time than the full model). Over the plans left, ordered by accuracy, two inputs, each monotone:
 - the arrival rate (texts/s over the last `window_s`): the most accurate plan whose capacity, times
   `utilization`, covers it (more arrivals never pick a costlier plan);
-- the load pressure (queue depth, latency against the SLO, GPU utilization; load.py): no pressure
-  means the full model, and pressure p allows no plan costlier than rung floor(p * (n - 1)) of the n
-  plans (more pressure never picks a costlier plan).
-The cheaper of the two wins. Hysteresis: a cheaper plan is taken at once, a costlier one only after
+- the load pressure (queue depth, latency against the SLO, GPU utilization; load.py): pressure p
+  allows no plan costlier than rung floor(p * (n - 1)) of the n plans (more pressure never picks a
+  costlier plan).
+The cheaper of the two wins: with no pressure and arrivals the full model serves, the full model
+answers; arrivals past the full model's capacity take a cheaper plan before a queue builds (a queue
+would cost every text in it its latency, and the pressure it makes picks a cheaper plan than the
+rate needs). Hysteresis: a cheaper plan is taken at once, a costlier one only after
 it has been the answer for `hold_s` without a break, so a load near a boundary does not flap.
 Pure Python with an injected clock: tested without Ray or a model.
 """
@@ -41,6 +44,9 @@ class ControllerConfig:
     slo_s: float = 0.25  # the latency objective
     batch_share: float = 0.3  # a batch may take at most this share of the SLO
     overhead_alpha: float = 0.1  # EWMA weight of a served batch's per-text overhead
+    # plans trailing the full model's calibration accuracy by more are not served (Engine, at start-up;
+    # 1: every plan; the service's default is Settings.max_accuracy_loss)
+    max_accuracy_loss: float = 1.0
 
 
 def batch_seconds(times: BatchTimes, b: float) -> float:
@@ -121,8 +127,6 @@ class PlanController:
 
     def wanted(self, pressure: float, rate: float) -> int:
         """The plan the load asks for, before hysteresis (index into the plans, 0 = the full model)."""
-        if pressure <= 0.0:
-            return 0
         caps = self.capacities()
         usable = self.usable(caps)
         n = len(usable)

@@ -83,7 +83,7 @@ class Engine:
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
         self.budget_of = self.ladder_policy.budget_of
         self.total_heads = self.shape.total_heads
-        self.plans = served_plans(bundle.meta)
+        self.plans = served_plans(bundle.meta, controller.max_accuracy_loss)
         self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
         prepare(self.model, [self.budget_of(i) for i in range(len(self.levels))]

@@ -1,7 +1,8 @@
 """Load pressure in [0, 1] from queue depth, latency against the SLO and (on a GPU) utilization.
 
 Raw pressure is the largest of three terms:
-  queue:   texts waiting behind the one running at this replica / queue capacity
+  queue:   texts in flight at this replica beyond one model batch (those wait for a batch in
+           flight, not just for their own) / queue capacity
   latency: 0 while the latency EWMA is under half the SLO, 1 at the SLO
   gpu:     0 under 80% utilization, 1 at 100%
 The published pressure follows the raw one with hysteresis: it rises fast and falls slowly
@@ -23,6 +24,7 @@ from typing import Callable
 class LoadConfig:
     slo_s: float
     queue_capacity: int
+    batch: int = 1  # texts in flight that are no pressure: one model batch (the replica's max batch size)
     latency_alpha: float = 0.2  # EWMA weight of a new latency sample
     rise: float = 0.6  # smoothing weight toward a higher raw pressure
     fall: float = 0.15  # smoothing weight toward a lower one
@@ -72,8 +74,8 @@ class LoadTracker:
 
     def terms(self) -> dict[str, float]:
         slo = self.cfg.slo_s
-        # one text in flight is no pressure: the queue term counts what waits behind it
-        t = {"queue": _clamp((self._depth - 1) / self.cfg.queue_capacity),
+        # one batch in flight is no pressure: the queue term counts what waits behind it
+        t = {"queue": _clamp((self._depth - self.cfg.batch) / self.cfg.queue_capacity),
              "latency": _clamp((self._latency / slo - 0.5) / 0.5)}
         gpu = self._gpu()
         if gpu is not None:

@@ -134,11 +134,13 @@ class Replica:
         return serving
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
-        return LoadConfig(slo_s=self._value(live, "slo_ms") / 1e3, queue_capacity=2 * self._value(live, "max_batch_size"))
+        batch = self._value(live, "max_batch_size")
+        return LoadConfig(slo_s=self._value(live, "slo_ms") / 1e3, queue_capacity=2 * batch, batch=batch)
 
     def _controller_config(self, live: LiveConfig) -> ControllerConfig:
         given = {k: getattr(live, k) for k in ("utilization", "hold_s") if getattr(live, k) is not None}
-        return replace(ControllerConfig(), slo_s=self._value(live, "slo_ms") / 1e3, **given)
+        return replace(ControllerConfig(), slo_s=self._value(live, "slo_ms") / 1e3,
+                       max_accuracy_loss=self.settings.max_accuracy_loss, **given)
 
     async def reconfigure(self, config: dict | None) -> None:
         """Apply Serve's user_config: a new bundle path is loaded and swapped in (the old one answers what

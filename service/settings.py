@@ -20,6 +20,9 @@ class Settings(BaseSettings):
                          "HTTP server) or proxy (Ray Serve's Python proxy actor, one Ray call per request)")
     replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
+    max_accuracy_loss: float = Field(0.01, ge=0, le=1, description="auto mode serves no plan whose accuracy on the "
+                                     "bundle's calibration split trails the full model's by more; past the "
+                                     "cheapest plan's capacity the replica answers 503 (1: every plan)")
     max_batch_size: int = Field(16, ge=1, le=256, description="texts per model batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits to fill; 0: a batch starts as soon "
                                  "as the replica is free, with the texts that arrived while the last one ran")

@@ -34,9 +34,10 @@ def _fed(rate: float, clock: Clock, cfg=ControllerConfig()) -> PlanController:
     return c
 
 
-def test_no_pressure_is_the_full_model_whatever_the_rate():
-    clock = Clock()
-    assert _fed(500, clock).choose(0.0) == 0
+def test_no_pressure_and_arrivals_the_full_model_serves_is_the_full_model():
+    assert PlanController(COSTS, clock=Clock()).choose(0.0) == 0  # idle
+    assert _fed(40, Clock()).choose(0.0) == 0  # 40 texts/s fit 0.85 x 50/s of the full model
+    assert _fed(60, Clock()).choose(0.0) == 1  # they do not: the next plan before any queue builds
 
 
 def test_the_most_accurate_plan_that_fits_the_arrival_rate():

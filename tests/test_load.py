@@ -63,3 +63,14 @@ def test_gpu_utilization_term():
     assert abs(tr.terms()["gpu"] - 1.0) < 1e-9
     assert LoadTracker(LoadConfig(0.2, 32), clock=clock, gpu_utilization=lambda: 0.5).terms()["gpu"] == 0.0
     assert LoadTracker(LoadConfig(0.2, 32), clock=clock).terms().keys() == {"queue", "latency"}
+
+
+def test_one_batch_in_flight_is_no_queue_pressure():
+    clock = Clock()
+    tr = LoadTracker(LoadConfig(slo_s=0.2, queue_capacity=32, batch=16), clock=clock)
+    for _ in range(16):
+        tr.started()
+    assert tr.terms()["queue"] == 0.0  # a full batch computing: nothing waits for another batch
+    for _ in range(8):
+        tr.started()
+    assert tr.terms()["queue"] == 8 / 32
