@@ -8,7 +8,8 @@ alternated, under the same closed-loop one-text clients, full model.
 A measurement script for the record of docs/path-before-after.json, not part of the package API.
 """
 import asyncio, json, os, signal, subprocess, sys, time, statistics
-from loadtests.path_bench import _closed_loop, _bodies
+from loadtests.common import drive
+from loadtests.path_bench import _bodies, _closed_loop
 from loadtests.common import held_out
 from loadtests.sweep import free_port
 import httpx
@@ -52,9 +53,9 @@ def main():
             p, url = start(tree, mod, bundle)
             try:
                 body = _bodies(texts, 1, {"mode": "dense"})
-                asyncio.run(_closed_loop(url + "/v1/classify", body, 4, 3.0, 0.0, False))
-                sat = asyncio.run(_closed_loop(url + "/v1/classify", body, 32, 12.0, 3.0, False))
-                idle = asyncio.run(_closed_loop(url + "/v1/classify", body, 1, 6.0, 1.0, False))
+                drive(_closed_loop(url + "/v1/classify", body, 4, 3.0, 0.0, False))
+                sat = drive(_closed_loop(url + "/v1/classify", body, 32, 12.0, 3.0, False))
+                idle = drive(_closed_loop(url + "/v1/classify", body, 1, 6.0, 1.0, False))
             finally:
                 stop(p)
             rows.append({"round": rnd, "variant": name, "texts_per_s": sat["texts_per_s"], "errors": sat["errors"],

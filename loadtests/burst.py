@@ -1,6 +1,10 @@
 """Burst against a running service: idle -> burst -> recovery, for dense and adaptive budgets.
 
     python -m loadtests.burst --url http://127.0.0.1:8000 --concurrency 64 --seconds 20 --out results/burst.json
+    python -m loadtests.burst --bundle bundles/default --out results/burst.json   # starts its own, pinned
+
+With --bundle it starts `dihs serve BUNDLE` itself and places it as the sweep does (the model replica
+alone on one core, the clients, the HTTP front and the rest of Ray on the others), and stops it after.
 
 Phases per mode: `idle` (one request at a time), `burst` (N concurrent clients for S seconds),
 `recovery` (one at a time again for 12 s right after the burst; `full_model_again_after_s` says when
@@ -18,18 +22,20 @@ import statistics
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
-from .common import held_out
+from .common import drive, held_out
 
 
-async def _one(client, url, text, mode):
+async def _one(session, url, text, mode):
     t0 = time.perf_counter()
-    r = await client.post(f"{url}/v1/classify", json={"text": text, "budget": {"mode": mode}})
+    async with session.post(f"{url}/v1/classify", json={"text": text, "budget": {"mode": mode}}) as r:
+        status = r.status
+        body = await r.json() if status == 200 else None
     dt = time.perf_counter() - t0
-    if r.status_code != 200:
-        return {"status": r.status_code, "latency_s": dt}
-    res = r.json()["results"][0]
+    if status != 200:
+        return {"status": status, "latency_s": dt}
+    res = body["results"][0]
     return {"status": 200, "latency_s": dt, "label": res["label"], "ratio": res["flops_ratio"],
             "pressure": res["pressure"], "reason": res["reason"]}
 
@@ -37,7 +43,9 @@ async def _one(client, url, text, mode):
 async def _phase(url, examples, mode, concurrency, seconds, n_max):
     out, i = [], 0
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=60) as client:
+    # aiohttp on uvloop: httpx's per-request cost on the clients' core set the pace in earlier runs
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         async def worker(w):
             nonlocal i
             while time.perf_counter() < deadline and i < n_max:
@@ -98,15 +106,39 @@ async def run(url, concurrency, seconds, rounds):
     return result
 
 
+def _with_service(a) -> dict:
+    from .placement import pin_client, pin_service, split_cores
+    from .sweep import Service, _session_pids
+
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    placement = {"client": pin_client()}
+    service = Service(a.bundle, a.slo_ms, out.with_suffix(".serve.log"))
+    try:
+        service.wait_ready()
+        placement["service"] = (pin_service(_session_pids(service.proc.pid)) if split_cores() is not None
+                                else "not pinned")
+        print(f"placement: {placement}", flush=True)
+        res = drive(run(service.url, a.concurrency, a.seconds, a.rounds))
+    finally:
+        service.stop()
+    return {**res, "bundle": a.bundle, "slo_ms": a.slo_ms, "placement": placement}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--url", default="http://127.0.0.1:8000", help="a running service (without --bundle)")
+    ap.add_argument("--bundle", help="start `dihs serve BUNDLE` for the run, the replica pinned to a core of its own")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--slo-ms", type=float, default=250.0, help="with --bundle: the service's --slo-ms")
     ap.add_argument("--out", default="results/burst.json")
     a = ap.parse_args()
-    res = asyncio.run(run(a.url, a.concurrency, a.seconds, a.rounds))
+    if a.bundle:
+        res = _with_service(a)
+    else:
+        res = drive(run(a.url, a.concurrency, a.seconds, a.rounds))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
 

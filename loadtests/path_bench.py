@@ -2,7 +2,10 @@
 
     python -m loadtests.path_bench BUNDLE --out results/path [--rounds 3] [--seconds 12] [--quick]
 
-One run, variants interleaved round by round (A B C ... A B C ...), on this machine:
+One run, variants interleaved round by round (A B C ... A B C ...), on this machine; within a round
+each level's model-only runs come right before the service at that level (and the model's batch-1 time
+right before the idle client), so that the ratios compare runs seconds apart, not minutes: the speed of
+this shared machine drifts by tens of percent over minutes.
   model     the bundle's model in this process, torch pinned to --threads: the held-out texts at
             batch 1 and at --batch, full model and the 25% level (tokenize + forward, and the
             forward alone), the texts the service is sent;
@@ -11,7 +14,9 @@ One run, variants interleaved round by round (A B C ... A B C ...), on this mach
             sending 16-text requests, at the full model (mode dense) and at the 25% level
             (mode fixed, max_flops_ratio 0.25); every answer's Server-Timing header says where its
             time went inside the replica (queue, tokenize, decide, forward, results, serialize,
-            app = all of it); client time minus app is Ray's proxy and the HTTP on the way;
+            app = all of it); client time minus app is the HTTP front and the HTTP on the way; the
+            replica process's CPU time per text (from /proc) beside the model's own time per text
+            says what share of the replica's CPU the model gets, whatever the machine's speed;
   naive     loadtests.naive_peer (one uvicorn process, FastAPI, the same weights through plain
             transformers, no batching, same torch threads) under the same one-text clients;
   idle      one client, one one-text request at a time, against the model's batch-1 time.
@@ -66,37 +71,47 @@ def model_only(engine, texts: list[str], batch: int, budget: dict) -> dict:
 # --- closed-loop clients -----------------------------------------------------------------------
 
 async def _closed_loop(url: str, bodies, clients: int, seconds: float, warmup_s: float, timing: bool) -> dict:
-    import httpx
+    """`clients` closed-loop clients posting `bodies` for warmup_s + seconds; what they got in the last
+    `seconds`. aiohttp with bodies encoded once: the clients share one core with the HTTP front, and
+    httpx there took most of that core at ~120 requests/s, so it, not the replica, set the pace (the
+    replica's batches held 1-6 texts with 32 clients waiting)."""
+    import aiohttp
 
-    rows, errors, sample = [], {}, {}
+    encoded = [(json.dumps(body).encode(), n) for body, n in bodies]
+    headers = {"content-type": "application/json"}
+    rows, errors, sample, served = [], {}, {}, [0]
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def worker(w: int):
             k = w
             while time.perf_counter() < t_end:
-                body, n_texts = bodies[k % len(bodies)]
+                body, n_texts = encoded[k % len(encoded)]
                 k += clients
                 t0 = time.perf_counter()
-                r = await client.post(url, json=body)
+                async with session.post(url, data=body, headers=headers) as r:
+                    raw = await r.read()
+                    status, server_timing = r.status, r.headers.get("server-timing")
                 t1 = time.perf_counter()
+                served[0] += n_texts if status == 200 else 0
                 if t0 < t_measure or t1 > t_end:
                     continue
-                if r.status_code != 200:
-                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
-                    sample.setdefault(r.status_code, r.text[:300])
+                if status != 200:
+                    errors[status] = errors.get(status, 0) + 1
+                    sample.setdefault(status, raw[:300].decode(errors="replace"))
                     continue
                 row = {"texts": n_texts, "total": t1 - t0}
-                if timing and "server-timing" in r.headers:
-                    for part in r.headers["server-timing"].split(","):
+                if timing and server_timing:
+                    for part in server_timing.split(","):
                         name, _, dur = part.strip().partition(";dur=")
                         row[name] = float(dur) / 1e3
                 rows.append(row)
 
         await asyncio.gather(*[worker(w) for w in range(clients)])
     texts = sum(r["texts"] for r in rows)
-    out = {"texts_per_s": texts / seconds, "requests": len(rows), "errors": errors, "error_sample": sample,
+    out = {"texts_per_s": texts / seconds, "requests": len(rows), "texts_served_total": served[0],
+           "errors": errors, "error_sample": sample,
            "latency_p50_ms": _median([r["total"] * 1e3 for r in rows])}
     if timing and rows and "app" in rows[0]:
         parts = {p: _median([r.get(p, 0.0) * 1e3 for r in rows]) for p in SERVER_PHASES}
@@ -149,6 +164,39 @@ class Peer:
         self.log.close()
 
 
+def _replica_pid(service) -> int | None:
+    from .placement import REPLICA_MARK, _cmdline
+    from .sweep import _session_pids
+
+    return next((p for p in _session_pids(service.proc.pid) if REPLICA_MARK in _cmdline(p)), None)
+
+
+class _cpu_of:
+    """CPU seconds (user + system, every thread) a process spends inside the block, from /proc."""
+
+    def __init__(self, pid: int | None):
+        self.pid, self.spent = pid, None
+
+    def _now(self) -> float | None:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._now()
+        if self._start is not None and end is not None:
+            self.spent = end - self._start
+
+    def ms_per(self, n: int) -> float | None:
+        return None if self.spent is None or not n else self.spent / n * 1e3
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -164,7 +212,7 @@ def run(a) -> dict:
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
 
-    from .common import held_out
+    from .common import drive, held_out
     from .placement import on_replica_core, pin_client, pin_server, pin_service, split_cores
     from .sweep import Service, _session_pids
 
@@ -195,21 +243,24 @@ def run(a) -> dict:
         svc, naive = f"{service.url}/v1/classify", f"{peer.url}/v1/classify"
         for url, bodies in ((svc, _bodies(texts, 1, LEVELS["full"])), (svc, _bodies(texts, 16, LEVELS["l25"])),
                             (naive, _bodies(texts, 1, None, naive=True))):
-            asyncio.run(_closed_loop(url, bodies, 4, 3.0, 0.0, False))  # warm every path once
+            drive(_closed_loop(url, bodies, 4, 3.0, 0.0, False))  # warm every path once
+        replica = _replica_pid(service) if pinned else None
         for r in range(a.rounds):
             row: dict = {"round": r, "load_average": _load_average(), "model": {}, "service": {}}
-            with on_replica_core():
-                for name, budget in LEVELS.items():
+            for name, budget in LEVELS.items():
+                with on_replica_core():
                     for b in (1, a.batch):
                         row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
-            for name, budget in LEVELS.items():
-                row["service"][f"{name}_1text"] = asyncio.run(_closed_loop(
-                    svc, _bodies(texts, 1, budget), a.clients, a.seconds, a.warmup, True))
-                row["service"][f"{name}_16text"] = asyncio.run(_closed_loop(
-                    svc, _bodies(texts, 16, budget), a.clients_16, a.seconds, a.warmup, True))
-            row["naive"] = asyncio.run(_closed_loop(naive, _bodies(texts, 1, None, naive=True), a.clients,
+                if name == "full":  # idle latency next to the batch-1 time it is compared with
+                    row["idle"] = drive(_closed_loop(svc, _bodies(texts, 1, budget), 1, a.seconds / 2, 1.0, True))
+                for per_request, clients in ((1, a.clients), (16, a.clients_16)):
+                    with _cpu_of(replica) as cpu:
+                        res = drive(_closed_loop(svc, _bodies(texts, per_request, budget), clients, a.seconds,
+                                                       a.warmup, True))
+                    res["replica_cpu_ms_per_text"] = cpu.ms_per(res["texts_served_total"])
+                    row["service"][f"{name}_{per_request}text"] = res
+            row["naive"] = drive(_closed_loop(naive, _bodies(texts, 1, None, naive=True), a.clients,
                                                     a.seconds, a.warmup, False))
-            row["idle"] = asyncio.run(_closed_loop(svc, _bodies(texts, 1, LEVELS["full"]), 1, a.seconds / 2, 1.0, True))
             rounds.append(row)
             print(_round_line(row), flush=True)
     finally:
@@ -239,8 +290,8 @@ def summarize(rounds: list[dict], batch: int) -> dict:
         for r in rounds:
             try:
                 xs.append(f(r))
-            except ZeroDivisionError:  # a variant that served nothing: its errors are in the rounds
-                pass
+            except (ZeroDivisionError, TypeError):  # a variant that served nothing (its errors are in the
+                pass  # rounds), or no /proc figure
         return {"median": _median(xs), "spread": _spread(xs), "rounds": xs}
 
     b = f"b{batch}"
@@ -257,6 +308,10 @@ def summarize(rounds: list[dict], batch: int) -> dict:
         "service_full_over_naive": per_round(lambda r: r["service"]["full_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
         "service_l25_over_naive": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
         "service_16text_over_model_full": per_round(lambda r: r["service"]["full_16text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+        "model_share_of_replica_cpu_full": per_round(
+            lambda r: 1e3 / r["model"][f"full_{b}"]["texts_per_s"] / r["service"]["full_1text"]["replica_cpu_ms_per_text"]),
+        "model_share_of_replica_cpu_l25": per_round(
+            lambda r: 1e3 / r["model"][f"l25_{b}"]["texts_per_s"] / r["service"]["l25_1text"]["replica_cpu_ms_per_text"]),
         "idle_p50_minus_model_b1_ms": per_round(lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1"]["ms_per_batch"]),
     }
 
