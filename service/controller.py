@@ -11,7 +11,11 @@ so the same for every plan). A plan that serves no more than a more
 accurate one buys nothing and is never picked (on a CPU, a cascade's two passes at small batches can
 cost more time than the full model). Over the plans left, ordered by accuracy, two inputs, each monotone:
 - the arrival rate (texts/s over the last `window_s`): the most accurate plan whose capacity, times
-  `utilization`, covers it (more arrivals never pick a costlier plan);
+  `utilization`, covers it (more arrivals never pick a costlier plan). It counts only while requests
+  overlap: when every request in the window arrived with none other in flight, the clients wait for
+  each answer before they send again, so their rate is the served plan's speed, not a demand (a
+  client sending one request at a time to a cheap plan would otherwise keep it there for good, its
+  rate being more than the full model serves); any plan then serves them without a queue;
 - the load pressure (queue depth, latency against the SLO, GPU utilization; load.py): pressure p
   allows no plan costlier than rung floor(p * (n - 1)) of the n plans (more pressure never picks a
   costlier plan).
@@ -111,19 +115,22 @@ class PlanController:
                 best = c
         return out
 
-    def arrived(self, texts: int) -> None:
+    def arrived(self, texts: int, overlapped: bool = True) -> None:
+        """A request of `texts` arrived; `overlapped`: another request was in flight at this replica."""
         with self._lock:
-            self._arrivals.append((self._clock(), texts))
+            self._arrivals.append((self._clock(), texts, overlapped))
 
     def rate(self) -> float:
-        """Texts per second over the last window."""
+        """Texts per second over the last window (0 when no request in it overlapped another)."""
         with self._lock:
             return self._rate(self._clock())
 
     def _rate(self, now: float) -> float:
         while self._arrivals and self._arrivals[0][0] < now - self.cfg.window_s:
             self._arrivals.popleft()
-        return sum(n for _, n in self._arrivals) / self.cfg.window_s
+        if not any(o for _, _, o in self._arrivals):
+            return 0.0
+        return sum(n for _, n, _ in self._arrivals) / self.cfg.window_s
 
     def wanted(self, pressure: float, rate: float) -> int:
         """The plan the load asks for, before hysteresis (index into the plans, 0 = the full model)."""

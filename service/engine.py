@@ -358,7 +358,7 @@ class EngineBackend:
         self.submit = submit
 
     async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:
-        self.engine.controller.arrived(len(items))
+        self.engine.controller.arrived(len(items), overlapped=self.engine.load.queue_depth > 0)
         t0s = [self.tracked.begin() for _ in items]
         results: list[dict] = []
         try:

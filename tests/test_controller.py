@@ -40,6 +40,23 @@ def test_no_pressure_and_arrivals_the_full_model_serves_is_the_full_model():
     assert _fed(60, Clock()).choose(0.0) == 1  # they do not: the next plan before any queue builds
 
 
+def test_one_request_at_a_time_is_no_demand_past_the_plan():
+    """Requests that each arrived with none other in flight (a client waiting for every answer) make
+    no arrival rate: their pace is the served plan's speed, so they never hold a cheap plan; one
+    overlapping request in the window makes the rate count again."""
+    clock = Clock()
+    c = PlanController(COSTS, clock=clock)
+    for k in range(400):  # 200 texts/s for 2 s, one request at a time: far past the full model's 50/s
+        clock.t = k / 200
+        c.arrived(1, overlapped=False)
+    assert c.rate() == 0.0 and c.choose(0.0) == 0
+    c.arrived(1, overlapped=True)
+    assert c.rate() > 150 and c.choose(0.0) == len(COSTS) - 1
+    clock.t += ControllerConfig().window_s + 0.01  # the overlapping one leaves the window
+    c.arrived(1, overlapped=False)
+    assert c.rate() == 0.0
+
+
 def test_the_most_accurate_plan_that_fits_the_arrival_rate():
     clock = Clock()
     c = _fed(60, clock)  # 60 texts/s: 0.85 / 60 = 14 ms per text fits the 12 ms plan, not the 20 ms one

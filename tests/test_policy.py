@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dihs_model.complexity import ComplexityScorer
+from dihs_model.complexity import ComplexityScorer, raw_signals
 from dihs_model.policy import PolicyConfig, choose_level, limits_error
 
 LADDER = [1.0, 0.75, 0.5, 0.35, 0.25]
@@ -65,6 +65,11 @@ def test_complexity_scores_are_in_unit_interval_and_deterministic(seqs):
     assert all(0.0 <= x["score"] <= 1.0 for x in a)
     again = ComplexityScorer.from_meta({"complexity": scorer.to_meta()}, Tok())
     assert again.signals(ids, mask) == a
+    # the "##" share is counted as a plain membership test counts it (ids 64+ lie past the vocabulary)
+    wide = torch.where(ids == 63, torch.full_like(ids, 70), ids)
+    pieces = torch.tensor(sorted(i for t, i in Tok().get_vocab().items() if t.startswith("##")))
+    expected = (torch.isin(wide, pieces) & mask.bool()).sum(1).float() / mask.sum(1)
+    assert raw_signals(wide, mask, scorer.continuation)[1] == expected.tolist()
 
 
 def _meta_with_auroc(auroc):
