@@ -54,6 +54,7 @@ async def _phase(url, examples, mode, concurrency, seconds, n_max):
                 text, label = examples[k % len(examples)]
                 r = await _one(client, url, text, mode)
                 r["correct"] = r.get("label") == label
+                r["example"] = k % len(examples)
                 r["t"] = time.perf_counter()
                 out.append(r)
         t0 = time.perf_counter()
@@ -87,10 +88,30 @@ def _full_again(rows, t0) -> float | None:
     return None
 
 
+def paired_burst_accuracy(dense_rows, auto_rows) -> dict:
+    """Accuracy of both modes' bursts on the same examples: each example's first answer in each mode,
+    over the examples both answered (the faster mode answers more, and some examples twice)."""
+    def first(rows):
+        out = {}
+        for r in rows:
+            if r["status"] == 200:
+                out.setdefault(r["example"], r["correct"])
+        return out
+
+    d, a = first(dense_rows), first(auto_rows)
+    both = sorted(d.keys() & a.keys())
+    if not both:
+        return {"examples": 0}
+    acc = lambda m: round(sum(m[k] for k in both) / len(both), 4)  # noqa: E731
+    return {"examples": len(both), "dense_accuracy": acc(d), "adaptive_accuracy": acc(a),
+            "adaptive_minus_dense_points": round(100 * (acc(a) - acc(d)), 2)}
+
+
 async def run(url, concurrency, seconds, rounds):
     ex = held_out("election-tweets", shuffle=False)
     result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
     for rnd in range(rounds):
+        burst_rows = {}
         for mode in ("dense", "auto"):
             phases = {}
             for name, conc, secs, n in (("idle", 1, 8, 40), ("burst", concurrency, seconds, 10**9),
@@ -98,11 +119,19 @@ async def run(url, concurrency, seconds, rounds):
                 t_start = time.perf_counter()
                 rows, wall = await _phase(url, ex, mode, conc, secs, n)
                 phases[name] = _summary(rows, wall)
+                if name == "burst":
+                    burst_rows[mode] = rows
                 if name == "recovery":
                     phases[name]["full_model_again_after_s"] = _full_again(rows, t_start)
                 print(f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}", flush=True)
             result["rounds"].append({"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases})
             await asyncio.sleep(3)
+        paired = paired_burst_accuracy(burst_rows["dense"], burst_rows["auto"])
+        dense_rps = result["rounds"][-2]["phases"]["burst"]["rps"]
+        paired["adaptive_over_dense_texts_per_s"] = round(result["rounds"][-1]["phases"]["burst"]["rps"] / dense_rps, 3) \
+            if dense_rps else None
+        result.setdefault("paired_bursts", []).append({"round": rnd, **paired})
+        print(f"round {rnd} burst, same examples: {json.dumps(paired)}", flush=True)
     return result
 
 

@@ -306,3 +306,16 @@ def test_quick_sweep_end_to_end(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| auto-int8 |" in summary and "capacity" in summary and "Placement:" in summary
     assert "ServeReplica" not in summary and runs["meta"]["placement"]
+
+
+def test_burst_accuracy_is_paired_on_the_examples_both_modes_answered():
+    from loadtests.burst import paired_burst_accuracy
+
+    dense = [{"status": 200, "example": k, "correct": k != 3} for k in range(5)]
+    dense.append({"status": 503, "example": 5})  # refused: not an answer
+    auto = [{"status": 200, "example": k % 7, "correct": k not in (1, 8)} for k in range(10)]  # 1 wrong, then right
+    got = paired_burst_accuracy(dense, auto)
+    assert got["examples"] == 5  # examples 0-4: 5 and 6 only auto answered
+    assert got["dense_accuracy"] == 0.8 and got["adaptive_accuracy"] == 0.8  # auto's first answer of example 1 counts
+    assert got["adaptive_minus_dense_points"] == 0.0
+    assert paired_burst_accuracy([], auto) == {"examples": 0}
