@@ -45,6 +45,11 @@ from .stats import read_events
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WARMUP_REQUESTS = 30
+# An adaptive run's warm-up lasts at least this long: the controller may still hold a cheap plan from
+# the run before (an overload's inflated per-text overhead, then the hold before a costlier plan:
+# ControllerConfig.window_s + hold_s = 5 s), and the run's first, lowest rate would measure that
+# transient instead of low load (seen: auto at FLOPs 0.46 at half dense's capacity after a 145 req/s run)
+SETTLE_S = 6.0
 ROW_FIELDS = ("mode", "trace", "round", *SEGMENT_FIELDS)
 MODE_TEXT = {"dense": "the full model, float32", "dense-int8": "the full model, int8 weights",
              "f50": "fixed width at 50% of the FLOPs, float32", "auto": "adaptive width (load and input pick it), float32",
@@ -221,15 +226,20 @@ def check_service(url: str, examples: list[tuple[str, str]]) -> list[str]:
     return labels
 
 
-def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS) -> tuple[float | None, float]:
-    """Sequential requests with budget `mode` (dense, static or adaptive); returns the last answer's load
-    pressure (0 once settled) and the sequential rate in requests per second."""
-    pressure, t0 = None, time.perf_counter()
-    for text, _ in examples[-n:]:  # the tail: the runs themselves start at the head
+def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS,
+            min_seconds: float = 0.0) -> tuple[float | None, float]:
+    """Sequential requests with budget `mode` (dense, static or adaptive), n of them and for at least
+    `min_seconds`; returns the last answer's load pressure (0 once settled) and the sequential rate in
+    requests per second."""
+    pressure, t0, sent = None, time.perf_counter(), 0
+    tail = examples[-n:]  # the tail: the runs themselves start at the head
+    while sent < n or time.perf_counter() - t0 < min_seconds:
+        text, _ = tail[sent % len(tail)]
         status, body = _http(f"{url}/v1/classify", {"text": text, "budget": BUDGETS[mode]}, 60)
+        sent += 1
         if status == 200:
             pressure = body["results"][0]["pressure"]
-    return pressure, n / (time.perf_counter() - t0)
+    return pressure, sent / (time.perf_counter() - t0)
 
 
 # --- one Locust run ------------------------------------------------------------------------------
@@ -276,7 +286,8 @@ def open_loop(run: OpenRun, url: str, raw: Path, data: tuple[str, str, str], arr
               seed: int, tick=None) -> tuple[list[dict], dict]:
     """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for runs.json)."""
     t_run = time.monotonic()
-    pressure, _ = warm_up(url, MODES[run.mode][1], data_examples(data))
+    budget = MODES[run.mode][1]
+    pressure, _ = warm_up(url, budget, data_examples(data), min_seconds=SETTLE_S if budget == "adaptive" else 0.0)
     sched = arrivals(list(run.segments), arrival, seed)
     (raw / f"{run.name}_arrivals.json").write_text(json.dumps(sched))
     spec, text_col, label_col = data
