@@ -102,7 +102,9 @@ def paired_burst_accuracy(dense_rows, auto_rows) -> dict:
     both = sorted(d.keys() & a.keys())
     if not both:
         return {"examples": 0}
-    acc = lambda m: round(sum(m[k] for k in both) / len(both), 4)  # noqa: E731
+    def acc(m):
+        return round(sum(m[k] for k in both) / len(both), 4)
+
     return {"examples": len(both), "dense_accuracy": acc(d), "adaptive_accuracy": acc(a),
             "adaptive_minus_dense_points": round(100 * (acc(a) - acc(d)), 2)}
 
@@ -111,7 +113,7 @@ async def run(url, concurrency, seconds, rounds):
     ex = held_out("election-tweets", shuffle=False)
     result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
     for rnd in range(rounds):
-        burst_rows = {}
+        burst_rows, burst_rps = {}, {}
         for mode in ("dense", "auto"):
             phases = {}
             for name, conc, secs, n in (("idle", 1, 8, 40), ("burst", concurrency, seconds, 10**9),
@@ -120,16 +122,15 @@ async def run(url, concurrency, seconds, rounds):
                 rows, wall = await _phase(url, ex, mode, conc, secs, n)
                 phases[name] = _summary(rows, wall)
                 if name == "burst":
-                    burst_rows[mode] = rows
+                    burst_rows[mode], burst_rps[mode] = rows, phases[name]["rps"]
                 if name == "recovery":
                     phases[name]["full_model_again_after_s"] = _full_again(rows, t_start)
                 print(f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}", flush=True)
             result["rounds"].append({"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases})
             await asyncio.sleep(3)
         paired = paired_burst_accuracy(burst_rows["dense"], burst_rows["auto"])
-        dense_rps = result["rounds"][-2]["phases"]["burst"]["rps"]
-        paired["adaptive_over_dense_texts_per_s"] = round(result["rounds"][-1]["phases"]["burst"]["rps"] / dense_rps, 3) \
-            if dense_rps else None
+        paired["adaptive_over_dense_texts_per_s"] = (round(burst_rps["auto"] / burst_rps["dense"], 3)
+                                                     if burst_rps["dense"] else None)
         result.setdefault("paired_bursts", []).append({"round": rnd, **paired})
         print(f"round {rnd} burst, same examples: {json.dumps(paired)}", flush=True)
     return result

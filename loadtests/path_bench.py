@@ -15,7 +15,7 @@ this shared machine drifts by tens of percent over minutes.
             (mode fixed, max_flops_ratio 0.25); every answer's Server-Timing header says where its
             time went inside the replica (queue, tokenize, decide, forward, results, serialize,
             app = all of it); client time minus app is the HTTP front and the HTTP on the way; the
-            replica process's CPU time per text (from /proc) beside the model's own time per text
+            replica process's CPU time per text (psutil) beside the model's own time per text
             says what share of the replica's CPU the model gets, whatever the machine's speed;
   naive     loadtests.naive_peer (one uvicorn process, FastAPI, the same weights through plain
             transformers, no batching, same torch threads) under the same one-text clients;
@@ -172,17 +172,21 @@ def _replica_pid(service) -> int | None:
 
 
 class _cpu_of:
-    """CPU seconds (user + system, every thread) a process spends inside the block, from /proc."""
+    """CPU seconds (user + system, every thread) a process spends inside the block."""
 
     def __init__(self, pid: int | None):
         self.pid, self.spent = pid, None
 
     def _now(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, TypeError):
+        import psutil
+
+        if self.pid is None:  # no replica process found (not pinned): no figure
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        try:
+            t = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return t.user + t.system
 
     def __enter__(self):
         self._start = self._now()
@@ -256,11 +260,11 @@ def run(a) -> dict:
                 for per_request, clients in ((1, a.clients), (16, a.clients_16)):
                     with _cpu_of(replica) as cpu:
                         res = drive(_closed_loop(svc, _bodies(texts, per_request, budget), clients, a.seconds,
-                                                       a.warmup, True))
+                                                 a.warmup, True))
                     res["replica_cpu_ms_per_text"] = cpu.ms_per(res["texts_served_total"])
                     row["service"][f"{name}_{per_request}text"] = res
             row["naive"] = drive(_closed_loop(naive, _bodies(texts, 1, None, naive=True), a.clients,
-                                                    a.seconds, a.warmup, False))
+                                              a.seconds, a.warmup, False))
             rounds.append(row)
             print(_round_line(row), flush=True)
     finally:

@@ -123,8 +123,8 @@ def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces:
           f"each 60 s row in {meta['minute_seconds']:g} s.",
           f"- {meta['rounds']} round(s) of the grid, modes interleaved ({' '.join(meta['order'])}); every figure "
           "is the median over rounds, [min, max] when they differ. Before each run, sequential requests in its "
-          "mode drain the queue and let the load pressure fall back (adaptive runs: for at least 6 s, so the "
-          "controller has left a plan the run before put it on).",
+          "mode drain the queue and let the load pressure fall back (adaptive runs: for at least "
+          f"{meta.get('settle_s', 0):g} s, so the controller has left a plan the run before put it on).",
           f"- Placement: {meta['placement']}. 1-minute load average {meta['loadavg_start']:.1f} at the start, "
           f"{meta['loadavg_end']:.1f} at the end (other work on the machine shares the cores).",
           f"- Services: {meta['service']}. Wall time {meta['wall_s']:.0f} s. Command: `{meta['command']}`.", "",

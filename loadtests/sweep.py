@@ -484,7 +484,7 @@ def run_sweep(a) -> Path:
             "probe_rates": probe_rates, "probe_seconds": cfg.probe_seconds, "probe_capacity": probe_cap,
             "grid": list(cfg.grid), "grid_rates": grid_rates, "segment_seconds": cfg.segment_seconds,
             "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
-            "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces),
+            "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces), "settle_s": SETTLE_S,
             "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
             "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}

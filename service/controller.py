@@ -82,6 +82,7 @@ class PlanController:
         assert plan_times and all(t and all(s > 0 for s in t.values()) for t in plan_times), plan_times
         self.plan_times, self.cfg, self._clock = [dict(t) for t in plan_times], cfg, clock
         self._arrivals: deque[tuple[float, int]] = deque()
+        self._last_overlap = -math.inf  # when a request last arrived with another in flight
         self._lock = threading.Lock()
         self._current = 0
         self._wanted_since: float | None = None  # when a costlier plan than the current one began to be wanted
@@ -118,7 +119,10 @@ class PlanController:
     def arrived(self, texts: int, overlapped: bool = True) -> None:
         """A request of `texts` arrived; `overlapped`: another request was in flight at this replica."""
         with self._lock:
-            self._arrivals.append((self._clock(), texts, overlapped))
+            now = self._clock()
+            self._arrivals.append((now, texts))
+            if overlapped:
+                self._last_overlap = now
 
     def rate(self) -> float:
         """Texts per second over the last window (0 when no request in it overlapped another)."""
@@ -128,9 +132,9 @@ class PlanController:
     def _rate(self, now: float) -> float:
         while self._arrivals and self._arrivals[0][0] < now - self.cfg.window_s:
             self._arrivals.popleft()
-        if not any(o for _, _, o in self._arrivals):
+        if self._last_overlap < now - self.cfg.window_s:
             return 0.0
-        return sum(n for _, n, _ in self._arrivals) / self.cfg.window_s
+        return sum(n for _, n in self._arrivals) / self.cfg.window_s
 
     def wanted(self, pressure: float, rate: float) -> int:
         """The plan the load asks for, before hysteresis (index into the plans, 0 = the full model)."""
