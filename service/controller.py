@@ -7,7 +7,10 @@ the most texts per second it serves in batches that each take at most `batch_sha
 text waits for the batch in flight, then runs in its own), with a per-text overhead observed while
 serving added to every batch: the EWMA of what a served batch took beyond its measured passes, per
 text (tokenizing, the answers, and the HTTP work that shares the replica's core, which is per request,
-so the same for every plan). A plan that serves no more than a more
+so the same for every plan). The EWMA weighs a batch more the longer it has been since the last one
+(time constant `overhead_tau_s`): the overhead an overload inflated is replaced by the first batch
+after a quiet spell, not carried into the next load (traffic in fixed or dense mode never updates it).
+A plan that serves no more than a more
 accurate one buys nothing and is never picked (on a CPU, a cascade's two passes at small batches can
 cost more time than the full model). Over the plans left, ordered by accuracy, two inputs, each monotone:
 - the arrival rate (texts/s over the last `window_s`): the most accurate plan whose capacity, times
@@ -23,7 +26,9 @@ The cheaper of the two wins: with no pressure and arrivals the full model serves
 answers; arrivals past the full model's capacity take a cheaper plan before a queue builds (a queue
 would cost every text in it its latency, and the pressure it makes picks a cheaper plan than the
 rate needs). Hysteresis: a cheaper plan is taken at once, a costlier one only after
-it has been the answer for `hold_s` without a break, so a load near a boundary does not flap.
+it has been the answer for `hold_s` without a break, so a load near a boundary does not flap; after
+`hold_s` with no batch at all the plan in use holds nothing back, and the wanted plan is taken
+at once (an idle replica does not start the next load on the last overload's plan).
 Pure Python with an injected clock: tested without Ray or a model.
 """
 
@@ -47,7 +52,8 @@ class ControllerConfig:
     hold_s: float = 3.0  # a costlier plan must be wanted this long before it is taken
     slo_s: float = 0.25  # the latency objective
     batch_share: float = 0.3  # a batch may take at most this share of the SLO
-    overhead_alpha: float = 0.1  # EWMA weight of a served batch's per-text overhead
+    overhead_alpha: float = 0.1  # EWMA weight of a served batch's per-text overhead, batches back to back
+    overhead_tau_s: float = 2.0  # a batch this long after the last one weighs 1 - 1/e (63%) at least
     # plans trailing the full model's calibration accuracy by more are not served (Engine, at start-up;
     # 1: every plan; the service's default is Settings.max_accuracy_loss)
     max_accuracy_loss: float = 1.0
@@ -86,7 +92,9 @@ class PlanController:
         self._lock = threading.Lock()
         self._current = 0
         self._wanted_since: float | None = None  # when a costlier plan than the current one began to be wanted
+        self._last_choice = -math.inf  # when choose() last ran
         self.overhead_s = 0.0  # seconds per text a served batch takes beyond its measured passes (EWMA)
+        self._last_observed = -math.inf  # when observed() last ran
 
     @property
     def current(self) -> int:
@@ -102,9 +110,12 @@ class PlanController:
         if texts <= 0:
             return
         extra = max(0.0, seconds - batch_seconds(self.plan_times[plan], texts)) / texts
-        a = self.cfg.overhead_alpha
         with self._lock:  # at most 50 ms a text: one stalled batch cannot blind the controller
+            now = self._clock()
+            quiet = (now - self._last_observed) / self.cfg.overhead_tau_s
+            a = max(self.cfg.overhead_alpha, 1.0 - math.exp(-quiet))
             self.overhead_s = min(0.05, (1 - a) * self.overhead_s + a * extra)
+            self._last_observed = now
 
     def usable(self, caps: list[float] | None = None) -> list[int]:
         """The plans worth picking, most accurate first: each serves more than every more accurate one
@@ -147,7 +158,7 @@ class PlanController:
 
     def _next(self, now: float, want: int) -> tuple[int, float | None]:
         """(plan, since when a costlier one is wanted) after this decision."""
-        if want >= self._current:  # as costly or cheaper: at once
+        if want >= self._current or now - self._last_choice >= self.cfg.hold_s:  # cheaper, or after idle: at once
             return want, None
         since = now if self._wanted_since is None else self._wanted_since
         return (want, None) if now - since >= self.cfg.hold_s else (self._current, since)
@@ -157,6 +168,7 @@ class PlanController:
         with self._lock:
             now = self._clock()
             self._current, self._wanted_since = self._next(now, self.wanted(pressure, self._rate(now)))
+            self._last_choice = now
             return self._current
 
     def peek(self, pressure: float) -> int:

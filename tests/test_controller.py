@@ -143,3 +143,28 @@ def test_observed_overhead_is_added_per_text_to_every_plan():
     assert c.overhead_s == 0.05
     c.observed(0, 2, 0.0)  # faster than measured: no negative overhead
     assert c.overhead_s == 0.0
+
+
+def test_an_overload_inflated_overhead_is_replaced_after_a_quiet_spell():
+    """Back to back, one batch moves the estimate by overhead_alpha; the first batch after a quiet
+    spell of several tau replaces it (an overload's estimate is not carried into the next load)."""
+    clock, cfg = Clock(), ControllerConfig(overhead_alpha=0.1, overhead_tau_s=2.0)
+    c = PlanController(COSTS, cfg, clock)
+    c.observed(0, 4, batch_seconds(COSTS[0], 4) + 4 * 0.040)  # the first batch sets it: 40 ms a text
+    assert abs(c.overhead_s - 0.040) < 1e-9
+    clock.t = 0.01
+    c.observed(0, 4, batch_seconds(COSTS[0], 4) + 4 * 0.001)  # right after: a tenth of the way to 1 ms
+    assert abs(c.overhead_s - (0.9 * 0.040 + 0.1 * 0.001)) < 1e-6
+    clock.t = 20.0  # ten time constants quiet
+    c.observed(0, 4, batch_seconds(COSTS[0], 4) + 4 * 0.001)
+    assert abs(c.overhead_s - 0.001) < 1e-5
+
+
+def test_after_an_idle_hold_the_wanted_plan_is_taken_at_once():
+    clock, cfg = Clock(), ControllerConfig(hold_s=3.0)
+    c = PlanController(COSTS, cfg, clock)
+    assert c.choose(1.0) == len(COSTS) - 1  # overload: the cheapest
+    clock.t = 1.0
+    assert c.peek(0.0) == len(COSTS) - 1  # eased 1 s later: the hold keeps the cheap plan
+    clock.t = 4.0  # no batch for 4 s (> hold_s): the next one runs what the load asks for
+    assert c.peek(0.0) == 0 and c.choose(0.0) == 0
