@@ -94,5 +94,5 @@ def budget_robust(bundle, fit, calib, test, plan: TrainPlan, progress: bool = Tr
     bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress)
     after = level_accuracies(bundle, test)
     bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
-    log(f"budget-robust ({record['epochs']} epochs): held-out accuracy per level {before} -> {after}")
+    log(f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept): held-out accuracy per level {before} -> {after}")
     return bundle

@@ -2,7 +2,9 @@
 the full model, the smallest budget and one sampled budget learn together, the smaller ones
 distilled from the full model, each epoch followed by recalibration (the head and neuron orders
 move), until the ladder's smallest level trails the full model by at most ROBUST_GAP on the
-calibration split, stops closing in, or ROBUST_MAX_EPOCHS have run.
+calibration split, stops closing in, or ROBUST_MAX_EPOCHS have run. The epoch kept is the one whose
+smallest level trailed least (an epoch that stopped closing in is measured, then dropped: one such
+third epoch took the smallest level from 0.905 to 0.866 on election-tweets' calibration split).
 
 The budgets trained are the ladder's levels and the cascade's first passes: the smallest first
 pass every step (the slimmable "sandwich rule": always the full and the smallest width), one of
@@ -11,6 +13,7 @@ the others sampled per step.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 from .budget import Allocator, Budget
@@ -35,8 +38,9 @@ def trained_budgets(meta: dict, shape) -> tuple[list[Budget], list[Budget]]:
 
 def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, progress: bool = True,
                         max_epochs: int = ROBUST_MAX_EPOCHS, gap: float = ROBUST_GAP):
-    """Returns the recalibrated bundle and a record of every epoch (calibration accuracy per level)."""
-    epochs = []
+    """Returns the recalibrated bundle of the epoch whose smallest level trailed least, and a record
+    of every epoch (calibration accuracy per level) and of the one kept."""
+    epochs, kept = [], None
     for k in range(max_epochs):
         always, others = trained_budgets(bundle.meta, bundle.model.shape)
         summary = fine_tune(bundle, fit, replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
@@ -46,7 +50,9 @@ def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, pro
         acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
         trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)
         epochs.append({**summary, "calibration_accuracy": acc, "smallest_level_trails_by": trail})
+        if kept is None or trail < epochs[kept[0]]["smallest_level_trails_by"]:
+            kept = (k, replace(bundle, model=copy.deepcopy(bundle.model)))  # the next epoch trains bundle.model
         if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):
             break
-    return bundle, {"epochs": len(epochs), "stop_when_smallest_level_trails_by_at_most": gap,
+    return kept[1], {"epochs": len(epochs), "kept_epoch": kept[0] + 1, "stop_when_smallest_level_trails_by_at_most": gap,
                     "max_epochs": max_epochs, "trained_flops_ratios": list(TRAINED_RATIOS), "per_epoch": epochs}

@@ -37,6 +37,36 @@ def test_epochs_run_while_the_smallest_level_trails_and_closes_in(tmp_path, gap)
         assert len(epochs) == 3 or trails[-1] >= trails[-2]
 
 
+def test_the_epoch_kept_is_the_one_whose_smallest_level_trailed_least(tmp_path, monkeypatch):
+    """Trails 0.3, 0.1, 0.2 (scripted on top of the real recalibration): the third epoch stops the
+    training and is dropped; the bundle returned holds the second epoch's weights, untouched by the
+    third (the sum of the weights, which reordering keeps, tells the epochs apart)."""
+    from dihs_model import robust
+
+    trails, sums, calibrate = iter([0.3, 0.1, 0.2]), [], robust.calibrate_bundle
+
+    def scripted(bundle, *args, **kwargs):
+        sums.append(_weight_sum(bundle.model))  # the epoch's trained weights
+        out = calibrate(bundle, *args, **kwargs)
+        acc, names = out.meta["cascade"]["level_accuracy"], [lv["name"] for lv in out.meta["levels"]]
+        acc[names[0]], acc[names[-1]] = 1.0, 1.0 - next(trails)
+        return out
+
+    monkeypatch.setattr(robust, "calibrate_bundle", scripted)
+    bundle = tiny_calibrated_bundle(tmp_path)
+    ex = Examples(TEXTS, LABELS, ["neg", "pos"])
+    bundle, record = train_budget_robust(bundle, ex, ex, TrainConfig(batch_size=8, lr=3e-3), "michel",
+                                         progress=False, max_epochs=3, gap=0.0)
+    assert record["epochs"] == 3 and record["kept_epoch"] == 2
+    assert bundle.meta["cascade"]["level_accuracy"] == record["per_epoch"][1]["calibration_accuracy"]
+    assert abs(_weight_sum(bundle.model) - sums[1]) < 1e-3 * abs(sums[1])
+    assert abs(_weight_sum(bundle.model) - sums[2]) > 1e-6
+
+
+def _weight_sum(model) -> float:
+    return float(sum((p.detach().double() ** 2).sum() for p in model.parameters()))
+
+
 def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_path, monkeypatch):
     from dihs_model import passes
     from dihs_model.evaluate import level_accuracies
