@@ -10,7 +10,8 @@ Phases per mode: `idle` (one request at a time), `burst` (N concurrent clients f
 `recovery` (one at a time again for 12 s right after the burst; `full_model_again_after_s` says when
 the answers were the full model's again). Modes alternate on the same server
 (dense, adaptive, dense, adaptive when --rounds 2) so drift hits both alike. Each request is
-one held-out tweet; its label is checked, so accuracy sits beside latency and FLOPs.
+one held-out text (--data; default: with --bundle, the task the bundle was trained on, else
+election-tweets); its label is checked, so accuracy sits beside latency and FLOPs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import drive, held_out
+from .common import drive, held_out, task_of
 
 
 async def _one(session, url, text, mode):
@@ -109,9 +110,9 @@ def paired_burst_accuracy(dense_rows, auto_rows) -> dict:
             "adaptive_minus_dense_points": round(100 * (acc(a) - acc(d)), 2)}
 
 
-async def run(url, concurrency, seconds, rounds):
-    ex = held_out("election-tweets", shuffle=False)
-    result = {"url": url, "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
+async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text", "label")):
+    ex = held_out(*data, shuffle=False)
+    result = {"url": url, "data": data[0], "concurrency": concurrency, "burst_seconds": seconds, "rounds": []}
     for rnd in range(rounds):
         burst_rows, burst_rps = {}, {}
         for mode in ("dense", "auto"):
@@ -136,7 +137,7 @@ async def run(url, concurrency, seconds, rounds):
     return result
 
 
-def _with_service(a) -> dict:
+def _with_service(a, data: tuple[str, str, str]) -> dict:
     from .placement import pin_client, pin_service, split_cores
     from .sweep import Service, _session_pids
 
@@ -149,7 +150,7 @@ def _with_service(a) -> dict:
         placement["service"] = (pin_service(_session_pids(service.proc.pid)) if split_cores() is not None
                                 else "not pinned")
         print(f"placement: {placement}", flush=True)
-        res = drive(run(service.url, a.concurrency, a.seconds, a.rounds))
+        res = drive(run(service.url, a.concurrency, a.seconds, a.rounds, data))
     finally:
         service.stop()
     return {**res, "bundle": a.bundle, "slo_ms": a.slo_ms, "placement": placement}
@@ -164,11 +165,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--slo-ms", type=float, default=250.0, help="with --bundle: the service's --slo-ms")
     ap.add_argument("--out", default="results/burst.json")
+    ap.add_argument("--data", help="texts to send: a built-in task or a CSV/TSV/JSONL file, its held-out split "
+                    "(default: with --bundle the bundle's training task, else election-tweets)")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--label-column", default="label")
     a = ap.parse_args()
+    data = task_of(a.data, a.text_column, a.label_column, a.bundle)
     if a.bundle:
-        res = _with_service(a)
+        res = _with_service(a, data)
     else:
-        res = drive(run(a.url, a.concurrency, a.seconds, a.rounds))
+        res = drive(run(a.url, a.concurrency, a.seconds, a.rounds, data))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -3,7 +3,9 @@ and the event loop their HTTP clients run on."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 # The three ways of serving that the sweep compares, as the API's `budget` object.
 BUDGETS: dict[str, dict] = {
@@ -20,6 +22,21 @@ MODES: dict[str, tuple[str, str]] = {
     "auto-int8": ("int8", "adaptive"),
 }
 EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order
+
+
+def task_of(data: str | None, text_column: str, label_column: str, bundle: str | None) -> tuple[str, str, str]:
+    """(spec, text column, label column) of the examples to send: `data` if given, else the task the
+    bundle folder was trained on (None: a running service, whose bundle is not read here), else
+    election-tweets."""
+    if data:
+        return data, text_column, label_column
+    if bundle is not None:
+        meta_path = Path(bundle) / "dihs.json"
+        if meta_path.is_file():
+            d = json.loads(meta_path.read_text()).get("data", {})
+            if d.get("spec"):
+                return d["spec"], d.get("text_column", "text"), d.get("label_column", "label")
+    return "election-tweets", text_column, label_column
 
 
 def held_out(spec: str, text_column: str = "text", label_column: str = "label",

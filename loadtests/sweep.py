@@ -320,17 +320,6 @@ def data_examples(data: tuple[str, str, str]) -> list[tuple[str, str]]:
 
 # --- the command -----------------------------------------------------------------------------------
 
-def _default_data(a) -> tuple[str, str, str]:
-    if a.data:
-        return a.data, a.text_column, a.label_column
-    meta_path = Path(a.bundle or os.environ.get("DIHS_BUNDLE", "bundles/default")) / "dihs.json"
-    if not a.url and meta_path.is_file():
-        d = json.loads(meta_path.read_text()).get("data", {})
-        if d.get("spec"):
-            return d["spec"], d.get("text_column", "text"), d.get("label_column", "label")
-    return "election-tweets", a.text_column, a.label_column
-
-
 def write_report(out: Path, rows: list[dict], meta: dict, records: list[dict]) -> None:
     """sweep.csv, sweep.png, summary.md and runs.json from the per-segment rows of every run."""
     with (out / "sweep.csv").open("w", newline="") as fh:
@@ -405,7 +394,7 @@ def run_sweep(a) -> Path:
     bundle = a.bundle or os.environ.get("DIHS_BUNDLE", "bundles/default")
     if not a.url and not (Path(bundle) / "dihs.json").is_file():
         raise _usage_error(f"no bundle at {bundle}: train one (dihs train) or pass --url of a running service")
-    data = _default_data(a)
+    data = task_of(a.data, a.text_column, a.label_column, None if a.url else bundle)
     examples = data_examples(data)  # DataError: one line
     if a.url:
         check_service(a.url.rstrip("/"), examples)  # before anything is written

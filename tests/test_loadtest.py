@@ -319,3 +319,14 @@ def test_burst_accuracy_is_paired_on_the_examples_both_modes_answered():
     assert got["dense_accuracy"] == 0.8 and got["adaptive_accuracy"] == 0.8  # auto's first answer of example 1 counts
     assert got["adaptive_minus_dense_points"] == 0.0
     assert paired_burst_accuracy([], auto) == {"examples": 0}
+
+
+def test_the_texts_sent_are_the_given_data_else_the_bundles_task_else_election_tweets(tmp_path):
+    from loadtests.common import task_of
+
+    (tmp_path / "dihs.json").write_text(json.dumps({"data": {"spec": "/data/speeches.csv", "text_column": "body",
+                                                             "label_column": "party"}}))
+    assert task_of("reuters-r8", "text", "label", str(tmp_path)) == ("reuters-r8", "text", "label")
+    assert task_of(None, "text", "label", str(tmp_path)) == ("/data/speeches.csv", "body", "party")
+    assert task_of(None, "text", "label", None) == ("election-tweets", "text", "label")  # a running service
+    assert task_of(None, "text", "label", str(tmp_path / "none")) == ("election-tweets", "text", "label")
