@@ -1,6 +1,6 @@
 """What is served is what is evaluated, on real data: each named plan's answers through the service's
 engine (Engine.run, one text per model batch, in dihs eval's arrival order) against dihs eval's
-run_cascade on the same election-tweets held-out texts.
+run_cascade on the same held-out texts of the task the bundle was trained on.
 
     python scripts/served_vs_eval.py BUNDLE N "cascade 0.5" "cascade 0.25"
 
@@ -15,7 +15,8 @@ from service.engine import Engine, Item
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 b = load_bundle(sys.argv[1]); n = int(sys.argv[2])
-test = load_split("election-tweets").test
+data = b.meta.get("data", {})
+test = load_split(data.get("spec", "election-tweets"), data.get("text_column", "text"), data.get("label_column", "label")).test
 ex = test.subset(list(range(n)))
 e = Engine(b, "x", LoadTracker(LoadConfig(0.25, 32)), NullMetrics())
 batches = list(b.batches(ex, 64))
