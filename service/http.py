@@ -21,6 +21,7 @@ from .routes_ops import ops_router
 from .routes_v1 import ClassifyFastPath, v1_router
 from .routes_v2 import v2_router
 from .settings import Settings
+from .version import package_version
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
 
@@ -36,7 +37,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     api = Api(settings, backend, metrics)
-    app = FastAPI(title="DIHS Serve", version="0.1.0", responses=ERRORS,
+    app = FastAPI(title="DIHS Serve", version=package_version(), responses=ERRORS,
                   description="Transformer classification with per-request attention-head budgets (DIHS).")
     for router in (v1_router(api), v2_router(api), ops_router(api)):
         app.include_router(router)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+
+from .version import package_version
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RATIO_BUCKETS = (0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
@@ -82,13 +83,6 @@ def exported_names() -> dict[str, str]:
 REFRESH_S = 0.5
 # What a replica that has served nothing exports: no texts waiting, no pressure.
 IDLE_START = {"dihs_load_pressure": 0.0, "dihs_queue_depth": 0.0}
-
-
-def package_version() -> str:
-    try:
-        return version("dihs-serve")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
 
 
 class Metrics:

@@ -11,6 +11,7 @@ from .errors import ApiError
 from .oip import OUTPUT_PARAMETERS, REQUEST_PARAMETERS, read_call
 from .oip_outputs import OUTPUTS, infer_response, metadata, tensors
 from .protocol import V2ErrorResponse, V2InferRequest, V2InferResponse, V2ModelMetadata
+from .version import package_version
 
 EXTENSIONS = ["binary_tensor_data", "classification", "parameters"]
 VERSIONS = ["1"]
@@ -36,7 +37,7 @@ def v2_router(api: Api) -> APIRouter:
 
     @router.get("/v2")
     async def server_metadata():
-        return {"name": "dihs-serve", "version": "0.1.0", "extensions": EXTENSIONS}
+        return {"name": "dihs-serve", "version": package_version(), "extensions": EXTENSIONS}
 
     def known(name: str, version: str | None) -> None:
         api.known(name)

@@ -213,8 +213,11 @@ def test_binary_inputs_and_their_refusals(client):
 
 
 def test_metadata_config_and_server_extensions(client, engine):
+    from importlib.metadata import version
+
     server = client.get("/v2").json()
     assert server["extensions"] == ["binary_tensor_data", "classification", "parameters"]
+    assert server["version"] == version("dihs-serve") == client.get("/openapi.json").json()["info"]["version"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}] and meta["versions"] == ["1"]
     shapes = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
