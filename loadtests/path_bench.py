@@ -165,10 +165,10 @@ class Peer:
 
 
 def _replica_pid(service) -> int | None:
-    from .placement import REPLICA_MARK, _cmdline
+    from .placement import replica_pids
     from .sweep import _session_pids
 
-    return next((p for p in _session_pids(service.proc.pid) if REPLICA_MARK in _cmdline(p)), None)
+    return next(iter(replica_pids(_session_pids(service.proc.pid))), None)
 
 
 class _cpu_of:

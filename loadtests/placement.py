@@ -76,6 +76,11 @@ class on_replica_core:
             os.sched_setaffinity(0, self._before)
 
 
+def replica_pids(pids: list[int]) -> list[int]:
+    """The Serve replica processes among `pids` (by their process title)."""
+    return [p for p in pids if REPLICA_MARK in _cmdline(p)]
+
+
 def pin_service(pids: list[int]) -> str:
     """The service's replica processes onto the replica core, its other processes (HAProxy or Ray's
     proxy, Serve's controller, Ray's own) onto the client cores; a sentence for the summary."""
@@ -83,7 +88,7 @@ def pin_service(pids: list[int]) -> str:
     if split is None:
         return "not pinned (fewer than 2 cores or no sched_setaffinity)"
     replica, client = split
-    replicas = [p for p in pids if REPLICA_MARK in _cmdline(p)]
+    replicas = replica_pids(pids)
     if not replicas:
         return "not pinned: no Serve replica process was found"
     for p in pids:
