@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import BUDGETS, MODES, held_out
+from .common import BUDGETS, MODES, held_out, task_of
 from .open_loop import SEGMENT_FIELDS, TRACES, Segment, arrivals, capacity, grid_segments, read_trace, \
     segment_rows, trace_segments
 from .placement import pin_client, pin_service, split_cores
