@@ -153,12 +153,17 @@ def segment_rows(events: list[dict], segments: list[Segment], slo_ms: float,
     return rows
 
 
-def capacity(rows: list[dict], target: float = 0.99) -> dict | None:
-    """The row of the highest offered rate before the first (by rate) with SLO attainment under `target`."""
-    best = None
+def capacity(rows: list[dict], target: float = 0.99, blips: int = 0) -> dict | None:
+    """The row of the highest offered rate before the first (by rate) with SLO attainment under `target`;
+    with `blips` > 0, a run of at most that many missing rates is passed over when a higher rate holds
+    the target again (the probe's short segments: a couple of slow answers in one are noise)."""
+    best, missed = None, 0
     for r in sorted(rows, key=lambda r: float(r["offered_rps"])):
         a = float(r["slo_attainment"])
         if math.isnan(a) or a < target:
-            break
-        best = r
+            missed += 1
+            if missed > blips:
+                break
+            continue
+        best, missed = r, 0
     return best

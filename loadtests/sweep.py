@@ -45,10 +45,12 @@ from .stats import read_events
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WARMUP_REQUESTS = 30
-# An adaptive run's warm-up lasts at least this long: the controller may still hold a cheap plan from
-# the run before (an overload's inflated per-text overhead, then the hold before a costlier plan:
-# ControllerConfig.window_s + hold_s = 5 s), and the run's first, lowest rate would measure that
-# transient instead of low load (seen: auto at FLOPs 0.46 at half dense's capacity after a 145 req/s run)
+# An adaptive run's warm-up lasts at least this long: the controller may still hold the cheap plan the
+# run before asked for (any mode's traffic feeds it), for its window and hold (ControllerConfig.window_s
+# + hold_s = 5 s), and the run's first, lowest rate would measure that transient instead of low load
+# (seen: auto at FLOPs 0.46 at half dense's capacity after a 145 req/s run; with the controller's
+# overhead now refreshed after a quiet spell, still the first 16 requests at 10.6 req/s on the 0.5
+# cascade right after dense's 52.8 req/s run, without this settle)
 SETTLE_S = 6.0
 ROW_FIELDS = ("mode", "trace", "round", *SEGMENT_FIELDS)
 MODE_TEXT = {"dense": "the full model, float32", "dense-int8": "the full model, int8 weights",
@@ -443,7 +445,9 @@ def run_sweep(a) -> Path:
         say(f"probing dense's capacity at {', '.join(f'{r:g}' for r in probe_rates)} req/s ...")
         probe_rows, rec = open_loop(probe, url, raw, data, cfg.arrival, a.slo_ms, seed=0)
         records.append(rec)
-        cap = capacity(probe_rows[1:])
+        # one missing rate between two that hold is passed over: 2 slow answers of 71 in a 3-s segment
+        # once put dense at 21.1 req/s, a rate it held at 100% up to 52.8 in the grid that followed
+        cap = capacity(probe_rows[1:], blips=1)
         probe_cap = float(cap["offered_rps"]) if cap else probe_rates[0] / 1.3
         say(f"dense capacity (probe): {probe_cap:.1f} req/s")
         grid_rates = [round(min(g * probe_cap, cfg.max_rps), 2) for g in cfg.grid]

@@ -200,6 +200,16 @@ def test_capacity_is_the_last_rate_before_the_first_miss():
     assert capacity([{"offered_rps": 5, "slo_attainment": 0.5}]) is None
 
 
+def test_the_probe_passes_over_one_missing_rate_between_two_that_hold():
+    def rows(attained):
+        return [{"offered_rps": 10 * (k + 1), "slo_attainment": a} for k, a in enumerate(attained)]
+
+    assert capacity(rows([0.97, 1.0, 1.0, 0.9, 0.8]), blips=1)["offered_rps"] == 30
+    assert capacity(rows([0.97, 1.0, 1.0, 0.9, 0.8])) is None  # the grid's rule: every lower rate holds
+    assert capacity(rows([1.0, 0.97, 0.9, 1.0]), blips=1)["offered_rps"] == 10  # two misses in a row: stop
+    assert capacity(rows([1.0, 0.97]), blips=1)["offered_rps"] == 10
+
+
 def _g(mode, rate, att, acc=0.9, trace="grid", seg=0):
     return {"mode": mode, "trace": trace, "segment": seg, "offered_rps": rate, "slo_attainment": att, "accuracy": acc,
             "flops_ratio": 1.0 if mode == "dense" else 0.4}
