@@ -7,7 +7,7 @@ alternated, under the same closed-loop one-text clients, full model.
 
 A measurement script for the record of docs/path-before-after.json, not part of the package API.
 """
-import asyncio, json, os, signal, subprocess, sys, time, statistics
+import json, os, signal, subprocess, sys, time
 from loadtests.common import drive, held_out
 from loadtests.path_bench import _bodies, _closed_loop
 from loadtests.sweep import free_port

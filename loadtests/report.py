@@ -93,7 +93,7 @@ def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces:
     for mode, f in fm.items():
         at = f.get("at_compare")
         cap = (_fmt(f["capacity_rps"], 1) if f["capacity_rps"] else f"under {_fmt(f['low_load_rps'], 1)}") + (
-            f" (at least; the grid's top)" if f["capacity_rps"] == f["grid_top_rps"] else "")
+            " (at least; the grid's top)" if f["capacity_rps"] == f["grid_top_rps"] else "")
         L.append(f"| {mode} | {meta['mode_text'][mode]} | {cap} | {_fmt(f.get('x_dense'), 2)} | "
                  f"{_fmt(f['accuracy_at_capacity'], 4)} | {_fmt(f['low_load_accuracy'], 4)} | "
                  f"{_fmt(f['flops_at_capacity'], 2)} | "
