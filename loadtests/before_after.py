@@ -22,7 +22,7 @@ def start(tree, mod, bundle):
     main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
             f"from {mod}.cli import main; sys.exit(main(sys.argv[1:]))") if mod == "dihs_cli" else \
            ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            f"from dihs_model.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from dihs_model.cli import main; sys.exit(main(sys.argv[1:]))")
     log = open(f"/tmp/ba_{os.path.basename(tree)}.log", "a")
     p = subprocess.Popen([sys.executable, "-c", main, "serve", bundle, "--port", str(port)], cwd=tree, env=env,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
