@@ -3,7 +3,6 @@ and the event loop their HTTP clients run on."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -28,14 +27,14 @@ def task_of(data: str | None, text_column: str, label_column: str, bundle: str |
     """(spec, text column, label column) of the examples to send: `data` if given, else the task the
     bundle folder was trained on (None: a running service, whose bundle is not read here), else
     election-tweets."""
+    from dihs_model.meta import META_FILE, read_meta
+
     if data:
         return data, text_column, label_column
-    if bundle is not None:
-        meta_path = Path(bundle) / "dihs.json"
-        if meta_path.is_file():
-            d = json.loads(meta_path.read_text()).get("data", {})
-            if d.get("spec"):
-                return d["spec"], d.get("text_column", "text"), d.get("label_column", "label")
+    if bundle is not None and (Path(bundle) / META_FILE).is_file():
+        d = read_meta(Path(bundle), allow_v1=True).get("data", {})  # MetaError: one line
+        if d.get("spec"):
+            return d["spec"], d.get("text_column", "text"), d.get("label_column", "label")
     return "election-tweets", text_column, label_column
 
 

@@ -11,12 +11,12 @@ torch.set_num_threads(1)
 from dihs_model.bundle import load_bundle
 from dihs_model.cascade import EscalationTracker, arrival_order, run_cascade
 from dihs_model.data import load_split
+from loadtests.common import task_of
 from service.engine import Engine, Item
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 b = load_bundle(sys.argv[1]); n = int(sys.argv[2])
-data = b.meta.get("data", {})
-test = load_split(data.get("spec", "election-tweets"), data.get("text_column", "text"), data.get("label_column", "label")).test
+test = load_split(*task_of(None, "text", "label", sys.argv[1])).test
 ex = test.subset(list(range(n)))
 e = Engine(b, "x", LoadTracker(LoadConfig(0.25, 32)), NullMetrics())
 batches = list(b.batches(ex, 64))

@@ -35,9 +35,11 @@ def v2_router(api: Api) -> APIRouter:
         await ready_or_503()
         return {"ready": True}
 
+    server = {"name": "dihs-serve", "version": package_version(), "extensions": EXTENSIONS}
+
     @router.get("/v2")
     async def server_metadata():
-        return {"name": "dihs-serve", "version": package_version(), "extensions": EXTENSIONS}
+        return server
 
     def known(name: str, version: str | None) -> None:
         api.known(name)

@@ -332,10 +332,13 @@ def test_burst_accuracy_is_paired_on_the_examples_both_modes_answered():
 
 
 def test_the_texts_sent_are_the_given_data_else_the_bundles_task_else_election_tweets(tmp_path):
+    from dihs_model.bundle import save_bundle
     from loadtests.common import task_of
+    from tests.conftest import tiny_calibrated_bundle
 
-    (tmp_path / "dihs.json").write_text(json.dumps({"data": {"spec": "/data/speeches.csv", "text_column": "body",
-                                                             "label_column": "party"}}))
+    bundle = tiny_calibrated_bundle(tmp_path / "ckpt")
+    bundle.meta["data"] = {"spec": "/data/speeches.csv", "text_column": "body", "label_column": "party"}
+    tmp_path = save_bundle(bundle, tmp_path / "bundle")
     assert task_of("reuters-r8", "text", "label", str(tmp_path)) == ("reuters-r8", "text", "label")
     assert task_of(None, "text", "label", str(tmp_path)) == ("/data/speeches.csv", "body", "party")
     assert task_of(None, "text", "label", None) == ("election-tweets", "text", "label")  # a running service
