@@ -54,20 +54,64 @@ class Passes:
         return self._done[key]
 
 
+# A CPU forward costs a fixed amount whatever its rows (per-op dispatch, weight reads) besides its
+# tokens: rows of very different lengths run as chunks of similar length (each padded to its own
+# longest) when the padding saved outweighs another forward. The fixed cost in the full model's
+# token-equivalents, and how it grows as a budget's per-token cost shrinks, are what minimised the
+# time of random batches of held-out tweets at batch 8-16 on a 2-core CPU (full model -16%, 25%
+# level -12% at batch 16; docs/results.md). On a GPU padding is nearly free: one chunk.
+CHUNK_FIXED_TOKENS = 32
+
+
+def chunk_fixed_tokens(flops_ratio: float) -> float:
+    """The fixed cost of a forward in tokens of this budget (FLOPs ratio) at batch scale."""
+    return CHUNK_FIXED_TOKENS / max(flops_ratio, 1e-3) ** 0.5
+
+
+def length_chunks(lengths: list[int], fixed_tokens: float) -> list[list[int]]:
+    """Positions of `lengths` in runs of similar length, one forward each, minimising the sum over
+    runs of fixed_tokens + rows x longest (dynamic programming over the sorted lengths)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            cost = best[i] + fixed_tokens + (j - i) * lengths[order[j - 1]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(order)
+    while j:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]
+
+
+def chunks_for(lengths: list[int], flops_ratio: float, device) -> list[list[int]]:
+    """How forward_grouped runs rows of these lengths at a budget of this FLOPs ratio on `device`."""
+    if torch.device(device).type != "cpu":
+        return [list(range(len(lengths)))] if lengths else []
+    return length_chunks(lengths, chunk_fixed_tokens(flops_ratio))
+
+
 @torch.inference_mode()
 def forward_grouped(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[Budget | None],
                     device: torch.device | None = None) -> list[torch.Tensor]:
-    """Logits (float32, CPU) of each row of a right-padded batch [B, T] at its own budget: one sliced
-    forward per distinct budget, each group trimmed to its longest text."""
+    """Logits (float32, CPU) of each row of a right-padded batch [B, T] at its own budget: sliced
+    forwards per distinct budget, its rows in chunks of similar length on a CPU (length_chunks),
+    each chunk trimmed to its longest text."""
+    device = device or ids.device
     groups: dict = {}
     for i, b in enumerate(budgets):
         groups.setdefault(None if b is None or b.is_full(model.shape) else b.key, (b, []))[1].append(i)
     out: list[torch.Tensor | None] = [None] * len(budgets)
+    lengths = mask.sum(1).tolist()
     for key, (budget, idx) in groups.items():
-        sub_mask = mask[idx]
-        T = int(sub_mask.sum(1).max())
-        logits = model(ids[idx, :T].to(device or ids.device), sub_mask[:, :T].to(device or ids.device),
-                       budget=None if key is None else budget).logits.float().cpu()
-        for i, row in zip(idx, logits):
-            out[i] = row
+        group_lengths = [lengths[i] for i in idx]
+        ratio = 1.0 if key is None else budget.flops_ratio(model.shape, group_lengths)
+        for run in chunks_for(group_lengths, ratio, device):
+            rows = [idx[k] for k in run]
+            T = max(lengths[i] for i in rows)
+            logits = model(ids[rows, :T].to(device), mask[rows, :T].to(device),
+                           budget=None if key is None else budget).logits.float().cpu()
+            for i, row in zip(rows, logits):
+                out[i] = row
     return out

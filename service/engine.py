@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from dihs_model.cascade import EscalationTracker, cascade_batch, served_plans
 from dihs_model.device import pick_device
 from dihs_model.precision import check_dtype, prepare, with_dtype
 from dihs_model.levels import LadderPolicy
-from dihs_model.passes import forward_grouped, margin
+from dihs_model.passes import chunks_for, forward_grouped, margin
 from dihs_model.policy import PolicyConfig
 
 from .controller import ControllerConfig, PlanController, batch_seconds
@@ -52,13 +54,12 @@ class Item:
     max_ratio: float = 1.0
 
 
-def padded_length(tokens: list[int], batch: int, max_length: int) -> int:
-    """Expected longest of `batch` texts drawn from these token counts (a batch is padded to its
-    longest text): the mean of the maximum under the empirical distribution, P(max <= x) = F(x)^batch."""
-    xs = sorted(min(t, max_length) for t in tokens)
-    n = len(xs)
-    mean = sum(x * (((k + 1) / n) ** batch - (k / n) ** batch) for k, x in enumerate(xs))
-    return max(2, round(mean))
+def sample_batches(tokens: list[int], batch: int, max_length: int, draws: int = 3, seed: int = 0) -> list[list[int]]:
+    """`draws` batches of `batch` token counts drawn (seeded, with replacement) from these, each at
+    most the model's max length: what a batch of that size may hold."""
+    rng = random.Random(seed + batch)
+    xs = [max(1, min(t, max_length)) for t in tokens]
+    return [rng.choices(xs, k=batch) for _ in range(draws)]
 
 
 class Engine:
@@ -104,16 +105,19 @@ class Engine:
 
     def _measure(self, max_batch: int) -> list[dict[int, float]]:
         """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
-        its passes timed at the length a batch of that size is padded to (padded_length); a cascade's
-        second pass as expected over how many texts of the batch escalate (binomial in the plan's
-        escalated share)."""
+        its passes timed on batches of that size drawn from the calibration split's text lengths
+        (sample_batches; the mean over the draws), in the chunks forward_grouped runs them in; a
+        cascade's second pass as expected over how many texts of the batch escalate (binomial in the
+        plan's escalated share)."""
         tokens = self.bundle.meta["calibration"]["tokens"]
         sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         budgets = list({(None if b is None else b.key): b for p in self.plans
                         for b in ([None] if p is None else [p.first, p.second])}.values())
-        per_text = {b: budget_costs(self.model, budgets, b, padded_length(tokens, b, self.bundle.max_length))
-                    for b in sizes}
-        times = {(None if x is None else x.key): {b: per_text[b][j] * b for b in sizes} for j, x in enumerate(budgets)}
+        times: dict = {}
+        for x in budgets:
+            times[None if x is None else x.key] = {b: statistics.mean(self._batch_seconds(x, lengths) for lengths in
+                                                                      sample_batches(tokens, b, self.bundle.max_length))
+                                                   for b in sizes}
         out = []
         for p, tracker in zip(self.plans, self.trackers):
             if p is None:
@@ -124,6 +128,11 @@ class Engine:
                                                        * batch_seconds(second, k) for k in range(1, b + 1))
                         for b in sizes})
         return out
+
+    def _batch_seconds(self, budget: Budget | None, lengths: list[int]) -> float:
+        ratio = 1.0 if budget is None else budget.flops_ratio(self.shape, lengths)
+        return sum(budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=2)[0] * len(run)
+                   for run in chunks_for(lengths, ratio, self.device))
 
     def plan_name(self, i: int) -> str:
         p = self.plans[i]

@@ -119,15 +119,14 @@ def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
     assert c.wanted(p, r) in usable
 
 
-def test_padded_length_is_the_expected_longest_text_of_a_batch():
-    from service.engine import padded_length
+def test_sampled_batches_are_seeded_draws_of_the_calibration_lengths():
+    from service.engine import sample_batches
 
-    tokens = [10, 20, 30, 40]
-    assert padded_length(tokens, 1, 128) == 25  # one text: the mean
-    assert padded_length(tokens, 2, 128) == round((10 * 1 + 20 * 3 + 30 * 5 + 40 * 7) / 16)
-    grows = [padded_length(tokens, b, 128) for b in (1, 2, 4, 8, 16, 64)]
-    assert grows == sorted(grows) and grows[-1] == 40
-    assert padded_length(tokens, 4, 25) == 25  # never past the model's max length
+    tokens = [3, 10, 40, 90, 200]
+    drawn = sample_batches(tokens, 8, 128)
+    assert drawn == sample_batches(tokens, 8, 128) and len(drawn) == 3
+    assert all(len(b) == 8 and set(b) <= {3, 10, 40, 90, 128} for b in drawn)  # never past the max length
+    assert len({tuple(b) for b in drawn}) > 1
 
 
 def test_observed_overhead_is_added_per_text_to_every_plan():
