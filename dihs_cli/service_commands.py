@@ -234,7 +234,7 @@ def _loadtest_args(p) -> None:
     p.add_argument("--grid", help="offered rates as multiples of dense's probed capacity, comma-separated "
                                   "(default 0.5,0.7,0.9,1.0,1.1,...,2.0,2.25,2.5; --quick 0.5,1,2.5)")
     p.add_argument("--segment-seconds", type=float, help="seconds each rate of the grid is offered (default 4; --quick 3)")
-    p.add_argument("--gap-seconds", type=float, help="idle seconds after each rate (default 1)")
+    p.add_argument("--gap-seconds", type=float, help="idle seconds after each rate (default 0.5; --quick: 1)")
     p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson", help="arrival times (default poisson)")
     p.add_argument("--trace", action="append", help="CSV with columns seconds,requests, replayed once per mode after "
                                                     "the grid; repeatable (default loadtests/traces/spike.csv; "
