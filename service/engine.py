@@ -54,9 +54,11 @@ class Item:
     max_ratio: float = 1.0
 
 
-def sample_batches(tokens: list[int], batch: int, max_length: int, draws: int = 3, seed: int = 0) -> list[list[int]]:
-    """`draws` batches of `batch` token counts drawn (seeded, with replacement) from these, each at
-    most the model's max length: what a batch of that size may hold."""
+def sample_batches(tokens: list[int], batch: int, max_length: int, texts: int = 8, seed: int = 0) -> list[list[int]]:
+    """Batches of `batch` token counts drawn (seeded, with replacement) from these, each at most the
+    model's max length: what a batch of that size may hold; as many batches as make `texts` texts
+    (at least one), so small batches, whose time varies most with their texts, are averaged over more."""
+    draws = max(1, texts // batch)
     rng = random.Random(seed + batch)
     xs = [max(1, min(t, max_length)) for t in tokens]
     return [rng.choices(xs, k=batch) for _ in range(draws)]
@@ -131,7 +133,7 @@ class Engine:
 
     def _batch_seconds(self, budget: Budget | None, lengths: list[int]) -> float:
         ratio = 1.0 if budget is None else budget.flops_ratio(self.shape, lengths)
-        return sum(budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=2)[0] * len(run)
+        return sum(budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=1)[0] * len(run)
                    for run in chunks_for(lengths, ratio, self.device))
 
     def plan_name(self, i: int) -> str:
