@@ -86,11 +86,12 @@ def length_chunks(lengths: list[int], fixed_tokens: float) -> list[list[int]]:
     return runs[::-1]
 
 
-def chunks_for(lengths: list[int], flops_ratio: float, device) -> list[list[int]]:
-    """How forward_grouped runs rows of these lengths at a budget of this FLOPs ratio on `device`."""
+def chunks_for(lengths: list[int], budget: Budget | None, shape, device) -> list[list[int]]:
+    """How forward_grouped runs rows of these lengths at `budget` (None: the full model) on `device`."""
     if torch.device(device).type != "cpu":
         return [list(range(len(lengths)))] if lengths else []
-    return length_chunks(lengths, chunk_fixed_tokens(flops_ratio))
+    ratio = 1.0 if budget is None else budget.flops_ratio(shape, lengths)
+    return length_chunks(lengths, chunk_fixed_tokens(ratio))
 
 
 @torch.inference_mode()
@@ -106,13 +107,11 @@ def forward_grouped(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[
     out: list[torch.Tensor | None] = [None] * len(budgets)
     lengths = mask.sum(1).tolist()
     for key, (budget, idx) in groups.items():
-        group_lengths = [lengths[i] for i in idx]
-        ratio = 1.0 if key is None else budget.flops_ratio(model.shape, group_lengths)
-        for run in chunks_for(group_lengths, ratio, device):
+        budget = None if key is None else budget
+        for run in chunks_for([lengths[i] for i in idx], budget, model.shape, device):
             rows = [idx[k] for k in run]
             T = max(lengths[i] for i in rows)
-            logits = model(ids[rows, :T].to(device), mask[rows, :T].to(device),
-                           budget=None if key is None else budget).logits.float().cpu()
+            logits = model(ids[rows, :T].to(device), mask[rows, :T].to(device), budget=budget).logits.float().cpu()
             for i, row in zip(rows, logits):
                 out[i] = row
     return out

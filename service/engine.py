@@ -132,9 +132,8 @@ class Engine:
         return out
 
     def _batch_seconds(self, budget: Budget | None, lengths: list[int]) -> float:
-        ratio = 1.0 if budget is None else budget.flops_ratio(self.shape, lengths)
         return sum(budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=1)[0] * len(run)
-                   for run in chunks_for(lengths, ratio, self.device))
+                   for run in chunks_for(lengths, budget, self.shape, self.device))
 
     def plan_name(self, i: int) -> str:
         p = self.plans[i]

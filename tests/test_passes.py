@@ -31,8 +31,9 @@ def test_chunks_cover_every_row_once_at_the_least_cost(lengths, fixed):
 def test_a_huge_fixed_cost_keeps_one_chunk_and_none_splits_by_length():
     assert length_chunks([5, 80, 6, 81], 1e9) == [[0, 2, 1, 3]]
     assert length_chunks([5, 80, 6, 81], 0.0) == [[0], [2], [1], [3]]
-    assert chunks_for([5, 80], 1.0, "cuda") == [[0, 1]]  # a GPU pads instead
-    assert chunks_for([5, 80], 1.0, "cpu") == [[0], [1]]
+    shape = tiny_classifier().shape
+    assert chunks_for([5, 80], None, shape, "cuda") == [[0, 1]]  # a GPU pads instead
+    assert chunks_for([5, 80], None, shape, "cpu") == [[0], [1]]
 
 
 @pytest.mark.parametrize("ratio", [None, 0.5])  # the full model, half the heads and neurons
@@ -47,7 +48,7 @@ def test_chunked_rows_get_the_logits_they_get_alone(ratio):
     shape = model.shape
     budget = None if ratio is None else Budget("half", tuple([shape.n_heads // 2] * shape.n_layers),
                                                        tuple([shape.ffn // 2] * shape.n_layers))
-    assert len(chunks_for(lengths, 1.0, "cpu")) > 1  # the batch really runs in several chunks
+    assert len(chunks_for(lengths, budget, shape, "cpu")) > 1  # the batch really runs in several chunks
     got = forward_grouped(model, ids, mask, [budget] * len(lengths))
     for i, n in enumerate(lengths):
         with torch.inference_mode():
