@@ -17,6 +17,7 @@ import time
 import ray
 from ray import serve
 
+from . import heap
 from .metrics import Metrics
 from .replica import LiveConfig, Replica
 from .settings import Settings
@@ -67,6 +68,7 @@ class DIHSModel:
         self.metrics = Metrics(s.model_name)
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
         self.replica = Replica(s, self.metrics, hardware)
+        heap.watch_slow_collections()
         threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 
     async def __serve_build_asgi_app__(self):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dihs_model.policy import PolicyConfig
 
+from . import heap
 from .batcher import Batcher
 from .bundle_id import bundle_checksum
 from .controller import ControllerConfig
@@ -63,6 +64,7 @@ class Serving:
     engine: Engine
     batcher: Batcher
     app: object  # the FastAPI app over this engine
+    backend: "ReplicaBackend"  # the app's backend
     bundle_id: str
     inflight: int = 0  # requests in this app's backend
 
@@ -85,6 +87,12 @@ class ReplicaBackend(EngineBackend):
 
     async def ready(self) -> bool:
         return not self.replica.draining
+
+    def release(self) -> None:
+        """Let go of a retired bundle's engine and batcher. FastAPI keeps the route functions of every
+        app it built in module-level caches (fastapi.dependencies.models, 4096 entries), and they hold
+        this backend: without this, every bundle swap kept the old model alive."""
+        self.engine = self.tracked = self.submit = self.serving = None
 
 
 class _Accepted:
@@ -110,6 +118,8 @@ class Replica:
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered, over every Serving
         self.serving = self._build(self.live)
+        if settings.gc_freeze:
+            heap.freeze()
 
     def _value(self, live: LiveConfig, name: str):
         v = getattr(live, name)
@@ -128,7 +138,8 @@ class Replica:
         engine.probe()
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity)
         backend = ReplicaBackend(self, engine, batcher)
-        serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), bundle_checksum(bundle.meta))
+        serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend,
+                          bundle_checksum(bundle.meta))
         backend.serving = serving
         self.metrics.build_info(serving.bundle_id)  # dihs_build_info: this version, this bundle
         return serving
@@ -152,7 +163,7 @@ class Replica:
             self.live = live
             log.warning("bundle %s (%s) swapped in for %s (%s)", self.serving.bundle_path, self.serving.bundle_id,
                         current.bundle_path, current.bundle_id)
-            asyncio.get_running_loop().create_task(_retire(current))
+            asyncio.get_running_loop().create_task(_retire(current, self.settings.gc_freeze))
             return
         self.live = live
         engine = current.engine
@@ -188,10 +199,16 @@ def _policy(live: LiveConfig) -> PolicyConfig | None:
     return None if live.protect is None else PolicyConfig(protect=live.protect)
 
 
-async def _retire(old: Serving) -> None:
-    """Let a swapped-out bundle answer what it accepted, then stop its batch loop (freeing the model)."""
+async def _retire(old: Serving, frozen: bool) -> None:
+    """Let a swapped-out bundle answer what it accepted, then stop its batch loop and release its
+    model (with a frozen heap, by one full collection: heap.refreeze)."""
     while old.inflight or old.batcher.held:
         await asyncio.sleep(0.05)
     worker = old.batcher._worker  # Batcher has no close(); its loop only waits for work now
     if worker is not None:
         worker.cancel()
+        await asyncio.sleep(0)  # the cancelled loop lets go of the batcher
+    old.backend.release()
+    del old, worker
+    if frozen:
+        heap.refreeze()

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|int8)$", description="number format of the model: "
                        "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, or int8 (CPU: every width "
                        "level's weights quantized per output channel at start-up)")
+    gc_freeze: bool = Field(True, description="after start-up, move the objects then alive (the model, the libraries: "
+                            "about half a million) out of the garbage collector's scans, so a full collection under "
+                            "load no longer stalls the replica for about 0.26 s (measured on a 2-core CPU)")
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM or a replica's shutdown: how long accepted "
                                    "requests may take to finish while new ones get 503 with Retry-After")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus metrics export port (local runs)")

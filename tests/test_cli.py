@@ -192,7 +192,10 @@ def test_every_setting_is_a_serve_flag_and_every_flag_a_setting():
     from service.settings import Settings
 
     assert set(NOT_FLAGS) <= set(Settings.model_fields)
-    assert _serve_options() == {"--" + n.replace("_", "-") for n in Settings.model_fields if n not in NOT_FLAGS}
+    flags = {n: "--" + n.replace("_", "-") for n in Settings.model_fields if n not in NOT_FLAGS}
+    negations = {"--no-" + f[2:] for n, f in flags.items() if Settings.model_fields[n].annotation is bool}
+    assert negations == {"--no-gc-freeze"}  # a switch has its off form
+    assert _serve_options() == set(flags.values()) | negations
 
 
 def _readme_settings_rows() -> list[list[str]]:

@@ -89,3 +89,48 @@ def test_reconfigure_in_place_and_to_a_new_bundle(bundles):
         asyncio.run(replica.reconfigure({"batch": 4}))
     assert LiveConfig.of(Settings(bundle="x")).model_dump(exclude_none=True) == {
         "bundle": "x", "slo_ms": 250.0, "max_batch_size": 16}
+
+
+def test_the_start_up_heap_is_frozen_and_a_swapped_out_bundle_is_still_freed(bundles):
+    import gc
+    import weakref
+
+    gc.unfreeze()
+    _replica(bundles[0], gc_freeze=False)
+    assert gc.get_freeze_count() == 0
+    replica = _replica(bundles[0])
+    try:
+        assert gc.get_freeze_count() > 1000  # the model, the tokenizer and the libraries' objects
+        old_model = weakref.ref(replica.serving.engine.model)
+
+        async def swap() -> bool:
+            await replica.reconfigure({"bundle": str(bundles[1])})
+            for _ in range(100):  # _retire runs once the old bundle holds no request
+                await asyncio.sleep(0.02)
+                if old_model() is None:
+                    return True
+            return False
+
+        assert asyncio.run(swap()), "the swapped-out bundle's model is still alive"
+        assert gc.get_freeze_count() > 1000  # frozen again, with the new bundle
+        assert TestClient(replica).post("/v1/classify", json={"text": "good fun"}).status_code == 200
+    finally:
+        gc.unfreeze()
+
+
+def test_slow_garbage_collections_are_logged(monkeypatch, caplog):
+    import gc
+
+    from service import heap
+
+    monkeypatch.setattr(heap, "SLOW_GC_S", 0.0)
+    try:
+        heap.watch_slow_collections()
+        heap.watch_slow_collections()
+        assert gc.callbacks.count(heap._log_slow) == 1
+        with caplog.at_level("WARNING", logger="dihs.heap"):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(heap._log_slow)  # the test process's collections go unlogged again
+    assert any("garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
+               for r in caplog.records), caplog.text
