@@ -24,7 +24,8 @@ from .settings import Settings
 
 
 def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> None:
-    """CPU utilization of this process, and GPU utilization/memory from NVML where there is a GPU;
+    """CPU utilization and garbage-collector pauses of this process, and GPU utilization/memory from
+    NVML where there is a GPU;
     the highest GPU utilization also goes into `latest["gpu"]` for the load tracker."""
     nvml = None
     try:
@@ -39,6 +40,8 @@ def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> N
         time.sleep(period_s)
         cpu, t = time.process_time(), time.monotonic()
         metrics.record("dihs_cpu_utilization_ratio", min(1.0, (cpu - last_cpu) / max(1e-9, t - last_t)))
+        for generation, seconds in heap.drain():
+            metrics.record("dihs_gc_pause_seconds", seconds, generation=str(generation))
         last_cpu, last_t = cpu, t
         for i, h in enumerate(nvml or []):
             util = pynvml.nvmlDeviceGetUtilizationRates(h)
@@ -68,7 +71,7 @@ class DIHSModel:
         self.metrics = Metrics(s.model_name)
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
         self.replica = Replica(s, self.metrics, hardware)
-        heap.watch_slow_collections()
+        heap.watch_collections()
         threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
 
     async def __serve_build_asgi_app__(self):

@@ -26,6 +26,7 @@ from .version import package_version
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RATIO_BUCKETS = (0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HEADS_BUCKETS = (1, 2, 4, 8, 12, 18, 24, 36, 48, 54, 72, 96, 144, 192, 288, 384)
 
 
@@ -62,6 +63,9 @@ SPECS = (
     MetricSpec("dihs_queue_depth", "gauge", "Texts waiting or running at the model replica", ("model",)),
     MetricSpec("dihs_batch_size", "histogram", "Texts per model batch", ("model",), BATCH_BUCKETS),
     MetricSpec("dihs_cpu_utilization_ratio", "gauge", "CPU utilization of the replica's process in [0, 1] per core", ("model",)),
+    MetricSpec("dihs_gc_pause_seconds", "histogram", "Pauses of Python's garbage collector in the replica's process, by "
+               "generation (2: a full collection, which holds the GIL: batches and HTTP wait)", ("model", "generation"),
+               GC_BUCKETS),
     MetricSpec("dihs_gpu_utilization_ratio", "gauge", "GPU utilization from NVML in [0, 1] (absent on CPU)", ("model", "gpu")),
     MetricSpec("dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")),
     MetricSpec("dihs_build_info", "gauge", "1, labelled with the package version and the served bundle's checksum "

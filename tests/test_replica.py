@@ -118,19 +118,22 @@ def test_the_start_up_heap_is_frozen_and_a_swapped_out_bundle_is_still_freed(bun
         gc.unfreeze()
 
 
-def test_slow_garbage_collections_are_logged(monkeypatch, caplog):
+def test_garbage_collections_are_timed_and_slow_ones_logged(monkeypatch, caplog):
     import gc
 
     from service import heap
 
     monkeypatch.setattr(heap, "SLOW_GC_S", 0.0)
     try:
-        heap.watch_slow_collections()
-        heap.watch_slow_collections()
-        assert gc.callbacks.count(heap._log_slow) == 1
+        heap.watch_collections()
+        heap.watch_collections()
+        assert gc.callbacks.count(heap._on_collection) == 1
+        heap.drain()
         with caplog.at_level("WARNING", logger="dihs.heap"):
             gc.collect()
+        pauses = heap.drain()
+        assert any(g == 2 and seconds > 0 for g, seconds in pauses), pauses  # dihs_gc_pause_seconds gets these
     finally:
-        gc.callbacks.remove(heap._log_slow)  # the test process's collections go unlogged again
+        gc.callbacks.remove(heap._on_collection)  # the test process's collections go unlogged again
     assert any("garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
                for r in caplog.records), caplog.text
