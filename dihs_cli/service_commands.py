@@ -232,7 +232,7 @@ def _loadtest_args(p) -> None:
                    help="dense/auto in float32 or int8 (a second service, DIHS_DTYPE=int8), f50 = fixed 50%% FLOPs")
     p.add_argument("--rounds", type=int, help="repeats of the rate grid, modes interleaved (default 2; --quick 1)")
     p.add_argument("--grid", help="offered rates as multiples of dense's probed capacity, comma-separated "
-                                  "(default 0.5,0.7,0.9,1.0,1.1,...,2.0,2.25,2.5; --quick 0.5,1,2.5)")
+                                  "(default 0.5,0.6,...,2.0 in steps of 0.1, 2.25, 2.5; --quick 0.5,1,2.5)")
     p.add_argument("--segment-seconds", type=float, help="seconds each rate of the grid is offered (default 4; --quick 3)")
     p.add_argument("--gap-seconds", type=float, help="idle seconds after each rate (default 0.5; --quick: 1)")
     p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson", help="arrival times (default poisson)")
