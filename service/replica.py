@@ -67,6 +67,7 @@ class Serving:
     backend: "ReplicaBackend"  # the app's backend
     bundle_id: str
     inflight: int = 0  # requests in this app's backend
+    entered: int = 0  # HTTP requests inside this app, from their first byte (parsing and validation too)
 
 
 class ReplicaBackend(EngineBackend):
@@ -192,7 +193,11 @@ class Replica:
                 message = {**message, "headers": [*message.get("headers", []), (BUNDLE_HEADER, tag)]}
             await send(message)
 
-        await serving.app(scope, receive, tagged)
+        serving.entered += 1  # a bundle swap releases the old app only once none is inside it
+        try:
+            await serving.app(scope, receive, tagged)
+        finally:
+            serving.entered -= 1
 
 
 def _policy(live: LiveConfig) -> PolicyConfig | None:
@@ -202,7 +207,7 @@ def _policy(live: LiveConfig) -> PolicyConfig | None:
 async def _retire(old: Serving, frozen: bool) -> None:
     """Let a swapped-out bundle answer what it accepted, then stop its batch loop and release its
     model (with a frozen heap, by one full collection: heap.refreeze)."""
-    while old.inflight or old.batcher.held:
+    while old.entered or old.inflight or old.batcher.held:
         await asyncio.sleep(0.05)
     worker = old.batcher._worker  # Batcher has no close(); its loop only waits for work now
     if worker is not None:

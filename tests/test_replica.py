@@ -137,3 +137,39 @@ def test_garbage_collections_are_timed_and_slow_ones_logged(monkeypatch, caplog)
         gc.callbacks.remove(heap._on_collection)  # the test process's collections go unlogged again
     assert any("garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+def test_a_request_inside_the_old_app_during_a_swap_is_answered_by_it(bundles):
+    import json
+
+    from service.replica import BUNDLE_HEADER
+
+    replica = _replica(bundles[0], gc_freeze=False)
+    old_id = replica.serving.bundle_id
+    body = json.dumps({"text": "good fun"}).encode()
+
+    async def scenario() -> list[dict]:
+        gate, sent = asyncio.Event(), []
+
+        async def receive():  # a client still sending its body when the swap comes
+            await gate.wait()
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        request = asyncio.create_task(replica(scope, receive, send))
+        await asyncio.sleep(0.05)
+        await replica.reconfigure({"bundle": str(bundles[1])})
+        await asyncio.sleep(0.3)  # _retire polls every 50 ms: it must wait for this request
+        gate.set()
+        await request
+        return sent
+
+    start = next(m for m in asyncio.run(scenario()) if m["type"] == "http.response.start")
+    assert start["status"] == 200, start
+    assert (BUNDLE_HEADER, old_id.encode()) in start["headers"]
