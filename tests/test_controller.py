@@ -36,8 +36,8 @@ def _fed(rate: float, clock: Clock, cfg=ControllerConfig()) -> PlanController:
 
 def test_no_pressure_and_arrivals_the_full_model_serves_is_the_full_model():
     assert PlanController(COSTS, clock=Clock()).choose(0.0) == 0  # idle
-    assert _fed(30, Clock()).choose(0.0) == 0  # 30 texts/s fit 0.7 x 50/s of the full model
-    assert _fed(40, Clock()).choose(0.0) == 1  # 40 do not: the next plan before any queue builds
+    assert _fed(40, Clock()).choose(0.0) == 0  # 40 texts/s fit 0.85 x 50/s of the full model
+    assert _fed(60, Clock()).choose(0.0) == 1  # 60 do not: the next plan before any queue builds
 
 
 def test_one_request_at_a_time_is_no_demand_past_the_plan():
@@ -59,9 +59,9 @@ def test_one_request_at_a_time_is_no_demand_past_the_plan():
 
 def test_the_most_accurate_plan_that_fits_the_arrival_rate():
     clock = Clock()
-    c = _fed(50, clock)  # 50 texts/s: 0.7 / 50 = 14 ms per text fits the 12 ms plan, not the 20 ms one
-    assert abs(c.rate() - 50) < 1 and c.choose(0.01) == 1
-    assert _fed(110, Clock()).choose(0.01) == 3  # 6.4 ms per text: the 6 ms plan
+    c = _fed(60, clock)  # 60 texts/s: 0.85 / 60 = 14 ms per text fits the 12 ms plan, not the 20 ms one
+    assert abs(c.rate() - 60) < 1 and c.choose(0.01) == 1
+    assert _fed(130, Clock()).choose(0.01) == 3  # 6.5 ms per text: the 6 ms plan
     assert _fed(2000, Clock()).choose(0.01) == len(COSTS) - 1  # nothing fits: the cheapest
 
 
