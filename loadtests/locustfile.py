@@ -203,8 +203,9 @@ class _LabelledUser(FastHttpUser):
              response_length=0, context={}, exception=None)
 
 
-class ClassifyUser(_LabelledUser):
-    """POST /v1/classify with one text and the run's budget."""
+class _V1:
+    """POST /v1/classify with one text and the run's budget: the body and the answer (no task, so a user
+    class can take these without Locust also running another class's task)."""
 
     route = "v1"
 
@@ -214,6 +215,10 @@ class ClassifyUser(_LabelledUser):
     def parse(self, data):
         r = data["results"][0]
         return r["label"], float(r["flops_ratio"]), float(r["pressure"]), float(r["heads"]["ratio"])
+
+
+class ClassifyUser(_V1, _LabelledUser):
+    """Closed loop over POST /v1/classify."""
 
     @task
     def classify(self):
@@ -239,8 +244,11 @@ class InferUser(_LabelledUser):
         self.send(f"/v2/models/{self.opts.model_name}/infer", "/v2/models/{name}/infer")
 
 
-class OpenLoopUser(ClassifyUser):
-    """The open loop over POST /v1/classify: each arrival of --arrivals in its own greenlet at its time."""
+class OpenLoopUser(_V1, _LabelledUser):
+    """The open loop over POST /v1/classify: each arrival of --arrivals in its own greenlet at its time.
+    Not a ClassifyUser: Locust gathers a user's tasks from its base classes too, and picked ClassifyUser's
+    closed-loop task now and then before the schedule (an unscheduled request that shifted the run's
+    example sequence by one)."""
 
     concurrency = 1024  # connections the one user may hold open at once (FastHttpSession's pool)
 

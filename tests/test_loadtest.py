@@ -268,6 +268,12 @@ def test_locustfile_loads_and_refuses_bad_data_in_one_line(tmp_path):
                                     capture_output=True, text=True, timeout=60, cwd=tmp_path)
     listed = run("--list")
     assert listed.returncode == 0 and "ClassifyUser" in listed.stdout and "InferUser" in listed.stdout, listed.stderr
+    # the open-loop user runs its schedule and nothing else (a task inherited from ClassifyUser once sent
+    # unscheduled requests, and shifted the examples a mode was sent against the other modes')
+    tasks = subprocess.run([sys.executable, "-c", "import loadtests.locustfile as f; "
+                            "print([t.__qualname__ for t in f.OpenLoopUser.tasks])"],
+                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert tasks.returncode == 0 and tasks.stdout.strip() == "['OpenLoopUser.classify']", tasks.stdout + tasks.stderr
     bad = run("--headless", "--host", "http://127.0.0.1:9", "--data", str(tmp_path / "missing.csv"))
     assert bad.returncode != 0 and "locustfile: error: data file not found" in bad.stderr
     assert "Traceback" not in bad.stderr
