@@ -66,7 +66,6 @@ class Serving:
     app: object  # the FastAPI app over this engine
     backend: "ReplicaBackend"  # the app's backend
     bundle_id: str
-    inflight: int = 0  # requests in this app's backend
     entered: int = 0  # HTTP requests inside this app, from their first byte (parsing and validation too)
 
 
@@ -76,14 +75,14 @@ class ReplicaBackend(EngineBackend):
 
     def __init__(self, replica: "Replica", engine: Engine, batcher: Batcher):
         super().__init__(engine, replica.settings.model_name, submit=batcher.submit)
-        self.replica, self.serving = replica, None
+        self.replica = replica
 
     async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:
-        with self.replica.accepting(self.serving):
+        with self.replica.accepting():
             return await super().classify(items, timing)
 
     async def explain(self, item: Item, attention: bool = True) -> dict:
-        with self.replica.accepting(self.serving):
+        with self.replica.accepting():
             return await super().explain(item, attention)
 
     async def ready(self) -> bool:
@@ -93,22 +92,20 @@ class ReplicaBackend(EngineBackend):
         """Let go of a retired bundle's engine and batcher. FastAPI keeps the route functions of every
         app it built in module-level caches (fastapi.dependencies.models, 4096 entries), and they hold
         this backend: without this, every bundle swap kept the old model alive."""
-        self.engine = self.tracked = self.submit = self.serving = None
+        self.engine = self.tracked = self.submit = None
 
 
 class _Accepted:
-    def __init__(self, replica: "Replica", serving: Serving):
-        self.replica, self.serving = replica, serving
+    def __init__(self, replica: "Replica"):
+        self.replica = replica
 
     def __enter__(self):
         if self.replica.draining:
             raise ApiError(503, DRAINING, "draining", {"Retry-After": "1"})
         self.replica.inflight += 1
-        self.serving.inflight += 1
 
     def __exit__(self, *exc):
         self.replica.inflight -= 1
-        self.serving.inflight -= 1
 
 
 class Replica:
@@ -141,7 +138,6 @@ class Replica:
         backend = ReplicaBackend(self, engine, batcher)
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend,
                           bundle_checksum(bundle.meta))
-        backend.serving = serving
         self.metrics.build_info(serving.bundle_id)  # dihs_build_info: this version, this bundle
         return serving
 
@@ -177,9 +173,9 @@ class Replica:
         """Serve's health check: the current engine answers a probe text with finite scores."""
         self.serving.engine.probe()
 
-    def accepting(self, serving: Serving) -> _Accepted:
+    def accepting(self) -> _Accepted:
         """Context of one accepted request (503 `draining` instead, once the drain began)."""
-        return _Accepted(self, serving)
+        return _Accepted(self)
 
     async def __call__(self, scope, receive, send):
         """The ASGI app Serve runs: the current bundle's app, each answer tagged with its bundle id."""
@@ -207,7 +203,7 @@ def _policy(live: LiveConfig) -> PolicyConfig | None:
 async def _retire(old: Serving, frozen: bool) -> None:
     """Let a swapped-out bundle answer what it accepted, then stop its batch loop and release its
     model (with a frozen heap, by one full collection: heap.refreeze)."""
-    while old.entered or old.inflight or old.batcher.held:
+    while old.entered or old.batcher.held:  # entered: every request in its app, the backend's too
         await asyncio.sleep(0.05)
     worker = old.batcher._worker  # Batcher has no close(); its loop only waits for work now
     if worker is not None:
