@@ -19,7 +19,16 @@ this shared machine drifts by tens of percent over minutes.
             says what share of the replica's CPU the model gets, whatever the machine's speed;
   naive     loadtests.naive_peer (one uvicorn process, FastAPI, the same weights through plain
             transformers, no batching, same torch threads) under the same one-text clients;
-  idle      one client, one one-text request at a time, against the model's batch-1 time.
+  idle      one client, one one-text request at a time, against the model's batch-1 time, measured
+            twice: back to back, and paced (the same work started at the idle client's request
+            rate, the core idle in between, as the replica's is between idle requests).
+
+IDLE_PACE: on a shared machine a forward that follows an idle gap is slower than one that follows
+another forward: here the last-level cache (300 MB) is shared with other tenants, and the weights
+(42 MB in float32 for the default bundle) are likely gone from it after a few idle milliseconds.
+An idle service pays the paced time on every request, so idle latency minus the paced time is what
+the request path adds; both differences are reported, and the paced over back-to-back ratio says
+how large the effect was in the run.
 
 Writes OUT/path.json (every round's figures, medians and spreads, ratios) and OUT/path.png.
 """
@@ -50,16 +59,20 @@ def _spread(xs):
 
 # --- model only -------------------------------------------------------------------------------
 
-def model_only(engine, texts: list[str], batch: int, budget: dict) -> dict:
+def model_only(engine, texts: list[str], batch: int, budget: dict, every_s: float = 0.0) -> dict:
     """texts/s of the model's own work on `texts` in batches: Engine.run's tokenize and forward
-    phases (its budget decision and result dicts are timed apart and left out)."""
+    phases (its budget decision and result dicts are timed apart and left out). Batches run back to
+    back, or (every_s > 0) one starting every `every_s` seconds with the core idle in between."""
     from service.engine import Item
 
     items = [Item(t, budget["mode"], 0.0, budget.get("max_flops_ratio", 1.0)) for t in texts]
     spent = {}
     for i in range(0, len(items), batch):
         timing: dict = {}
+        started = time.perf_counter()
         engine.run(items[i : i + batch], timing)
+        if every_s:
+            time.sleep(max(0.0, started + every_s - time.perf_counter()))
         for k, v in timing.items():
             spent[k] = spent.get(k, 0.0) + v
     n = len(items)
@@ -257,6 +270,10 @@ def run(a) -> dict:
                         row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
                 if name == "full":  # idle latency next to the batch-1 time it is compared with
                     row["idle"] = drive(_closed_loop(svc, _bodies(texts, 1, budget), 1, a.seconds / 2, 1.0, True))
+                    if row["idle"]["requests"]:
+                        with on_replica_core():  # the same batch-1 work at the idle client's pace (IDLE_PACE)
+                            row["model"]["full_b1_paced"] = model_only(engine, texts[: row["idle"]["requests"]], 1,
+                                                                       budget, 1.0 / row["idle"]["texts_per_s"])
                 for per_request, clients in ((1, a.clients), (16, a.clients_16)):
                     with _cpu_of(replica) as cpu:
                         res = drive(_closed_loop(svc, _bodies(texts, per_request, budget), clients, a.seconds,
@@ -284,7 +301,8 @@ def _round_line(row: dict) -> str:
     return (f"round {row['round']}: service full {s['full_1text']['texts_per_s']:.1f} / model b16 "
             f"{m['full_b16']['texts_per_s']:.1f} texts/s; l25 {s['l25_1text']['texts_per_s']:.1f} / "
             f"{m['l25_b16']['texts_per_s']:.1f}; naive {row['naive']['texts_per_s']:.1f}; idle p50 "
-            f"{row['idle']['latency_p50_ms']:.1f} ms vs model b1 {m['full_b1']['ms_per_batch']:.1f} ms")
+            f"{row['idle']['latency_p50_ms']:.1f} ms vs model b1 {m['full_b1']['ms_per_batch']:.1f} ms "
+            f"(paced {m.get('full_b1_paced', {}).get('ms_per_batch', float('nan')):.1f} ms)")
 
 
 def summarize(rounds: list[dict], batch: int) -> dict:
@@ -294,8 +312,8 @@ def summarize(rounds: list[dict], batch: int) -> dict:
         for r in rounds:
             try:
                 xs.append(f(r))
-            except (ZeroDivisionError, TypeError):  # a variant that served nothing (its errors are in the
-                pass  # rounds), or no /proc figure
+            except (ZeroDivisionError, TypeError, KeyError):  # a variant that served nothing (its errors are
+                pass  # in the rounds), or no /proc figure
         return {"median": _median(xs), "spread": _spread(xs), "rounds": xs}
 
     b = f"b{batch}"
@@ -317,6 +335,10 @@ def summarize(rounds: list[dict], batch: int) -> dict:
         "model_share_of_replica_cpu_l25": per_round(
             lambda r: 1e3 / r["model"][f"l25_{b}"]["texts_per_s"] / r["service"]["l25_1text"]["replica_cpu_ms_per_text"]),
         "idle_p50_minus_model_b1_ms": per_round(lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1"]["ms_per_batch"]),
+        "idle_p50_minus_model_b1_paced_ms": per_round(
+            lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1_paced"]["ms_per_batch"]),
+        "model_b1_paced_over_back_to_back": per_round(
+            lambda r: r["model"]["full_b1_paced"]["ms_per_batch"] / r["model"]["full_b1"]["ms_per_batch"]),
     }
 
 
@@ -334,9 +356,13 @@ def plot(result: dict, path: Path) -> None:
             ("model l25 " + b, lambda r: r["model"][f"l25_{b}"]["texts_per_s"]),
             ("service l25", lambda r: r["service"]["l25_1text"]["texts_per_s"]),
             ("naive peer", lambda r: r["naive"]["texts_per_s"]),
-            ("model full b1", lambda r: r["model"]["full_b1"]["texts_per_s"])]
+            ("model full b1", lambda r: r["model"]["full_b1"]["texts_per_s"]),
+            ("model full b1\nidle-paced", lambda r: r["model"]["full_b1_paced"]["texts_per_s"])]
     for i, (name, f) in enumerate(bars):
-        xs = [f(r) for r in rounds]
+        try:
+            xs = [f(r) for r in rounds]
+        except KeyError:  # (no idle request answered: no paced figure)
+            continue
         ax1.bar(i, statistics.median(xs), color="C0" if name.startswith("model") else "C2" if "naive" in name else "C1")
         ax1.plot([i] * len(xs), xs, "k.", ms=4)
     ax1.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=30, ha="right", fontsize=8)
