@@ -20,8 +20,9 @@ this shared machine drifts by tens of percent over minutes.
   naive     loadtests.naive_peer (one uvicorn process, FastAPI, the same weights through plain
             transformers, no batching, same torch threads) under the same one-text clients;
   idle      one client, one one-text request at a time, against the model's batch-1 time, measured
-            twice: back to back, and paced (the same work started at the idle client's request
-            rate, the core idle in between, as the replica's is between idle requests).
+            twice: back to back, and paced (as many held-out texts as the idle client got answered,
+            one started at the idle client's request rate, the core idle in between, as the
+            replica's is between idle requests).
 
 IDLE_PACE: on a shared machine a forward that follows an idle gap is slower than one that follows
 another forward: here the last-level cache (300 MB) is shared with other tenants, and the weights
@@ -271,7 +272,7 @@ def run(a) -> dict:
                 if name == "full":  # idle latency next to the batch-1 time it is compared with
                     row["idle"] = drive(_closed_loop(svc, _bodies(texts, 1, budget), 1, a.seconds / 2, 1.0, True))
                     if row["idle"]["requests"]:
-                        with on_replica_core():  # the same batch-1 work at the idle client's pace (IDLE_PACE)
+                        with on_replica_core():  # batch-1 work at the idle client's pace (IDLE_PACE)
                             row["model"]["full_b1_paced"] = model_only(engine, texts[: row["idle"]["requests"]], 1,
                                                                        budget, 1.0 / row["idle"]["texts_per_s"])
                 for per_request, clients in ((1, a.clients), (16, a.clients_16)):
@@ -313,7 +314,7 @@ def summarize(rounds: list[dict], batch: int) -> dict:
             try:
                 xs.append(f(r))
             except (ZeroDivisionError, TypeError, KeyError):  # a variant that served nothing (its errors are
-                pass  # in the rounds), or no /proc figure
+                pass  # in the rounds), no /proc figure, or no paced run (no idle request answered)
         return {"median": _median(xs), "spread": _spread(xs), "rounds": xs}
 
     b = f"b{batch}"
