@@ -83,6 +83,16 @@ def trace_totals(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def _speed_check(meta: dict) -> list[str]:
+    """The sequential rate of each run's warm-up: how fast this shared machine ran just before it."""
+    rates = meta.get("warmup_rps")  # (sweeps before it was recorded have none)
+    if not rates:
+        return []
+    return [f"- Speed check: each run's warm-up sends one-text requests one at a time in its mode just before the "
+            "run; their rate (requests/s) shows how fast the machine was then, comparable between the rounds of a "
+            "mode: " + ", ".join(f"{run} {rps:g}" for run, rps in rates.items()) + "."]
+
+
 def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces: list[dict]) -> None:
     slo, fm = meta["slo_ms"], found["modes"]
     L = [f"# How much load each way of serving takes within {slo:g} ms, and the accuracy it pays", "",
@@ -127,6 +137,7 @@ def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces:
           f"{meta.get('settle_s', 0):g} s, so the controller has left a plan the run before put it on).",
           f"- Placement: {meta['placement']}. 1-minute load average {meta['loadavg_start']:.1f} at the start, "
           f"{meta['loadavg_end']:.1f} at the end (other work on the machine shares the cores).",
+          *_speed_check(meta),
           f"- Services: {meta['service']}. Wall time {meta['wall_s']:.0f} s. Command: `{meta['command']}`.", "",
           "## The rate grid", "",
           "| mode | offered req/s | sent | achieved | within SLO | p50 ms | p95 ms | p99 ms | client lag p99 ms | "

@@ -291,7 +291,7 @@ def open_loop(run: OpenRun, url: str, raw: Path, data: tuple[str, str, str], arr
     """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for runs.json)."""
     t_run = time.monotonic()
     budget = MODES[run.mode][1]
-    pressure, _ = warm_up(url, budget, data_examples(data), min_seconds=SETTLE_S if budget == "adaptive" else 0.0)
+    pressure, seq_rps = warm_up(url, budget, data_examples(data), min_seconds=SETTLE_S if budget == "adaptive" else 0.0)
     sched = arrivals(list(run.segments), arrival, seed)
     (raw / f"{run.name}_arrivals.json").write_text(json.dumps(sched))
     spec, text_col, label_col = data
@@ -309,7 +309,7 @@ def open_loop(run: OpenRun, url: str, raw: Path, data: tuple[str, str, str], arr
             for r in segment_rows(read_events(Path(f"{prefix}_events.csv")), list(run.segments), slo_ms, scheduled)]
     record = {"run": run.name, "mode": run.mode, "trace": run.trace, "round": run.round, "seed": seed,
               "segments": [[s.start, s.end, s.rate] for s in run.segments], "scheduled": scheduled,
-              "warmup_pressure": pressure, "wall_s": round(time.monotonic() - t_run, 1)}
+              "warmup_pressure": pressure, "warmup_rps": round(seq_rps, 1), "wall_s": round(time.monotonic() - t_run, 1)}
     return rows, record
 
 
@@ -481,6 +481,7 @@ def run_sweep(a) -> Path:
             "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
             "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces), "settle_s": SETTLE_S,
             "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
+            "warmup_rps": {r["run"]: r["warmup_rps"] for r in records if r["trace"] != "probe"},
             "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
     write_report(out, rows, meta, records)
