@@ -83,17 +83,18 @@ def trace_totals(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def _speed_check(meta: dict) -> list[str]:
+def _speed_check(records: list[dict]) -> list[str]:
     """The sequential rate of each run's warm-up: how fast this shared machine ran just before it."""
-    rates = meta.get("warmup_rps")  # (sweeps before it was recorded have none)
-    if not rates:
+    rates = [(r["run"], r["warmup_rps"]) for r in records if r["trace"] != "probe" and "warmup_rps" in r]
+    if not rates:  # (runs recorded before the rate was kept have none)
         return []
     return [f"- Speed check: each run's warm-up sends one-text requests one at a time in its mode just before the "
             "run; their rate (requests/s) shows how fast the machine was then, comparable between the rounds of a "
-            "mode: " + ", ".join(f"{run} {rps:g}" for run, rps in rates.items()) + "."]
+            "mode: " + ", ".join(f"{run} {rps:g}" for run, rps in rates) + "."]
 
 
-def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces: list[dict]) -> None:
+def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces: list[dict],
+                  records: list[dict]) -> None:
     slo, fm = meta["slo_ms"], found["modes"]
     L = [f"# How much load each way of serving takes within {slo:g} ms, and the accuracy it pays", "",
          f"Measured {meta['started']} on {meta['machine']}; model `{meta['bundle']}`, texts of `{meta['data']}` "
@@ -137,7 +138,7 @@ def write_summary(path: Path, meta: dict, comb: list[dict], found: dict, traces:
           f"{meta.get('settle_s', 0):g} s, so the controller has left a plan the run before put it on).",
           f"- Placement: {meta['placement']}. 1-minute load average {meta['loadavg_start']:.1f} at the start, "
           f"{meta['loadavg_end']:.1f} at the end (other work on the machine shares the cores).",
-          *_speed_check(meta),
+          *_speed_check(records),
           f"- Services: {meta['service']}. Wall time {meta['wall_s']:.0f} s. Command: `{meta['command']}`.", "",
           "## The rate grid", "",
           "| mode | offered req/s | sent | achieved | within SLO | p50 ms | p95 ms | p99 ms | client lag p99 ms | "

@@ -333,7 +333,7 @@ def write_report(out: Path, rows: list[dict], meta: dict, records: list[dict]) -
     comb = combined(rows)
     found = findings(comb)
     plot(out / "sweep.png", comb, meta["slo_ms"])
-    write_summary(out / "summary.md", meta, comb, found, trace_totals(rows))
+    write_summary(out / "summary.md", meta, comb, found, trace_totals(rows), records)
     (out / "runs.json").write_text(json.dumps({"meta": meta, "findings": found, "runs": records}, indent=1))
 
 
@@ -481,7 +481,6 @@ def run_sweep(a) -> Path:
             "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
             "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces), "settle_s": SETTLE_S,
             "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
-            "warmup_rps": {r["run"]: r["warmup_rps"] for r in records if r["trace"] != "probe"},
             "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
     write_report(out, rows, meta, records)
