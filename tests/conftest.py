@@ -114,6 +114,28 @@ def tiny_calibrated_bundle(tmp_path):
                             Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
 
 
+class ManualClock:
+    """A clock tests move by hand (LoadTracker, PlanController): no test waits on real time."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def overload(load, backlog: int = 40) -> float:
+    """A backlog far over capacity on a LoadTracker built with a ManualClock, held for a second (the
+    pressure's rise time constant is much shorter): returns the published pressure, then about 1."""
+    for _ in range(backlog):
+        load.started()
+    load.clock.advance(1.0)
+    return load.pressure()
+
+
 def each_plan_cheaper(engine) -> None:
     """Give the engine's controller plan times in which each plan is cheaper than the one before. The
     tiny model's time is overhead (a cascade's two passes cost about twice the full model's one), so

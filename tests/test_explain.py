@@ -13,7 +13,7 @@ from dihs_model.data import Examples
 from dihs_model.budget import Budget
 from dihs_model.explain import explain
 from dihs_model.calibrate import calibrate_bundle
-from tests.conftest import each_plan_cheaper
+from tests.conftest import ManualClock, each_plan_cheaper, overload
 from dihs_model.importance import mask_gradients
 from service.engine import Engine, EngineBackend, Item
 from service.http import build_http_app
@@ -35,7 +35,7 @@ def tiny_bundle(checkpoint):
 def served(tiny_checkpoint):
     bundle = tiny_bundle(tiny_checkpoint)
     metrics = NullMetrics()
-    engine = Engine(bundle, "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics)
+    engine = Engine(bundle, "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=ManualClock()), metrics)
     each_plan_cheaper(engine)
     app = build_http_app(Settings(max_texts=8, max_chars=200, model_name="tiny"), EngineBackend(engine, "tiny"), metrics)
     return TestClient(app), engine
@@ -66,10 +66,7 @@ def test_explanation_agrees_with_the_served_prediction(served, budget, level):
 
 def test_explanation_under_load_agrees_and_leaves_the_load_alone(served):
     client, engine = served
-    for _ in range(40):  # a backlog far over capacity
-        engine.load.started()
-    for _ in range(5):
-        engine.load.pressure()
+    overload(engine.load)  # a backlog far over capacity
     before = engine.load.snapshot()
     exp = client.post("/v1/explain", json={"text": "good"}).json()
     assert engine.load.snapshot()["pressure"] == before["pressure"] and engine.load.queue_depth == 40

@@ -8,7 +8,7 @@ from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
-from tests.conftest import each_plan_cheaper, tiny_calibrated_bundle
+from tests.conftest import ManualClock, each_plan_cheaper, overload, tiny_calibrated_bundle
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def served(tmp_path):
     bundle = tiny_calibrated_bundle(tmp_path)
     settings = Settings(max_texts=8, max_chars=200, model_name="tiny")
     metrics = NullMetrics()
-    load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32))
+    load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=ManualClock())
     engine = Engine(bundle, "tiny", load, metrics)
     each_plan_cheaper(engine)
     app = build_http_app(settings, EngineBackend(engine, "tiny"), metrics)
@@ -65,10 +65,7 @@ def test_answers_match_the_model_at_the_same_budget(served):
 
 def test_pressure_lowers_auto_budgets_and_says_why(served):
     client, _, engine = served
-    for _ in range(40):  # a backlog far over capacity
-        engine.load.started()
-    for _ in range(5):
-        engine.load.pressure()
+    overload(engine.load)  # a backlog far over capacity
     r = client.post("/v1/classify", json={"text": "good"}).json()["results"][0]
     assert r["pressure"] > 0.5 and r["flops_ratio"] < 1.0 and "load pressure" in r["reason"]
     dense = client.post("/v1/classify", json={"text": "good", "budget": {"mode": "dense"}}).json()["results"][0]

@@ -1,5 +1,9 @@
 """Load pressure driven by a simulated load trace: rises, holds steady, recovers."""
 
+import math
+
+import pytest
+
 from dihs_model.policy import choose_level
 from service.load import LoadConfig, LoadTracker
 
@@ -74,3 +78,43 @@ def test_one_batch_in_flight_is_no_queue_pressure():
     for _ in range(8):
         tr.started()
     assert tr.terms()["queue"] == 8 / 32
+
+
+def _burst(tr, clock, batches: int = 100):
+    for _ in range(batches):
+        _step(tr, clock, 24, 0.24)
+    while tr.queue_depth:
+        tr.finished(0.24)
+    return tr.pressure()
+
+
+def test_pressure_decays_with_time_not_with_batches():
+    """After a burst and 5 s without traffic the first batch sees no pressure, however few batches
+    ran in between (per-batch smoothing left 0.83 after 60 s of silence)."""
+    clock = Clock()
+    tr = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=clock)
+    assert _burst(tr, clock) > 0.8
+    clock.t += 5.0
+    assert tr.published == 0.0  # read without a batch: already decayed
+    assert tr.pressure() == 0.0
+
+
+def test_pressure_after_a_short_pause_has_fallen_by_its_time_constant():
+    clock = Clock()
+    cfg = LoadConfig(slo_s=0.25, queue_capacity=32)
+    tr = LoadTracker(cfg, clock=clock)
+    p0 = _burst(tr, clock)
+    clock.t += 1.0
+    latency_left = 0.24 * math.exp(-1.0 / cfg.idle_decay_s)  # the EWMA decays while idle, too
+    assert latency_left / cfg.slo_s < 0.5  # so the raw pressure is 0 and only the smoothing holds it up
+    p1 = tr.pressure()
+    assert p1 == pytest.approx(p0 * math.exp(-1.0 / cfg.fall_tau_s))
+    assert tr.published == p1  # no time has passed since
+
+
+def test_a_burst_after_quiet_raises_pressure_within_its_first_batches():
+    clock = Clock()
+    tr = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=clock)
+    clock.t += 30.0
+    ps = [_step(tr, clock, 24, 0.24) for _ in range(3)]
+    assert ps[0] > 0.5  # 30 s since the last update: the first batch takes the raw pressure at once

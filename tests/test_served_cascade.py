@@ -17,7 +17,7 @@ from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
-from tests.conftest import WORDS, each_plan_cheaper, tiny_calibrated_bundle
+from tests.conftest import ManualClock, WORDS, each_plan_cheaper, overload, tiny_calibrated_bundle
 
 
 def distinct_texts(n: int, seed: int = 0) -> list[str]:
@@ -36,7 +36,7 @@ NEAR_TIE = 1e-4  # margins this close to their threshold: batch-size float noise
 
 @pytest.fixture(params=["float32", "int8"])
 def engine(tmp_path, request):
-    return Engine(tiny_calibrated_bundle(tmp_path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)),
+    return Engine(tiny_calibrated_bundle(tmp_path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=ManualClock()),
                   NullMetrics(), dtype=request.param)
 
 
@@ -93,10 +93,7 @@ def test_no_pressure_serves_the_full_model_and_the_caps_bound_the_plan(engine):
     full = {"budget": "f100", "flops_ratio": 1.0, "heads": [4, 4, 4], "neurons": [64, 64, 64]}
     assert r["plan"] == "full" and r["passes"] == [full] and not r["escalated"]
     each_plan_cheaper(engine)
-    for _ in range(40):  # a backlog far over capacity: the controller picks a cheaper plan
-        engine.load.started()
-    for _ in range(5):
-        engine.load.pressure()
+    overload(engine.load)  # a backlog far over capacity: the controller picks a cheaper plan
     r = client.post("/v1/classify", json={"text": "good fun"}).json()["results"][0]
     assert r["plan"] != "full" and r["flops_ratio"] < 1.0 or r["escalated"]
     capped = client.post("/v1/classify", json={"text": "good fun", "budget": {"max_flops_ratio": 0.3}}).json()
