@@ -58,7 +58,7 @@ def fit_cascade(bundle, examples, allocator: Allocator, scorer, batch_size: int 
     """The DIHS cascade plans for every target, how well each complexity signal predicts a small
     budget's errors (signals.py), and the accuracy of each ladder level and of each plan's passes,
     on all calibration examples."""
-    from .cascade import TARGETS, fit_plans, plans_to_meta
+    from .cascade import TARGETS, fit_plans, paired_counts, plans_to_meta
     from .passes import Passes
     from .signals import signal_report
 
@@ -69,4 +69,6 @@ def fit_cascade(bundle, examples, allocator: Allocator, scorer, batch_size: int 
     budgets = [Budget.from_meta(lv) for lv in bundle.meta["levels"]]
     budgets += [b for p in plans for b in (p.first, p.second) if b is not None]
     meta["level_accuracy"] = {b.name: round(float((passes(b).preds == labels).float().mean()), 4) for b in budgets}
+    full = passes(None).preds  # the single-pass plan's bound needs its paired counts too
+    meta["level_paired"] = {b.name: list(paired_counts(full, passes(b).preds, labels)) for b in budgets}
     return meta

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .admission import Evidence
 from .budget import Allocator, Budget
 from .passes import Passes, PassResult, forward_grouped, margin, run_pass
 
@@ -50,20 +51,24 @@ class CascadePlan:
     second: Budget | None = None  # None: the full model
     second_ratio: float = 1.0
     calib_flops_ratio: float = 0.0  # both passes counted, on the calibration split
+    # paired counts on the calibration split (None: a bundle calibrated before they were stored)
+    calib_full_only: int | None = None  # texts only the full model answers right
+    calib_plan_only: int | None = None  # texts only this plan answers right
 
     def to_meta(self) -> dict:
         return {"target_flops_ratio": self.target_flops_ratio, "first": self.first.counts_meta(),
                 "first_ratio": self.first_ratio, "threshold": self.threshold, "calib_escalated": self.calib_escalated,
                 "calib_accuracy": self.calib_accuracy, "calib_agreement": self.calib_agreement,
                 "second": None if self.second is None else self.second.counts_meta(),
-                "second_ratio": self.second_ratio, "calib_flops_ratio": self.calib_flops_ratio}
+                "second_ratio": self.second_ratio, "calib_flops_ratio": self.calib_flops_ratio,
+                "calib_full_only": self.calib_full_only, "calib_plan_only": self.calib_plan_only}
 
     @classmethod
     def from_meta(cls, d: dict) -> "CascadePlan":
         return cls(d["target_flops_ratio"], Budget.from_meta(d["first"]), d["first_ratio"], d["threshold"],
                    d["calib_escalated"], d["calib_accuracy"], d["calib_agreement"],
                    None if d["second"] is None else Budget.from_meta(d["second"]), d["second_ratio"],
-                   d.get("calib_flops_ratio", 0.0))
+                   d.get("calib_flops_ratio", 0.0), d.get("calib_full_only"), d.get("calib_plan_only"))
 
 
 def candidate_budgets(allocator: Allocator, ratios) -> dict[float, Budget | None]:
@@ -110,10 +115,17 @@ def fit_plans(passes: Passes, labels: torch.Tensor, allocator: Allocator, target
                 preds = torch.where(esc, passes(b1).preds, first.preds)
                 acc, agree = float((preds == labels).float().mean()), float((preds == full).float().mean())
                 if best is None or (agree, acc) > (best.calib_agreement + 1e-12, best.calib_accuracy + 1e-12):
-                    best = CascadePlan(target, b0, r0, thr, float(esc.float().mean()), acc, agree, b1, r1, spent)
+                    best = CascadePlan(target, b0, r0, thr, float(esc.float().mean()), acc, agree, b1, r1, spent,
+                                       *paired_counts(full, preds, labels))
         if best is not None:
             plans.append(best)
     return plans
+
+
+def paired_counts(full: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(texts only the full model answers right, texts only `preds` answers right)."""
+    full_right, right = full == labels, preds == labels
+    return int((full_right & ~right).sum()), int((right & ~full_right).sum())
 
 
 class EscalationTracker:
@@ -217,29 +229,38 @@ def arrival_order(n: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist()
 
 
-def single_pass_plan(budget: Budget, ratio: float, accuracy: float = 0.0) -> CascadePlan:
-    """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`; `accuracy` on the
-    calibration split, 0 where it was not measured)."""
-    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, accuracy, second_ratio=1.0, calib_flops_ratio=ratio)
+def single_pass_plan(budget: Budget, ratio: float, accuracy: float = 0.0, full_only: int | None = None,
+                     plan_only: int | None = None) -> CascadePlan:
+    """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`; `accuracy` and the
+    paired counts on the calibration split, 0 and None where they were not measured)."""
+    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, accuracy, second_ratio=1.0, calib_flops_ratio=ratio,
+                       calib_full_only=full_only, calib_plan_only=plan_only)
 
 
-def served_plans(meta: dict, max_accuracy_loss: float = 1.0) -> list[CascadePlan | None]:
-    """What the service may run in auto mode, costliest and most accurate first: the full model
-    (None), the bundle's cascade plans by falling target, then the cheapest first pass alone; of
-    those, the ones whose accuracy on the calibration split trails the full model's by at most
-    `max_accuracy_loss` (1: all of them; a plan whose accuracy was not measured counts as trailing,
-    as the single pass of a bundle calibrated before its accuracy was recorded does)."""
+def candidate_plans(meta: dict) -> list[CascadePlan | None]:
+    """What auto mode may run, costliest and most accurate first: the full model (None), the bundle's
+    cascade plans by falling target, then the cheapest first pass alone. Which of them it serves is
+    admission's call (plan_evidence, admission.py)."""
     plans = sorted((CascadePlan.from_meta(p) for p in meta["cascade"]["plans"]), key=lambda p: -p.target_flops_ratio)
     if not plans:
         return [None]
     cheapest = min(plans, key=lambda p: p.first_ratio)
     levels = meta["cascade"].get("level_accuracy", {})
-    single = single_pass_plan(cheapest.first, cheapest.first_ratio, levels.get(cheapest.first.name, 0.0))
-    if max_accuracy_loss >= 1.0 or "f100" not in levels:
-        return [None, *plans, single]
-    floor = levels["f100"] - max_accuracy_loss
-    measured = [*plans, single] if single.first.name in levels else plans
-    return [None, *(p for p in measured if p.calib_accuracy >= floor)]
+    paired = meta["cascade"].get("level_paired", {}).get(cheapest.first.name, (None, None))
+    single = single_pass_plan(cheapest.first, cheapest.first_ratio, levels.get(cheapest.first.name, 0.0), *paired)
+    return [None, *plans, single]
+
+
+def plan_evidence(meta: dict, plan: CascadePlan) -> Evidence:
+    """What the calibration split says of a plan against the full model: its paired counts, or for a
+    bundle calibrated before they were stored, its disagreements (they bound the loss too); none at
+    all (0 texts: never admitted under a bound) for a single pass whose answers were not compared."""
+    n = int(meta["cascade"].get("calibration_examples", 0))
+    if plan.calib_full_only is not None:
+        return Evidence(n, plan.calib_full_only, plan.calib_plan_only or 0)
+    if plan.threshold == float("-inf"):
+        return Evidence(0, 0, 0)
+    return Evidence(n, round((1.0 - plan.calib_agreement) * n), 0)
 
 
 @dataclass

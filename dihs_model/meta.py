@@ -57,6 +57,8 @@ class PlanMeta(_Open):
     calib_agreement: float
     second: BudgetMeta | None
     second_ratio: float
+    calib_full_only: int | None = Field(None, ge=0)  # paired counts (absent in bundles calibrated before them)
+    calib_plan_only: int | None = Field(None, ge=0)
 
 
 class CascadeMeta(_Open):

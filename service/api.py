@@ -33,6 +33,8 @@ class Backend(Protocol):
 
     async def ready(self) -> bool: ...
 
+    def auto_status(self) -> dict: ...
+
 
 @dataclass(frozen=True, eq=False)
 class Api:

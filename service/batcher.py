@@ -11,12 +11,15 @@ once with Overloaded, before it waits for anything.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import Overloaded
+
+log = logging.getLogger("dihs.batcher")
 
 
 @dataclass
@@ -30,9 +33,13 @@ class _Entry:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list, dict], list], max_batch_size: int, wait_s: float, capacity: int):
+    def __init__(self, run: Callable[[list, dict], list], max_batch_size: int, wait_s: float, capacity: int,
+                 idle: Callable[[], None] | None = None):
+        """idle: called (in a worker thread) after a batch's answers are out when no text waits
+        (Engine.shadow); an error in it is logged, never a request's."""
         assert max_batch_size >= 1 and capacity >= 1 and wait_s >= 0
         self.run, self.max_batch_size, self.wait_s, self.capacity = run, max_batch_size, wait_s, capacity
+        self.idle = idle
         self._queue: deque[_Entry] = deque()
         self._waiting = 0  # texts queued, not yet in a batch
         self._running = 0  # texts of the batch being computed
@@ -119,6 +126,11 @@ class Batcher:
                     e.timing[phase] = e.timing.get(phase, 0.0) + dt
             if len(e.results) == len(e.items) and not e.future.done():
                 e.future.set_result(e.results)
+        if self.idle is not None and not self._queue:
+            try:
+                await asyncio.to_thread(self.idle)
+            except Exception:  # shadow work must never fail serving
+                log.exception("idle work after a batch failed")
 
     def _drop(self, failed: list[_Entry]) -> None:
         """Failed requests whose rest still waits: take those texts out of the queue."""

@@ -58,8 +58,8 @@ class ControllerConfig:
     batch_share: float = 0.3  # a batch may take at most this share of the SLO
     overhead_alpha: float = 0.1  # EWMA weight of a served batch's per-text overhead, batches back to back
     overhead_tau_s: float = 2.0  # a batch this long after the last one weighs 1 - 1/e (63%) at least
-    # plans trailing the full model's calibration accuracy by more are not served (Engine, at start-up;
-    # 1: every plan; the service's default is Settings.max_accuracy_loss)
+    # plans whose 95% loss bound is above this are not served (plan_admission.py; 1: every plan; the
+    # service's default is Settings.max_accuracy_loss)
     max_accuracy_loss: float = 1.0
 
 
@@ -88,9 +88,10 @@ class PlanController:
     """Thread-safe; one per replica. plan_times: each plan's BatchTimes, most accurate plan first."""
 
     def __init__(self, plan_times: Sequence[BatchTimes], cfg: ControllerConfig = ControllerConfig(),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, admitted: Sequence[bool] | None = None):
         assert plan_times and all(t and all(s > 0 for s in t.values()) for t in plan_times), plan_times
         self.plan_times, self.cfg, self._clock = [dict(t) for t in plan_times], cfg, clock
+        self.admit([True] * len(plan_times) if admitted is None else admitted)
         self._arrivals: deque[tuple[float, int]] = deque()
         self._last_overlap = -math.inf  # when a request last arrived with another in flight
         self._lock = threading.Lock()
@@ -121,12 +122,17 @@ class PlanController:
             self.overhead_s = min(0.05, (1 - a) * self.overhead_s + a * extra)
             self._last_observed = now
 
+    def admit(self, admitted: Sequence[bool]) -> None:
+        """Which plans may be picked at all (plan admission; the full model always)."""
+        assert len(admitted) == len(self.plan_times)
+        self.admitted = (True, *admitted[1:])
+
     def usable(self, caps: list[float] | None = None) -> list[int]:
-        """The plans worth picking, most accurate first: each serves more than every more accurate one
-        (`caps`: capacities() already computed)."""
+        """The admitted plans worth picking, most accurate first: each serves more than every more
+        accurate one (`caps`: capacities() already computed)."""
         out, best = [], 0.0
         for i, c in enumerate(self.capacities() if caps is None else caps):
-            if c > best:
+            if c > best and self.admitted[i]:
                 out.append(i)
                 best = c
         return out

@@ -19,7 +19,7 @@ import torch
 from dihs_model.bench import budget_costs
 from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
-from dihs_model.cascade import EscalationTracker, cascade_batch, served_plans
+from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence
 from dihs_model.device import pick_device
 from dihs_model.precision import check_dtype, prepare, with_dtype
 from dihs_model.levels import LadderPolicy
@@ -28,6 +28,8 @@ from dihs_model.policy import PolicyConfig
 
 from .controller import ControllerConfig, PlanController, batch_seconds
 from .load import LoadTracker
+from .plan_admission import PlanAdmission
+from .shadow import Pending, ShadowBudget
 
 PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
 
@@ -73,7 +75,8 @@ class Engine:
 
     def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
                  dtype: str = "auto", policy: PolicyConfig | None = None, max_batch_size: int = 16,
-                 controller: ControllerConfig = ControllerConfig(), clock=time.monotonic):
+                 controller: ControllerConfig = ControllerConfig(), clock=time.monotonic, shadow_share: float = 0.0,
+                 agreement_file=None, bundle_id: str = ""):
         if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
             raise ValueError("the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first")
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
@@ -86,14 +89,22 @@ class Engine:
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
         self.budget_of = self.ladder_policy.budget_of
         self.total_heads = self.shape.total_heads
-        self.plans = served_plans(bundle.meta, controller.max_accuracy_loss)
+        self.plans = candidate_plans(bundle.meta)
         self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
         prepare(self.model, [self.budget_of(i) for i in range(len(self.levels))]
                 + [b for p in self.plans if p is not None for b in (p.first, p.second)])  # int8: pack every slice now
         self.plan_times = self._measure(max_batch_size)
         self.plan_costs = [t[max(t)] / max(t) for t in self.plan_times]  # seconds per text at a full batch
-        self.controller = PlanController(self.plan_times, controller, clock)
+        self.admission = PlanAdmission([self.plan_name(i) for i in range(len(self.plans))],
+                                       [None] + [plan_evidence(bundle.meta, p) for p in self.plans[1:]],
+                                       controller.max_accuracy_loss, agreement_file, bundle_id, clock=clock)
+        self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
+        self.shadow_budget = ShadowBudget(shadow_share, clock=clock)
+        self._pending: Pending | None = None  # the last full-model batch, for a shadow pass
+        self._shadow_next = 1  # the candidate plan the next shadow pass starts with
+        for i in range(len(self.plans)):
+            self._record_admission(i)
 
     @torch.inference_mode()
     def probe(self, text: str = "health probe: is the model answering") -> None:
@@ -155,7 +166,9 @@ class Engine:
         """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
         [min_ratio, max_ratio] (a cheaper one first), with a note saying why it moved; None when no
         plan's target lies in that range (the item then runs a ladder level, as fixed does)."""
-        inside = [i for i, t in enumerate(self.plan_targets) if item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
+        admitted = self.controller.admitted
+        inside = [i for i, t in enumerate(self.plan_targets)
+                  if admitted[i] and item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
         if not inside:
             return None
         if current in inside:
@@ -284,9 +297,55 @@ class Engine:
         t4 = time.perf_counter()
         if all(d[0] == "plan" and d[1] == plan for d in decisions):  # a batch all on the controller's plan
             self.controller.observed(plan, len(items), t4 - t0)
+        self._after_batch(plan == 0 and pressure == 0.0, t4 - t0, decisions, ids, mask, served)
         if timing is not None:
             timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
         return results
+
+    def _after_batch(self, idle: bool, seconds: float, decisions, ids, mask, served) -> None:
+        """Shadow bookkeeping: idle time accrues shadow budget; a full-model batch at zero pressure
+        waits for `shadow()`."""
+        before = self.shadow_budget.idle_s
+        self.shadow_budget.tick(idle, seconds)
+        if self.shadow_budget.idle_s > before:
+            self.metrics.record("dihs_shadow_idle_seconds", self.shadow_budget.idle_s - before)
+        rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == 0]
+        if idle and rows and self.shadow_budget.share > 0 and len(self.plans) > 1:
+            self._pending = Pending(ids[rows], mask[rows], [int(served[i]["logits"].argmax()) for i in rows])
+
+    @torch.inference_mode()
+    def shadow(self) -> None:
+        """Shadow passes of the candidate plans on the last full-model batch, as far as the idle budget
+        covers (shadow.py); the replica's batcher calls it when no batch waits."""
+        pending, self._pending = self._pending, None
+        if pending is None or self.controller.current != 0 or self.load.published > 0.0:
+            return
+        others = len(self.plans) - 1
+        for _ in range(others):
+            i, self._shadow_next = self._shadow_next, self._shadow_next % others + 1
+            if not self.shadow_budget.affords(batch_seconds(self.plan_times[i], len(pending.preds))):
+                return
+            t0 = time.perf_counter()
+            out = cascade_batch(self.model, pending.ids, pending.mask, self.plans[i], self.trackers[i], self.device)
+            agreed = [int(logits.argmax()) == p for logits, p in zip(out.logits, pending.preds)]
+            dt = time.perf_counter() - t0
+            self.shadow_budget.spent(dt)
+            if self.admission.record(i, agreed):
+                self.controller.admit(self.admission.admitted())
+            name = self.plan_name(i)
+            self.metrics.record("dihs_shadow_seconds", dt)
+            self.metrics.record("dihs_plan_agreement_texts", len(agreed), plan=name)
+            self.metrics.record("dihs_plan_agreement_disagreements", agreed.count(False), plan=name)
+            self._record_admission(i)
+
+    def _record_admission(self, i: int) -> None:
+        e = self.admission.evidence(i)
+        self.metrics.record("dihs_plan_admitted", float(self.controller.admitted[i]), plan=self.plan_name(i))
+        self.metrics.record("dihs_plan_loss_bound", 0.0 if e is None else e.bound, plan=self.plan_name(i))
+
+    def auto_status(self) -> dict:
+        """Which plans auto serves and why (the config route and the start-up log)."""
+        return self.admission.report()
 
     def _run_plan(self, p: int, rows: list[int], ids, mask, decisions, pressure: float, served: list) -> None:
         plan = self.plans[p]
@@ -374,6 +433,7 @@ class EngineBackend:
         try:
             if self.submit is None:
                 results = self.engine.run(items, timing)
+                self.engine.shadow()  # as the batcher does once no batch waits
             else:
                 results = await self.submit(items, timing)
         finally:
@@ -389,3 +449,6 @@ class EngineBackend:
 
     async def ready(self) -> bool:
         return True
+
+    def auto_status(self) -> dict:
+        return self.engine.auto_status()

@@ -57,6 +57,17 @@ SPECS = (
     MetricSpec("dihs_plan_cost_seconds", "gauge", "Seconds per text of each plan: its passes measured on the replica at "
                "start-up (a full batch, padded as such a batch is) plus the per-text overhead observed while serving",
                ("model", "plan")),
+    MetricSpec("dihs_plan_admitted", "gauge", "1 while auto may serve the plan: its 95% accuracy-loss bound is within "
+               "max_accuracy_loss (the full model: always 1)", ("model", "plan")),
+    MetricSpec("dihs_plan_loss_bound", "gauge", "One-sided 95% upper bound on the plan's accuracy loss against the full "
+               "model, calibration split and live shadow agreement pooled", ("model", "plan")),
+    MetricSpec("dihs_plan_agreement_texts", "counter", "Live texts a shadow pass of the plan answered beside the full "
+               "model", ("model", "plan")),
+    MetricSpec("dihs_plan_agreement_disagreements", "counter", "Of those, the texts the plan answered differently",
+               ("model", "plan")),
+    MetricSpec("dihs_shadow_seconds", "counter", "Seconds spent on shadow passes", ("model",)),
+    MetricSpec("dihs_shadow_idle_seconds", "counter", "Idle seconds (auto on the full model at zero pressure, batches "
+               "excluded) that shadow passes may take a share of", ("model",)),
     MetricSpec("dihs_budget_level", "counter", "Texts served at each budget level", ("model", "level")),
     MetricSpec("dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS),
     MetricSpec("dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)),

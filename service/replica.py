@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -131,13 +132,16 @@ class Replica:
         s, batch, path = self.settings, self._value(live, "max_batch_size"), str(self._value(live, "bundle"))
         load = LoadTracker(self._load_config(live), gpu_utilization=lambda: self.hardware.get("gpu"))
         bundle = load_bundle(path)
+        bundle_id = bundle_checksum(bundle.meta)
+        agreement = Path(s.agreement_file) if s.agreement_file else Path(path) / "live-agreement.json"
         engine = Engine(bundle, s.model_name, load, self.metrics, s.device, s.dtype, policy=_policy(live),
-                        max_batch_size=batch, controller=self._controller_config(live))
+                        max_batch_size=batch, controller=self._controller_config(live), shadow_share=s.shadow_share,
+                        agreement_file=agreement, bundle_id=bundle_id)
         engine.probe()
-        batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity)
+        log.warning("%s", engine.admission.summary())
+        batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity, idle=engine.shadow)
         backend = ReplicaBackend(self, engine, batcher)
-        serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend,
-                          bundle_checksum(bundle.meta))
+        serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend, bundle_id)
         self.metrics.build_info(serving.bundle_id)  # dihs_build_info: this version, this bundle
         return serving
 
@@ -209,6 +213,7 @@ async def _retire(old: Serving, frozen: bool) -> None:
     if worker is not None:
         worker.cancel()
         await asyncio.sleep(0)  # the cancelled loop lets go of the batcher
+    old.engine.admission.save()
     old.backend.release()
     del old, worker
     if frozen:

@@ -59,13 +59,14 @@ def v2_router(api: Api) -> APIRouter:
     @router.get("/v2/models/{name}/versions/{version}/config", include_in_schema=False)
     async def model_config(name: str, version: str | None = None):
         """What the outputs mean and what a request may ask: the labels (the probabilities' columns,
-        in order), the budget ladder (FLOPs ratios of the width levels), the request limits."""
+        in order), the budget ladder (FLOPs ratios of the width levels), the request limits, and which
+        plans auto serves now, with the evidence behind each (`auto`)."""
         known(name, version)
         s = api.settings
         return {"name": info.name, "labels": info.labels, "ladder_flops_ratios": info.ladder, "dtype": info.dtype,
                 "max_texts": s.max_texts, "max_chars": s.max_chars, "max_tokens": info.max_length,
                 "parameters": list(REQUEST_PARAMETERS), "output_parameters": list(OUTPUT_PARAMETERS),
-                "outputs": list(OUTPUTS)}
+                "outputs": list(OUTPUTS), "auto": api.backend.auto_status()}
 
     @router.get("/v2/models/{name}/ready")
     @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)

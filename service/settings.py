@@ -20,12 +20,15 @@ class Settings(BaseSettings):
                          "HTTP server) or proxy (Ray Serve's Python proxy actor, one Ray call per request)")
     replicas: int = Field(1, ge=1, description="model replicas (fixed; use the Serve config for autoscaling)")
     slo_ms: float = Field(250.0, gt=0, description="latency objective: load pressure rises as latency nears it")
-    # 0.005: measured on election-tweets, a floor of 0.01 let a 64-client burst run the 0.3 cascade at
-    # -1.2 to -1.3 points against dense on the same held-out texts; 0.005 kept it at the 0.4 cascade,
-    # -0.6 to -0.9 points at 2.0-2.2x dense's texts/s (docs/results.md, the burst)
-    max_accuracy_loss: float = Field(0.005, ge=0, le=1, description="auto mode serves no plan whose accuracy on the "
-                                     "bundle's calibration split trails the full model's by more; past the "
-                                     "cheapest plan's capacity the replica answers 503 (1: every plan)")
+    max_accuracy_loss: float = Field(0.005, ge=0, le=1, description="auto mode serves a plan only while the one-sided "
+                                     "95% upper bound on its accuracy loss against the full model (calibration split "
+                                     "and live shadow agreement, pooled) is within this; past the cheapest served "
+                                     "plan's capacity the replica answers 503 (1: every plan, no bound)")
+    shadow_share: float = Field(0.05, ge=0, le=0.5, description="share of a replica's idle time (auto on the full "
+                                "model at zero load pressure) that shadow passes of the candidate plans may take, "
+                                "counting their agreement with the full model's answers (0: no shadow passes)")
+    agreement_file: str | None = Field(None, description="where a replica keeps its plans' live agreement counts "
+                                       "across restarts (default: live-agreement.json in the bundle's folder)")
     max_batch_size: int = Field(16, ge=1, le=256, description="texts per model batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits to fill; 0: a batch starts as soon "
                                  "as the replica is free, with the texts that arrived while the last one ran")

@@ -169,31 +169,36 @@ def test_tracked_runs_spend_the_target_on_the_inputs_they_see():
         assert abs(tracked.flops_ratio - expected) <= 0.03
 
 
-def test_served_plans_keep_those_within_the_accuracy_loss(tmp_path):
-    """The service's auto plans: full, cascades by falling target, the cheapest pass alone; a floor
-    drops each plan trailing the full model's calibration accuracy by more, and an unmeasured one."""
+def test_candidate_plans_carry_their_paired_calibration_counts(tmp_path):
+    """auto's candidates: full, cascades by falling target, the cheapest pass alone; each with the
+    calibration split's paired counts against the full model, which admission bounds."""
     import copy
 
-    from dihs_model.cascade import served_plans
+    from dihs_model.cascade import candidate_plans, plan_evidence
     from tests.conftest import tiny_calibrated_bundle
 
-    meta = copy.deepcopy(tiny_calibrated_bundle(tmp_path).meta)
-    plans = served_plans(meta)
+    bundle = tiny_calibrated_bundle(tmp_path)
+    meta = copy.deepcopy(bundle.meta)
+    plans = candidate_plans(meta)
     single = plans[-1]
     assert plans[0] is None and single.threshold == float("-inf")
     assert single.calib_accuracy == meta["cascade"]["level_accuracy"][single.first.name]  # recorded at calibration
     targets = [p.target_flops_ratio for p in plans[1:-1]]
     assert targets == sorted(targets, reverse=True) and len(targets) == len(meta["cascade"]["plans"])
-    levels = meta["cascade"]["level_accuracy"]
-    levels["f100"] = 0.90
-    for k, p in enumerate(meta["cascade"]["plans"]):  # the cascades trail by 0, 1, 2, ... points
-        p["calib_accuracy"] = 0.90 - 0.01 * k
-    levels[single.first.name] = 0.5
-    kept = served_plans(meta, max_accuracy_loss=0.015)
-    by_target = sorted(meta["cascade"]["plans"], key=lambda p: -p["target_flops_ratio"])
-    assert kept[0] is None and [p.target_flops_ratio for p in kept[1:]] == [
-        p["target_flops_ratio"] for p in by_target if p["calib_accuracy"] >= 0.90 - 0.015]
-    assert len(served_plans(meta, max_accuracy_loss=1.0)) == len(plans)  # 1: every plan
-    del levels[single.first.name]  # not measured (a bundle calibrated before it was recorded)
-    levels["f100"] = 0.0  # every measured plan within the floor, the unmeasured one still out
-    assert served_plans(meta, max_accuracy_loss=0.5)[-1].threshold != float("-inf")
+    n = meta["cascade"]["calibration_examples"]
+    full_acc = meta["cascade"]["level_accuracy"]["f100"]
+    for p in plans[1:]:
+        e = plan_evidence(meta, p)
+        assert e.calib_n == n and 0 <= e.calib_worse + e.calib_better <= n
+        # the counts are the accuracy gap: (only full right) - (only plan right) = n * (full - plan)
+        assert e.calib_worse - e.calib_better == round(n * (full_acc - p.calib_accuracy))
+        assert e.calib_worse + e.calib_better <= round(n * (1 - p.calib_agreement))  # discordant answers differ
+    # a bundle calibrated before the counts were stored: its disagreements bound the loss instead;
+    # a single pass with no comparison stored has no evidence
+    for p in meta["cascade"]["plans"]:
+        p.pop("calib_full_only"), p.pop("calib_plan_only")
+    del meta["cascade"]["level_paired"]
+    old = candidate_plans(meta)
+    assert all(plan_evidence(meta, p).calib_worse == round((1 - p.calib_agreement) * n) for p in old[1:-1])
+    assert plan_evidence(meta, old[-1]).texts == 0 and not plan_evidence(meta, old[-1]).admitted(0.5)
+
