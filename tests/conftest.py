@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from transformers import AutoModel, BertConfig, BertTokenizerFast, DistilBertConfig, RobertaConfig
@@ -57,6 +59,15 @@ def random_heads(L: int, H: int, seed: int):
     for l, c in enumerate(heads):
         mask[l, list(range(c)) if isinstance(c, int) else c] = 1.0
     return heads, mask
+
+def distinct_texts(n: int, seed: int = 0) -> list[str]:
+    """n different texts: a repeated text's margin equals the threshold its earlier copy set (a tie
+    that float noise between batch sizes decides), so no text repeats."""
+    rng, out = random.Random(seed), {}
+    while len(out) < n:
+        t = " ".join(rng.choices(WORDS, k=rng.randint(2, 7)))
+        out.setdefault(t, None)
+    return list(out)
 
 
 @pytest.fixture

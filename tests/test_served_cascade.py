@@ -2,8 +2,6 @@
 dihs row does for the same inputs in the same arrival order (same plan, same gate, same passes), and
 pay what the row counts; in float32 and in int8 (the same int8 slices in both)."""
 
-import random
-
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,17 +15,7 @@ from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
 from service.settings import Settings
-from tests.conftest import ManualClock, WORDS, each_plan_cheaper, overload, tiny_calibrated_bundle
-
-
-def distinct_texts(n: int, seed: int = 0) -> list[str]:
-    """n different texts: a repeated text's margin equals the threshold its earlier copy set (a tie
-    that float noise between batch sizes decides), so no text repeats."""
-    rng, out = random.Random(seed), {}
-    while len(out) < n:
-        t = " ".join(rng.choices(WORDS, k=rng.randint(2, 7)))
-        out.setdefault(t, None)
-    return list(out)
+from tests.conftest import ManualClock, distinct_texts, each_plan_cheaper, overload, tiny_calibrated_bundle
 
 
 TEXTS = distinct_texts(96)
