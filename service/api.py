@@ -90,6 +90,12 @@ class Api:
         if len(texts) > s.max_texts:
             raise ApiError(422, f"{len(texts)} texts in one request; the limit is {s.max_texts}: split the request")
         for i, t in enumerate(texts):
+            try:  # JSON's \u escapes can carry half a surrogate pair, which no tokenizer takes
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ApiError(422, f"text {i} has an unpaired surrogate U+{ord(t[e.start]):04X} at character "
+                               f"{e.start}: send valid Unicode (escape a character outside the BMP as a "
+                               "surrogate pair, or send UTF-8)") from None
             if not any(ch.isprintable() and not ch.isspace() for ch in t):
                 raise ApiError(422, f"text {i} is empty or has only whitespace/control characters: send some words")
             if len(t) > s.max_chars:

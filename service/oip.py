@@ -99,7 +99,11 @@ def _unpack_bytes(buf: bytes, name: str) -> list[str]:
         (n,) = struct.unpack_from("<I", buf, i)
         if i + 4 + n > len(buf):
             raise bad(f"input {name!r}: a binary BYTES element of {n} bytes runs past the input's data")
-        out.append(buf[i + 4 : i + 4 + n].decode("utf-8"))
+        try:
+            out.append(buf[i + 4 : i + 4 + n].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise bad(f"input {name!r}: BYTES element {len(out)} is not valid UTF-8 (byte {e.start}): "
+                      "send each text UTF-8 encoded") from None
         i += 4 + n
     return out
 
