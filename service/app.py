@@ -18,6 +18,7 @@ import ray
 from ray import serve
 
 from . import heap
+from .haproxy_guard import guarded_haproxy
 from .metrics import Metrics
 from .replica import LiveConfig, Replica
 from .settings import Settings
@@ -217,7 +218,8 @@ def ray_env(s: Settings) -> dict[str, str]:
     if ingress_in_use(s) != "haproxy":
         return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}
     ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
-    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **HAPROXY_ENV, **ports}
+    guard = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(guarded_haproxy(haproxy_binary()))}  # dies with its parent
+    return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **HAPROXY_ENV, **ports, **guard}
 
 
 def run_local(s: Settings) -> None:
