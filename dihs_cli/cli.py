@@ -101,7 +101,7 @@ def cmd_eval(a) -> None:
               "the dihs policy is left out", file=sys.stderr)
     ex = load_eval(a.data, bundle.labels, a.text_column, a.label_column)
     result = evaluate(bundle, ex, Path(a.data).stem if Path(a.data).suffix else a.data, a.policies,
-                      progress=not a.quiet)
+                      progress=not a.quiet, max_accuracy_loss=a.max_accuracy_loss)
     write_json(result, json_out)
     if plot_out:
         plot_eval(result, plot_out)
@@ -111,6 +111,21 @@ def cmd_eval(a) -> None:
         print(f"{r['policy']:>14} @ {r['target_flops_ratio']:<4g} flops {r['flops_ratio']:.3f}  heads "
               f"{r['heads_ratio']:.2f}  neurons {r['neurons_ratio']:.2f}  acc {r['accuracy']:.4f}  "
               f"macro-F1 {r['macro_f1']:.4f}{gap}")
+    if result["auto_admission"]["plans"]:
+        _print_admission(result["auto_admission"])
+
+
+def _print_admission(adm: dict) -> None:
+    """Which plans `dihs serve` admits at this max_accuracy_loss on the calibration split alone."""
+    from dihs_model.admission import texts_needed
+
+    loss = adm["max_accuracy_loss"]
+    print(f"auto at max_accuracy_loss {loss:g}: a plan is served while its 95% loss bound is within it "
+          f"({texts_needed(loss)} calibration or live texts, all agreeing, are the fewest that pass)")
+    for p in adm["plans"]:
+        print(f"{p['plan']:>14}  {'admitted' if p['admitted'] else 'not admitted':<12}  bound {p['loss_bound95']:.4f}  "
+              f"on {p['calibration_texts']} calibration texts ({p['calibration_worse']} only the full model gets "
+              f"right, {p['calibration_better']} only the plan)")
 
 
 def cmd_pool(a) -> None:
@@ -257,6 +272,12 @@ def _calibrate_args(p) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
+def _serve_default(name: str):
+    from service.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
 def _eval_args(p) -> None:
     from dihs_model.evaluate import POLICIES
 
@@ -265,6 +286,9 @@ def _eval_args(p) -> None:
     p.add_argument("--json", required=True, help="where to write the results JSON")
     p.add_argument("--plot", help="where to write the accuracy-vs-FLOPs PNG")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY")
+    p.add_argument("--max-accuracy-loss", type=float, default=_serve_default("max_accuracy_loss"),
+                   help="report which plans `dihs serve` at this setting admits on the calibration split "
+                        "(default: the service's)")
     _add_device_arg(p)
     _add_dtype_arg(p, "every policy's forward passes")
     _add_run_args(p)

@@ -251,6 +251,20 @@ def candidate_plans(meta: dict) -> list[CascadePlan | None]:
     return [None, *plans, single]
 
 
+def plan_label(plan: CascadePlan | None) -> str:
+    """How the service, its metrics and `dihs eval` name a candidate plan."""
+    if plan is None:
+        return "full"
+    return f"single {plan.first.name}" if plan.threshold == float("-inf") else f"cascade {plan.target_flops_ratio:g}"
+
+
+def admission_report(meta: dict, max_accuracy_loss: float) -> list[dict]:
+    """Per candidate plan but the full model: what its calibration evidence alone admits (the
+    service adds live agreement to it)."""
+    return [{"plan": plan_label(p), "target_flops_ratio": p.target_flops_ratio,
+             **plan_evidence(meta, p).report(max_accuracy_loss)} for p in candidate_plans(meta)[1:]]
+
+
 def plan_evidence(meta: dict, plan: CascadePlan) -> Evidence:
     """What the calibration split says of a plan against the full model: its paired counts, or for a
     bundle calibrated before they were stored, its disagreements (they bound the loss too); none at

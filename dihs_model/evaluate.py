@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .budget import Allocator, Budget, heads_only
 from .bundle import Bundle
-from .cascade import plan_from_meta, run_cascade
+from .cascade import admission_report, has_current_plans, plan_from_meta, run_cascade
 from .data import Examples
 from .paired import compare
 from .passes import Passes, run_pass
@@ -91,7 +91,9 @@ def allocation_comparison(bundle: Bundle, ex: Examples) -> dict:
 
 
 def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=TARGET_RATIOS,
-             progress: bool = True) -> dict:
+             progress: bool = True, max_accuracy_loss: float = 1.0) -> dict:
+    """Every policy's row at every target; `auto_admission`: which plans `dihs serve` at this
+    max_accuracy_loss admits on the bundle's calibration evidence (its 95% loss bound; 1: all)."""
     shape = bundle.model.shape
     full = Budget.full(shape)
     jobs = [(p, r) for p in policies for r in ratios if p != "dense" or r == 1.0]
@@ -123,7 +125,9 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
                                        zero_division=0)),
         })
     _add_comparisons(rows, correct)
-    return {"task": task, "n": len(ex), "dtype": dtype_name(bundle.model), "rows": rows}
+    admission = admission_report(bundle.meta, max_accuracy_loss) if has_current_plans(bundle.meta) else []
+    return {"task": task, "n": len(ex), "dtype": dtype_name(bundle.model), "rows": rows,
+            "auto_admission": {"max_accuracy_loss": max_accuracy_loss, "plans": admission}}
 
 
 def _add_comparisons(rows: list[dict], correct: dict) -> None:

@@ -19,7 +19,7 @@ import torch
 from dihs_model.bench import budget_costs
 from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
-from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence
+from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence, plan_label
 from dihs_model.device import pick_device
 from dihs_model.precision import check_dtype, prepare, with_dtype
 from dihs_model.levels import LadderPolicy
@@ -147,10 +147,7 @@ class Engine:
                    for run in chunks_for(lengths, budget, self.shape, self.device))
 
     def plan_name(self, i: int) -> str:
-        p = self.plans[i]
-        if p is None:
-            return "full"
-        return f"single {p.first.name}" if p.threshold == float("-inf") else f"cascade {p.target_flops_ratio:g}"
+        return plan_label(self.plans[i])
 
     def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""

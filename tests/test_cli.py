@@ -24,7 +24,7 @@ def trained(tiny_checkpoint, tmp_path):
     return out, data
 
 
-def test_train_eval_bench_end_to_end(trained, tmp_path):
+def test_train_eval_bench_end_to_end(trained, tmp_path, capsys):
     bundle, data = trained
     meta = json.loads((bundle / "dihs.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and len(meta["levels"]) == 5 and meta["format_version"] == 2
@@ -50,6 +50,14 @@ def test_train_eval_bench_end_to_end(trained, tmp_path):
             assert abs(r["flops_ratio"] - r["target_flops_ratio"]) <= 0.1
         assert 0 < r["flops_ratio"] <= 1.0 + 1e-9 or r["policy"] == "dihs"
     assert (tmp_path / "e.png").stat().st_size > 1000
+    adm = res["auto_admission"]  # what dihs serve admits at its default max_accuracy_loss, and on how many texts
+    assert adm["max_accuracy_loss"] == 0.005 and adm["plans"]
+    n_calib = meta["cascade"]["calibration_examples"]
+    for p in adm["plans"]:
+        assert p["calibration_texts"] == n_calib
+        assert not p["admitted"]  # a few calibration texts cannot bound a loss under half a point
+    out = capsys.readouterr().out
+    assert "auto at max_accuracy_loss 0.005" in out and f"on {n_calib} calibration texts" in out
 
     assert main(["bench", str(bundle), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
                  "--quick", "--warmup", "1", "--repeats", "3", "--quiet", "--replay", str(data), "--replay-max", "20"]) == 0
