@@ -36,7 +36,9 @@ def _settings_flags(p) -> None:
         kind = field.annotation
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        extra = {"help": f"{field.description} (default {default_text(field)}; env DIHS_{name.upper()})"}
+        # argparse formats help with %: a description's "95%" is written %%
+        described = field.description.replace("%", "%%")
+        extra = {"help": f"{described} (default {default_text(field)}; env DIHS_{name.upper()})"}
         if kind is bool:
             extra["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is typing.Literal:

@@ -59,7 +59,7 @@ class Passes:
 # longest) when the padding saved outweighs another forward. The fixed cost in the full model's
 # token-equivalents, and how it grows as a budget's per-token cost shrinks, are what minimised the
 # time of random batches of held-out tweets at batch 8-16 on a 2-core CPU (at batch 16: the full model
-# 0.82x, the 25% level 0.88x one padded chunk's time; scripts/chunk_bench.py, docs/width/chunks-cpu.json).
+# 0.82x, the 25% level 0.88x one padded chunk's time; scripts/chunk_bench.py, docs/bench/chunks-cpu.json).
 # On a GPU padding is nearly free: one chunk.
 CHUNK_FIXED_TOKENS = 32
 

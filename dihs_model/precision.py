@@ -5,7 +5,7 @@ keeps it packed, keyed by (layer, projection, width): a width level then runs as
 size quantized on its own would, and budgets, the cascade and explanations are unchanged on top.
 Activations are quantized per batch on the fly (dynamic quantization). The kernel is fbgemm's
 dynamic int8 linear (`torch.ops.quantized.linear_dynamic`), picked by measurement on this CPU
-(scripts/int8_kernels.py, docs/width/int8-kernels-cpu.json); it takes the weight as a torch
+(scripts/int8_kernels.py, docs/bench/int8-kernels-cpu.json); it takes the weight as a torch
 quantized tensor, a type torch marks deprecated. Its successor here is oneDNN's
 `torch.ops.onednn.qlinear_pointwise` on plain int8 tensors (what PT2E's X86InductorQuantizer
 lowers to), measured beside it by the same script.

@@ -5,7 +5,7 @@ alternated, under the same closed-loop one-text clients, full model.
     git archive 71c48bd | tar -x -C /tmp/old     # the old tree; a format-1 bundle for it in /tmp/bundles/et
     python loadtests/before_after.py             # and a format-2 one (`dihs calibrate`) in /tmp/bundles/et2
 
-A measurement script for the record of docs/path-before-after.json, not part of the package API.
+A measurement script for the record of docs/path/before-after.json, not part of the package API.
 """
 import json, os, signal, subprocess, sys, time
 from loadtests.common import drive, held_out

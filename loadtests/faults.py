@@ -1,7 +1,7 @@
 """Faults under load: `dihs serve` with two replicas under steady Locust load, one replica's process
 killed (SIGKILL) every --every seconds; every request counted by outcome.
 
-    python -m loadtests.faults bundles/default --out docs/loadtest/faults --kills 4 --every 15
+    python -m loadtests.faults bundles/default --out results/faults --kills 4 --every 15
 
 Outcomes, from the locustfile's one-row-per-request events CSV:
   answered  2xx

@@ -2,7 +2,7 @@
 --minutes, the memory (RSS) and open file descriptors of every process of the service (the driver and
 all of Ray's: GCS, raylet, agents, Serve's controller and proxy, the replicas) sampled every --sample-s.
 
-    python -m loadtests.soak bundles/default --out docs/loadtest/soak --minutes 10 --load 0.7
+    python -m loadtests.soak bundles/default --out results/soak --minutes 10 --load 0.7
 
 Capacity: texts/s answered by 8 closed-loop clients sending one text at a time for 20 s. The load is
 --load x capacity, spread over --users Locust users. Growth is judged after a warm-up (the first

@@ -47,10 +47,8 @@ BatchTimes = Mapping[int, float]  # batch size -> seconds one batch of a plan ta
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    # share of a plan's capacity the arrival rate may fill. Under Poisson arrivals a plan meets a p99
-    # objective below the rate it sustains. With garbage-collector stalls (before Settings.gc_freeze)
-    # the full model held 99% within 250 ms only up to 52 req/s and 0.7 was needed; without them it held
-    # up to 60-63 req/s, while at 0.7 auto left it below 39.4 req/s (docs/results.md, the load tests)
+    # share of a plan's capacity the arrival rate may fill: under Poisson arrivals a plan meets a p99
+    # objective below the rate it sustains (the load tests in docs/results.md were run at 0.85)
     utilization: float = 0.85
     window_s: float = 2.0  # the arrival rate is measured over this many recent seconds
     hold_s: float = 3.0  # a costlier plan must be wanted this long before it is taken
