@@ -14,22 +14,32 @@ class UsageError(ValueError):
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--data", default=default, help="built-in task (election-tweets, reuters-r8) or a .csv/.tsv/.jsonl file")
+    p.add_argument(
+        "--data",
+        default=default,
+        help="built-in task (election-tweets, reuters-r8) or a .csv/.tsv/.jsonl file",
+    )
     p.add_argument("--text-column", default="text", help="text column of a data file (default: text)")
     p.add_argument("--label-column", default="label", help="label column of a data file (default: label)")
 
 
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one); default cpu"
+    )
 
 
 DTYPES = ("float32", "bfloat16", "int8")  # dihs_model.precision.DTYPES, without importing torch for --help
 
 
 def _add_dtype_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help=f"number format of {what}: float32, bfloat16 (fast with AMX/AVX512-BF16 or on a GPU) or "
-                        "int8 (CPU: each width level's weights quantized per output channel at load)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help=f"number format of {what}: float32, bfloat16 (fast with AMX/AVX512-BF16 or on a GPU) or "
+        "int8 (CPU: each width level's weights quantized per output channel at load)",
+    )
 
 
 def _dtype(name: str, device):
@@ -45,8 +55,9 @@ def _dtype(name: str, device):
 
 def _add_run_args(p: argparse.ArgumentParser, threads: int | None = None, quiet: bool = True) -> None:
     """--threads (torch threads; default all cores) and --quiet, for the commands that use them."""
-    p.add_argument("--threads", type=int, default=threads,
-                   help=f"torch threads (default {threads or 'all cores'})")
+    p.add_argument(
+        "--threads", type=int, default=threads, help=f"torch threads (default {threads or 'all cores'})"
+    )
     if quiet:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 

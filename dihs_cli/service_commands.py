@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .common import UsageError, _add_data_args, _add_run_args, _threads, _writable
 
-
 # Settings that are no `dihs serve` flag: the bundle is the positional argument, and the API key
 # only an environment variable (or --api-key-file): a command line is visible to every user in `ps`.
 NOT_FLAGS = {"bundle": "the positional BUNDLE", "api_key": "env only: a command line shows in ps"}
@@ -70,7 +69,9 @@ def cmd_serve(a) -> None:
         raise UsageError(f"{where}{err['msg']}") from None
     meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
     if "levels" not in meta or "complexity" not in meta:
-        raise UsageError(f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first")
+        raise UsageError(
+            f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first"
+        )
     from service.app import DoesNotFit, run_local
 
     try:
@@ -94,7 +95,9 @@ def cmd_explain(a) -> None:
     if not a.text.strip():
         raise UsageError("the text is empty: give some words to explain")
     if (a.layer is None) != (a.head is None):
-        raise UsageError("give both --layer and --head (that head's attention map), or neither (the head grid)")
+        raise UsageError(
+            "give both --layer and --head (that head's attention map), or neither (the head grid)"
+        )
     if a.layer is not None and png_out is None:
         raise UsageError("--layer/--head choose the attention map drawn to --png: pass --png OUT.png")
     if a.flops_ratio is not None and (a.mode or "fixed") != "fixed":
@@ -105,7 +108,9 @@ def cmd_explain(a) -> None:
     _threads(a.threads)
     bundle = load_bundle(a.bundle)
     if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
-        raise UsageError(f"{a.bundle} has no width ladder or cascade plans: run `dihs calibrate {a.bundle}` first")
+        raise UsageError(
+            f"{a.bundle} has no width ladder or cascade plans: run `dihs calibrate {a.bundle}` first"
+        )
     L, H = bundle.model.shape.n_layers, bundle.model.shape.n_heads
     if a.layer is not None and not 0 <= a.layer < L:
         raise UsageError(f"--layer {a.layer} is out of range: the model has layers 0..{L - 1}")
@@ -134,14 +139,20 @@ def cmd_explain(a) -> None:
         png_out.parent.mkdir(parents=True, exist_ok=True)
         png_out.write_bytes(png)
     hd, nd = exp["heads"], exp["neurons"]
-    print(f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']} ({exp['flops_ratio']:.2f} of "
-          f"the FLOPs): {hd['active']}/{hd['total']} heads, per layer {' '.join(map(str, hd['per_layer']))}; "
-          f"{nd['active']}/{nd['total']} FFN neurons, per layer {' '.join(map(str, nd['per_layer']))}")
+    print(
+        f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']} ({exp['flops_ratio']:.2f} of "
+        f"the FLOPs): {hd['active']}/{hd['total']} heads, per layer {' '.join(map(str, hd['per_layer']))}; "
+        f"{nd['active']}/{nd['total']} FFN neurons, per layer {' '.join(map(str, nd['per_layer']))}"
+    )
     print(f"reason: {exp['reason']}; complexity {exp['complexity']:.3f} ({len(exp['tokens'])} tokens)")
-    ranked = sorted(((h["input_importance"], ly["layer"], h) for ly in exp["layers"] for h in ly["heads"]),
-                    key=lambda x: -x[0])[:5]
-    print("heads that mattered most for this input (layer:head |dL/dm|, * ran): " +
-          ", ".join(f"{l}:{h['head']}{'*' if h['active'] else ''} {v:.3g}" for v, l, h in ranked))
+    ranked = sorted(
+        ((h["input_importance"], ly["layer"], h) for ly in exp["layers"] for h in ly["heads"]),
+        key=lambda x: -x[0],
+    )[:5]
+    print(
+        "heads that mattered most for this input (layer:head |dL/dm|, * ran): "
+        + ", ".join(f"{l}:{h['head']}{'*' if h['active'] else ''} {v:.3g}" for v, l, h in ranked)
+    )
     for what, path in (("JSON", json_out), ("picture", png_out)):
         if path:
             print(f"{what} written to {path}")
@@ -160,7 +171,11 @@ def _read_result_json(path: str | None, flag: str, keys: set[str], producer: str
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{flag} {p} is not JSON: {e}") from None
     rows = obj.get("rows") if isinstance(obj, dict) else None
-    if not rows or not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= set(r) for r in rows):
+    if (
+        not rows
+        or not isinstance(rows, list)
+        or not all(isinstance(r, dict) and keys <= set(r) for r in rows)
+    ):
         raise UsageError(f"{flag} {p} is not `{producer}` output (rows with {', '.join(sorted(keys))})")
     return obj
 
@@ -171,9 +186,26 @@ def cmd_report(a) -> None:
 
     out = Path(a.out)
     _writable(out, "the report")
-    ev = _read_result_json(a.eval_json, "--eval-json", {"policy", "flops_ratio", "heads_ratio", "accuracy"}, "dihs eval")
-    bn = _read_result_json(a.bench_json, "--bench-json", {"mode", "level", "flops_ratio", "batch", "seq_len", "median_ms",
-                                                           "p10_ms", "p90_ms", "speedup", "ideal_speedup"}, "dihs bench")
+    ev = _read_result_json(
+        a.eval_json, "--eval-json", {"policy", "flops_ratio", "heads_ratio", "accuracy"}, "dihs eval"
+    )
+    bn = _read_result_json(
+        a.bench_json,
+        "--bench-json",
+        {
+            "mode",
+            "level",
+            "flops_ratio",
+            "batch",
+            "seq_len",
+            "median_ms",
+            "p10_ms",
+            "p90_ms",
+            "speedup",
+            "ideal_speedup",
+        },
+        "dihs bench",
+    )
     meta = load_bundle(a.bundle).meta
     page = report_html(str(a.bundle), meta, ev, bn)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +224,9 @@ def cmd_loadtest(a) -> None:
 
 
 def _serve_args(p) -> None:
-    p.add_argument("bundle", nargs="?", default=None, help="bundle folder (default: $DIHS_BUNDLE or bundles/default)")
+    p.add_argument(
+        "bundle", nargs="?", default=None, help="bundle folder (default: $DIHS_BUNDLE or bundles/default)"
+    )
     _settings_flags(p)
     p.set_defaults(func=cmd_serve)
 
@@ -200,15 +234,27 @@ def _serve_args(p) -> None:
 def _explain_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("text")
-    p.add_argument("--flops-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads")
-    p.add_argument("--mode", choices=("auto", "fixed", "dense"), help="budget mode as the service's (default auto)")
-    p.add_argument("--pressure", type=float, default=0.0, help="load pressure in [0, 1] for --mode auto (default 0)")
+    p.add_argument(
+        "--flops-ratio", type=float, help="fixed budget: the largest ladder level within this share of heads"
+    )
+    p.add_argument(
+        "--mode", choices=("auto", "fixed", "dense"), help="budget mode as the service's (default auto)"
+    )
+    p.add_argument(
+        "--pressure", type=float, default=0.0, help="load pressure in [0, 1] for --mode auto (default 0)"
+    )
     p.add_argument("--json", help="write the explanation JSON here")
-    p.add_argument("--png", help="write a picture here: the head grid, or with --layer/--head that head's attention map")
+    p.add_argument(
+        "--png", help="write a picture here: the head grid, or with --layer/--head that head's attention map"
+    )
     p.add_argument("--layer", type=int, help="layer of the attention map (0-based)")
     p.add_argument("--head", type=int, help="head of the attention map: its id in the base checkpoint")
-    p.add_argument("--score", choices=("input", "michel", "fisher", "attention"), default="input",
-                   help="grid colour: this input's importance (default) or a global scorer")
+    p.add_argument(
+        "--score",
+        choices=("input", "michel", "fisher", "attention"),
+        default="input",
+        help="grid colour: this input's importance (default) or a global scorer",
+    )
     _add_run_args(p, quiet=False)
     p.set_defaults(func=cmd_explain)
 
@@ -222,37 +268,80 @@ def _report_args(p) -> None:
 
 
 def _loadtest_args(p) -> None:
-    p.add_argument("bundle", nargs="?", default=None, help="bundle to serve (default: $DIHS_BUNDLE or bundles/default)")
+    p.add_argument(
+        "bundle", nargs="?", default=None, help="bundle to serve (default: $DIHS_BUNDLE or bundles/default)"
+    )
     _add_data_args(p, None)  # default: the bundle's training task (its held-out split is sent)
     p.add_argument("--out", required=True, help="folder for sweep.csv, sweep.png, summary.md and raw/")
-    p.add_argument("--quick", action="store_true",
-                   help="a short probe, 3 rates of 3 s, 1 round, no traces (under 3 minutes): a smoke test")
-    p.add_argument("--url", help="use the running service here instead of starting one (its dtype's modes only)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short probe, 3 rates of 3 s, 1 round, no traces (under 3 minutes): a smoke test",
+    )
+    p.add_argument(
+        "--url", help="use the running service here instead of starting one (its dtype's modes only)"
+    )
     p.add_argument("--model-name", default="dihs", help="served model name (default dihs)")
-    p.add_argument("--modes", nargs="+", choices=("dense", "dense-int8", "f50", "auto", "auto-int8"),
-                   default=["dense", "dense-int8", "f50", "auto", "auto-int8"],
-                   help="dense/auto in float32 or int8 (a second service, DIHS_DTYPE=int8), f50 = fixed 50%% FLOPs")
-    p.add_argument("--rounds", type=int, help="repeats of the rate grid, modes interleaved (default 2; --quick 1)")
-    p.add_argument("--grid", help="offered rates as multiples of dense's probed capacity, comma-separated "
-                                  "(default 0.5,0.6,...,2.0 in steps of 0.1, 2.25, 2.5; --quick 0.5,1,2.5)")
-    p.add_argument("--segment-seconds", type=float, help="seconds each rate of the grid is offered (default 4; --quick 3)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("dense", "dense-int8", "f50", "auto", "auto-int8"),
+        default=["dense", "dense-int8", "f50", "auto", "auto-int8"],
+        help="dense/auto in float32 or int8 (a second service, DIHS_DTYPE=int8), f50 = fixed 50%% FLOPs",
+    )
+    p.add_argument(
+        "--rounds", type=int, help="repeats of the rate grid, modes interleaved (default 2; --quick 1)"
+    )
+    p.add_argument(
+        "--grid",
+        help="offered rates as multiples of dense's probed capacity, comma-separated "
+        "(default 0.5,0.6,...,2.0 in steps of 0.1, 2.25, 2.5; --quick 0.5,1,2.5)",
+    )
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        help="seconds each rate of the grid is offered (default 4; --quick 3)",
+    )
     p.add_argument("--gap-seconds", type=float, help="idle seconds after each rate (default 0.5; --quick: 1)")
-    p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson", help="arrival times (default poisson)")
-    p.add_argument("--trace", action="append", help="CSV with columns seconds,requests, replayed once per mode after "
-                                                    "the grid; repeatable (default loadtests/traces/spike.csv; "
-                                                    "steady, step and bursty are there too)")
-    p.add_argument("--trace-load", type=float, help="a trace's mean offered rate, x dense's capacity (default 1.2)")
-    p.add_argument("--minute-seconds", type=float, help="seconds a trace's 60-s row lasts in the replay (default 5)")
+    p.add_argument(
+        "--arrival",
+        choices=("poisson", "constant"),
+        default="poisson",
+        help="arrival times (default poisson)",
+    )
+    p.add_argument(
+        "--trace",
+        action="append",
+        help="CSV with columns seconds,requests, replayed once per mode after "
+        "the grid; repeatable (default loadtests/traces/spike.csv; "
+        "steady, step and bursty are there too)",
+    )
+    p.add_argument(
+        "--trace-load", type=float, help="a trace's mean offered rate, x dense's capacity (default 1.2)"
+    )
+    p.add_argument(
+        "--minute-seconds", type=float, help="seconds a trace's 60-s row lasts in the replay (default 5)"
+    )
     p.add_argument("--max-rps", type=float, help="highest rate offered (default 400: one Locust process)")
-    p.add_argument("--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report in --out from its raw/ files")
+    p.add_argument(
+        "--slo-ms", type=float, default=250.0, help="latency objective (passed to the started service)"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild the report in --out from its raw/ files"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_loadtest)
 
 
 SERVICE_COMMANDS = {
-    "serve": ("serve a bundle over HTTP with Ray Serve (127.0.0.1:8000); every setting is a flag", _serve_args),
+    "serve": (
+        "serve a bundle over HTTP with Ray Serve (127.0.0.1:8000); every setting is a flag",
+        _serve_args,
+    ),
     "explain": ("explain one prediction: heads that ran, their importance, attention maps", _explain_args),
     "report": ("one self-contained HTML page about a bundle (importance, ladder, eval, bench)", _report_args),
-    "loadtest": ("open-loop Locust sweep: SLO attainment and accuracy vs offered load, every mode side by side", _loadtest_args),
+    "loadtest": (
+        "open-loop Locust sweep: SLO attainment and accuracy vs offered load, every mode side by side",
+        _loadtest_args,
+    ),
 }

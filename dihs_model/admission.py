@@ -37,7 +37,9 @@ class Evidence:
     """What is known of one plan against the full model."""
 
     calib_n: int  # calibration texts
-    calib_worse: int  # of them, the ones only the full model answers right (or, for old bundles, all disagreements)
+    calib_worse: (
+        int  # of them, the ones only the full model answers right (or, for old bundles, all disagreements)
+    )
     calib_better: int  # the ones only the plan answers right (0 where not counted)
     live_n: int = 0  # live texts a shadow pass compared with the full model's answer (recent window)
     live_disagree: int = 0
@@ -56,7 +58,7 @@ class Evidence:
         """Point estimate of the loss on the calibration split."""
         return (self.calib_worse - self.calib_better) / self.calib_n if self.calib_n else 0.0
 
-    def with_live(self, n: int, disagree: int) -> "Evidence":
+    def with_live(self, n: int, disagree: int) -> Evidence:
         return Evidence(self.calib_n, self.calib_worse, self.calib_better, n, disagree)
 
     def admitted(self, max_accuracy_loss: float) -> bool:
@@ -65,10 +67,16 @@ class Evidence:
 
     def report(self, max_accuracy_loss: float) -> dict:
         """What /v2/models/{name}/config, `dihs eval` and the serve log say of this plan."""
-        return {"admitted": self.admitted(max_accuracy_loss), "loss_bound95": round(self.bound, 4),
-                "calibration_texts": self.calib_n, "calibration_loss": round(self.calib_loss, 4),
-                "calibration_worse": self.calib_worse, "calibration_better": self.calib_better,
-                "live_texts": self.live_n, "live_disagreements": self.live_disagree}
+        return {
+            "admitted": self.admitted(max_accuracy_loss),
+            "loss_bound95": round(self.bound, 4),
+            "calibration_texts": self.calib_n,
+            "calibration_loss": round(self.calib_loss, 4),
+            "calibration_worse": self.calib_worse,
+            "calibration_better": self.calib_better,
+            "live_texts": self.live_n,
+            "live_disagreements": self.live_disagree,
+        }
 
 
 def texts_needed(max_accuracy_loss: float, confidence: float = CONFIDENCE) -> int:

@@ -6,8 +6,8 @@ Q/K/V/O projections, the two layer norms and the feed-forward block of a post-LN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

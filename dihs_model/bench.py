@@ -48,8 +48,15 @@ def _sync(device):
 
 
 @torch.inference_mode()
-def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, threads: int = 1,
-          progress: bool = True, dtypes: tuple[str, ...] = ("float32",)) -> dict:
+def bench(
+    bundle: Bundle,
+    shapes=SHAPES,
+    warmup: int = 10,
+    repeats: int = 20,
+    threads: int = 1,
+    progress: bool = True,
+    dtypes: tuple[str, ...] = ("float32",),
+) -> dict:
     """Every variant in every dtype, interleaved; speedups are against the first dtype's dense."""
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -63,7 +70,9 @@ def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, th
     try:
         for batch, seq in tqdm(shapes, desc="bench", unit="shape", disable=not progress):
             g = torch.Generator().manual_seed(0)
-            ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g).to(device)  # skip specials
+            ids = torch.randint(min(1000, vocab // 2), vocab, (batch, seq), generator=g).to(
+                device
+            )  # skip specials
             mask = torch.ones_like(ids)
             variants = [(d, m, *v) for d, m in models.items() for v in _variants(bundle, m)]
             times = {i: [] for i in range(len(variants))}
@@ -76,29 +85,53 @@ def bench(bundle: Bundle, shapes=SHAPES, warmup: int = 10, repeats: int = 20, th
                     if rep >= warmup:
                         times[i].append((time.perf_counter() - t0) * 1e3)
             dense_ms = statistics.median(times[0])
-            own_dense = {d: statistics.median(times[i]) for i, (d, _, mode, _, _) in enumerate(variants)
-                         if mode == "dense"}
+            own_dense = {
+                d: statistics.median(times[i])
+                for i, (d, _, mode, _, _) in enumerate(variants)
+                if mode == "dense"
+            }
             for i, (dtype, model, mode, budget, _) in enumerate(variants):
                 med = statistics.median(times[i])
                 q = statistics.quantiles(times[i], n=10)
                 ratio = budget.flops_ratio(shape, [seq])
-                rows.append({
-                    "dtype": dtype, "mode": mode, "level": budget.name,
-                    "weight_bytes": level_weight_bytes(model, budget), "flops_ratio": round(ratio, 4),
-                    "heads_ratio": round(budget.heads_ratio(shape), 4),
-                    "neurons_ratio": round(budget.neurons_ratio(shape), 4), "batch": batch, "seq_len": seq,
-                    "median_ms": round(med, 3), "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
-                    # masked runs everything: its work is dense whatever the mask says
-                    "ideal_speedup": round(1.0 if mode == "masked" else 1.0 / ratio, 4),
-                    "speedup": round(dense_ms / med, 4),
-                    "speedup_in_dtype": round(own_dense[dtype] / med, 4),  # against this dtype's own dense
-                    "of_ideal": round(dense_ms / med * (1.0 if mode == "masked" else ratio), 4),
-                })
+                rows.append(
+                    {
+                        "dtype": dtype,
+                        "mode": mode,
+                        "level": budget.name,
+                        "weight_bytes": level_weight_bytes(model, budget),
+                        "flops_ratio": round(ratio, 4),
+                        "heads_ratio": round(budget.heads_ratio(shape), 4),
+                        "neurons_ratio": round(budget.neurons_ratio(shape), 4),
+                        "batch": batch,
+                        "seq_len": seq,
+                        "median_ms": round(med, 3),
+                        "p10_ms": round(q[0], 3),
+                        "p90_ms": round(q[-1], 3),
+                        # masked runs everything: its work is dense whatever the mask says
+                        "ideal_speedup": round(1.0 if mode == "masked" else 1.0 / ratio, 4),
+                        "speedup": round(dense_ms / med, 4),
+                        "speedup_in_dtype": round(
+                            own_dense[dtype] / med, 4
+                        ),  # against this dtype's own dense
+                        "of_ideal": round(dense_ms / med * (1.0 if mode == "masked" else ratio), 4),
+                    }
+                )
     finally:
         torch.set_num_threads(prev_threads)
     gpu = {"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
-    return {"threads": threads, "warmup": warmup, "repeats": repeats, "dtypes": list(dtypes), "baseline": dtypes[0],
-            "device": str(device), **gpu, "torch": torch.__version__, "rows": rows, "stacking": stacking(rows)}
+    return {
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "dtypes": list(dtypes),
+        "baseline": dtypes[0],
+        "device": str(device),
+        **gpu,
+        "torch": torch.__version__,
+        "rows": rows,
+        "stacking": stacking(rows),
+    }
 
 
 def stacking(rows: list[dict]) -> list[dict]:
@@ -110,15 +143,32 @@ def stacking(rows: list[dict]) -> list[dict]:
     for (d, mode, level, b, t), r in by.items():
         if d == base or mode != "sliced":
             continue
-        product = by[(d, "dense", rows[0]["level"], b, t)]["speedup"] * by[(base, "sliced", level, b, t)]["speedup"]
-        out.append({"dtype": d, "level": level, "batch": b, "seq_len": t, "speedup": r["speedup"],
-                    "product": round(product, 4), "of_product": round(r["speedup"] / product, 4)})
+        product = (
+            by[(d, "dense", rows[0]["level"], b, t)]["speedup"] * by[(base, "sliced", level, b, t)]["speedup"]
+        )
+        out.append(
+            {
+                "dtype": d,
+                "level": level,
+                "batch": b,
+                "seq_len": t,
+                "speedup": r["speedup"],
+                "product": round(product, 4),
+                "of_product": round(r["speedup"] / product, 4),
+            }
+        )
     return out
 
 
 @torch.inference_mode()
-def replay(bundle: Bundle, texts: list[str], target: float = 0.5, threads: int = 1, warmup: int = 20,
-           progress: bool = True) -> dict:
+def replay(
+    bundle: Bundle,
+    texts: list[str],
+    target: float = 0.5,
+    threads: int = 1,
+    warmup: int = 20,
+    progress: bool = True,
+) -> dict:
     """Each text alone (batch 1, in one seeded arrival order), through the full model and through the
     cascade plan for `target` (first pass, margin gate with its live tracker, second pass if escalated),
     interleaved text by text; tokenization is done beforehand for both (it is the same work)."""
@@ -160,16 +210,25 @@ def replay(bundle: Bundle, texts: list[str], target: float = 0.5, threads: int =
             tokens.append(int(mask.sum()))
     finally:
         torch.set_num_threads(prev_threads)
-    return {"target_flops_ratio": target, "n": len(texts), "threads": threads, "device": str(device),
-            "dense_total_s": round(totals["dense"], 3), "cascade_total_s": round(totals["cascade"], 3),
-            "time_ratio": round(totals["cascade"] / totals["dense"], 4),
-            "flops_ratio": round(cascade_flops(shape, plan.first, plan.second, tokens, escalated), 4),
-            "escalated": round(sum(escalated) / len(escalated), 4),
-            "first_pass": plan.first.name, "second_pass": (plan.second or Budget.full(shape)).name}
+    return {
+        "target_flops_ratio": target,
+        "n": len(texts),
+        "threads": threads,
+        "device": str(device),
+        "dense_total_s": round(totals["dense"], 3),
+        "cascade_total_s": round(totals["cascade"], 3),
+        "time_ratio": round(totals["cascade"] / totals["dense"], 4),
+        "flops_ratio": round(cascade_flops(shape, plan.first, plan.second, tokens, escalated), 4),
+        "escalated": round(sum(escalated) / len(escalated), 4),
+        "first_pass": plan.first.name,
+        "second_pass": (plan.second or Budget.full(shape)).name,
+    }
 
 
 @torch.inference_mode()
-def budget_costs(model, budgets: list[Budget | None], batch: int, seq_len: int, repeats: int = 3) -> list[float]:
+def budget_costs(
+    model, budgets: list[Budget | None], batch: int, seq_len: int, repeats: int = 3
+) -> list[float]:
     """Seconds per text of each budget (None: the full model) at this batch shape on the model's own
     device and threads: the median of `repeats` interleaved calls after one warm-up round."""
     device = next(model.parameters()).device
@@ -205,12 +264,24 @@ def plot_bench(result: dict, out) -> None:
             # sliced levels from the dtype's own dense point; masked (the noise reference) for the baseline only
             for mode, style in (("sliced", "o-"), ("masked", "s--"))[: 2 if dtype == base else 1]:
                 kinds = ("dense", mode) if mode == "sliced" else (mode,)
-                rs = sorted((r for r in rows if r["mode"] in kinds and r.get("dtype", base) == dtype),
-                            key=lambda r: r["flops_ratio"])
-                ax.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=f"{mode} {dtype}")
-        rs = sorted((r for r in rows if r["mode"] == "sliced" and r.get("dtype", base) == base),
-                    key=lambda r: r["flops_ratio"])
-        ax.plot([r["flops_ratio"] for r in rs], [r["ideal_speedup"] for r in rs], ":", color="gray", label="FLOP ideal")
+                rs = sorted(
+                    (r for r in rows if r["mode"] in kinds and r.get("dtype", base) == dtype),
+                    key=lambda r: r["flops_ratio"],
+                )
+                ax.plot(
+                    [r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], style, label=f"{mode} {dtype}"
+                )
+        rs = sorted(
+            (r for r in rows if r["mode"] == "sliced" and r.get("dtype", base) == base),
+            key=lambda r: r["flops_ratio"],
+        )
+        ax.plot(
+            [r["flops_ratio"] for r in rs],
+            [r["ideal_speedup"] for r in rs],
+            ":",
+            color="gray",
+            label="FLOP ideal",
+        )
         ax.set(title=f"batch {b}, seq {t}", xlabel="FLOPs ratio")
         ax.grid(alpha=0.3)
     where = result.get("device_name") or f"{result['threads']} thread(s), CPU"

@@ -36,11 +36,11 @@ class Budget:
         assert len(self.heads) == len(self.neurons), (self.heads, self.neurons)
 
     @classmethod
-    def full(cls, shape: EncoderShape, name: str = "f100") -> "Budget":
+    def full(cls, shape: EncoderShape, name: str = "f100") -> Budget:
         return cls(name, (shape.n_heads,) * shape.n_layers, (shape.ffn,) * shape.n_layers)
 
     @classmethod
-    def from_meta(cls, d: dict) -> "Budget":
+    def from_meta(cls, d: dict) -> Budget:
         return cls(d["name"], d["heads"], d["neurons"])
 
     @property
@@ -54,8 +54,12 @@ class Budget:
     def check(self, shape: EncoderShape) -> None:
         """ValueError (one line) if this budget does not fit `shape`."""
         if len(self.heads) != shape.n_layers:
-            raise ValueError(f"budget {self.name!r} has {len(self.heads)} layers; the model has {shape.n_layers}")
-        if not all(0 <= k <= shape.n_heads for k in self.heads) or not all(0 <= n <= shape.ffn for n in self.neurons):
+            raise ValueError(
+                f"budget {self.name!r} has {len(self.heads)} layers; the model has {shape.n_layers}"
+            )
+        if not all(0 <= k <= shape.n_heads for k in self.heads) or not all(
+            0 <= n <= shape.ffn for n in self.neurons
+        ):
             raise ValueError(f"budget {self.name!r} keeps more heads or neurons than a layer has")
 
     def flops(self, shape: EncoderShape, tokens: int) -> float:
@@ -78,9 +82,13 @@ class Budget:
 
     def to_meta(self, shape: EncoderShape, tokens: Sequence[int], **extra) -> dict:
         """The level record in dihs.json: counts and the ratios measured at these token counts."""
-        return {**self.counts_meta(), **extra,
-                "flops_ratio": round(self.flops_ratio(shape, tokens), 4),
-                "heads_ratio": round(self.heads_ratio(shape), 4), "neurons_ratio": round(self.neurons_ratio(shape), 4)}
+        return {
+            **self.counts_meta(),
+            **extra,
+            "flops_ratio": round(self.flops_ratio(shape, tokens), 4),
+            "heads_ratio": round(self.heads_ratio(shape), 4),
+            "neurons_ratio": round(self.neurons_ratio(shape), 4),
+        }
 
 
 def head_flops(shape: EncoderShape, tokens: int) -> float:
@@ -108,9 +116,16 @@ def level_name(target: float) -> str:
     return f"f{round(target * 100)}"
 
 
-def allocate(shape: EncoderShape, target: float, tokens: Sequence[int], head_scores: torch.Tensor | None = None,
-             neuron_scores: torch.Tensor | None = None, method: str = "global", name: str | None = None,
-             min_heads: int = 1) -> Budget:
+def allocate(
+    shape: EncoderShape,
+    target: float,
+    tokens: Sequence[int],
+    head_scores: torch.Tensor | None = None,
+    neuron_scores: torch.Tensor | None = None,
+    method: str = "global",
+    name: str | None = None,
+    min_heads: int = 1,
+) -> Budget:
     """A budget spending `target` of the full model's FLOPs over inputs of these token counts.
 
     global: head_scores [L, H] and neuron_scores [L, F], descending within each layer (stored order),
@@ -156,20 +171,33 @@ def heads_only(shape: EncoderShape, heads: Sequence[int], name: str) -> Budget:
 class Allocator:
     """Targets -> budgets for one bundle: its importance (stored order), calibration lengths and method."""
 
-    def __init__(self, shape: EncoderShape, tokens: Sequence[int], method: str = "global",
-                 head_scores: torch.Tensor | None = None, neuron_scores: torch.Tensor | None = None):
+    def __init__(
+        self,
+        shape: EncoderShape,
+        tokens: Sequence[int],
+        method: str = "global",
+        head_scores: torch.Tensor | None = None,
+        neuron_scores: torch.Tensor | None = None,
+    ):
         self.shape, self.tokens, self.method = shape, list(tokens), method
         self.head_scores, self.neuron_scores = head_scores, neuron_scores
 
     @classmethod
-    def from_meta(cls, meta: dict, shape: EncoderShape, method: str | None = None) -> "Allocator":
+    def from_meta(cls, meta: dict, shape: EncoderShape, method: str | None = None) -> Allocator:
         scorer = meta["order_by"]
         imp = meta["importance"]
-        return cls(shape, meta["calibration"]["tokens"], method or meta["allocation"],
-                   torch.tensor(imp["heads"][scorer]), torch.tensor(imp["neurons"][scorer]))
+        return cls(
+            shape,
+            meta["calibration"]["tokens"],
+            method or meta["allocation"],
+            torch.tensor(imp["heads"][scorer]),
+            torch.tensor(imp["neurons"][scorer]),
+        )
 
     def __call__(self, target: float, name: str | None = None) -> Budget:
-        return allocate(self.shape, target, self.tokens, self.head_scores, self.neuron_scores, self.method, name)
+        return allocate(
+            self.shape, target, self.tokens, self.head_scores, self.neuron_scores, self.method, name
+        )
 
     def ratio(self, budget: Budget) -> float:
         """The budget's FLOPs ratio at the calibration lengths."""

@@ -38,7 +38,9 @@ class BudgetedClassifier(nn.Module):
         self.classifier = nn.Linear(self.shape.hidden, n_labels)
         self.kernels = None  # int8 kernels for the encoder's Linear slices (precision.with_dtype), else float
 
-    def _linear(self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _linear(
+        self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         """One encoder projection; key = (layer, projection, width) names the slice for packed kernels."""
         if self.kernels is None:
             return F.linear(x, weight, bias)
@@ -73,7 +75,9 @@ class BudgetedClassifier(nn.Module):
         """The encoder's last hidden states [B, T, C] (after the first `n_layers` layers if given);
         appends attention maps to `attentions` if given."""
         L, H, Fn = self.shape.n_layers, self.shape.n_heads, self.shape.ffn
-        assert budget is None or len(budget.heads) == L, f"need {L} layers in the budget, got {len(budget.heads)}"
+        assert budget is None or len(budget.heads) == L, (
+            f"need {L} layers in the budget, got {len(budget.heads)}"
+        )
         assert (head_mask is None and neuron_mask is None) or budget is None, "mask the full model only"
         x = self.parts.embeddings(input_ids=input_ids)  # [B, T, C]
         keep = attention_mask.bool()
@@ -86,8 +90,16 @@ class BudgetedClassifier(nn.Module):
             x = self._ffn(l, layer, x, n, nm)
         return x
 
-    def _attention(self, l: int, p: LayerParts, x: torch.Tensor, k: int, attn_mask: torch.Tensor | None,
-                   head_mask: torch.Tensor | None, attentions: list | None) -> torch.Tensor:
+    def _attention(
+        self,
+        l: int,
+        p: LayerParts,
+        x: torch.Tensor,
+        k: int,
+        attn_mask: torch.Tensor | None,
+        head_mask: torch.Tensor | None,
+        attentions: list | None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         d = self.shape.head_dim
         if k == 0:  # every head removed: the attention block adds only O's bias
@@ -96,12 +108,16 @@ class BudgetedClassifier(nn.Module):
                 attentions.append(x.new_zeros(B, 0, T, T))
         else:
             q, kk, v = (
-                self._linear((l, name, k), x, *qkv_rows(lin.weight, lin.bias, k, d)).view(B, T, k, d).transpose(1, 2)
+                self._linear((l, name, k), x, *qkv_rows(lin.weight, lin.bias, k, d))
+                .view(B, T, k, d)
+                .transpose(1, 2)
                 for name, lin in (("q", p.query), ("k", p.key), ("v", p.value))
             )  # each [B, k, T, d]
             drop = self.shape.attn_dropout if self.training else 0.0
             if attentions is None:
-                ctx = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=drop, scale=d**-0.5)
+                ctx = F.scaled_dot_product_attention(
+                    q, kk, v, attn_mask=attn_mask, dropout_p=drop, scale=d**-0.5
+                )
             else:
                 scores = torch.matmul(q, kk.transpose(2, 3)) * d**-0.5  # [B, k, T, T]
                 if attn_mask is not None:
@@ -115,8 +131,12 @@ class BudgetedClassifier(nn.Module):
             attn = self._linear((l, "o", k), ctx, output_cols(p.output.weight, k, d), p.output.bias)
         return p.attn_norm(self.dropout(attn) + x)
 
-    def _ffn(self, l: int, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None) -> torch.Tensor:
-        if n == self.shape.ffn:  # the whole weights (F.linear is what nn.Linear runs): the full model's exact path
+    def _ffn(
+        self, l: int, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            n == self.shape.ffn
+        ):  # the whole weights (F.linear is what nn.Linear runs): the full model's exact path
             a = p.act(self._linear((l, "ffn_in", n), x, p.ffn_in.weight, p.ffn_in.bias))
             if neuron_mask is not None:  # [F] or [B, F]
                 a = a * (neuron_mask if neuron_mask.dim() == 1 else neuron_mask[:, None, :])
@@ -125,6 +145,7 @@ class BudgetedClassifier(nn.Module):
             h = p.ffn_out.bias.expand_as(x)
         else:
             w_in, b_in, w_out = ffn_slices(p.ffn_in, p.ffn_out, n)
-            h = self._linear((l, "ffn_out", n), p.act(self._linear((l, "ffn_in", n), x, w_in, b_in)), w_out,
-                             p.ffn_out.bias)
+            h = self._linear(
+                (l, "ffn_out", n), p.act(self._linear((l, "ffn_in", n), x, w_in, b_in)), w_out, p.ffn_out.bias
+            )
         return p.ffn_norm(self.dropout(h) + x)

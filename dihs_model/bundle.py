@@ -31,7 +31,6 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from .budgeted import BudgetedClassifier
 from .data import Examples
 from .device import model_device
-
 from .meta import FORMAT_VERSION, META_FILE, MetaError, dumps, read_meta, upgrade_v1
 
 WEIGHTS_FILE = "model.safetensors"
@@ -69,10 +68,14 @@ class Bundle:
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [B, T] on the model's device, padded to the longest, cut at max_length."""
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def batches(self, ex: Examples, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, ex: Examples, batch_size: int
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(indices, ids, mask, labels) in length-sorted batches: little padding, every example once."""
         order = sorted(range(len(ex)), key=lambda i: len(ex.texts[i]))
         for s in range(0, len(order), batch_size):
@@ -90,10 +93,14 @@ def check_checkpoint(base_model: str) -> None:
         if not (path / "config.json").is_file():
             raise BundleError(f"{path} has no config.json: not a transformers checkpoint")
     elif path.exists() or base_model.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        raise BundleError(f"{base_model} is not a checkpoint folder; only safetensors checkpoint folders are loaded")
+        raise BundleError(
+            f"{base_model} is not a checkpoint folder; only safetensors checkpoint folders are loaded"
+        )
 
 
-def new_bundle(base_model: str, labels: list[str], max_length: int, device: torch.device | str = "cpu") -> Bundle:
+def new_bundle(
+    base_model: str, labels: list[str], max_length: int, device: torch.device | str = "cpu"
+) -> Bundle:
     """A fresh classifier on a pretrained encoder (a local folder or, with a network, a hub name), on `device`."""
     check_checkpoint(base_model)
     try:
@@ -110,7 +117,9 @@ def new_bundle(base_model: str, labels: list[str], max_length: int, device: torc
         "format_version": FORMAT_VERSION,
         "base_model": str(base_model),
         "labels": list(labels),
-        "max_length": int(min(max_length, tokenizer.model_max_length, encoder.config.max_position_embeddings)),
+        "max_length": int(
+            min(max_length, tokenizer.model_max_length, encoder.config.max_position_embeddings)
+        ),
         "head_order": [list(range(H)) for _ in range(L)],  # original head id at each stored position
         "neuron_order": [list(range(model.shape.ffn)) for _ in range(L)],  # original neuron id likewise
     }
@@ -162,7 +171,9 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     with atomic_folder(out, force) as tmp:
         for model, name in ((bundle.model, WEIGHTS_FILE), (bundle.kwon_model, KWON_FILE)):
             if model is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / name)
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / name
+                )
         bundle.model.encoder.config.save_pretrained(tmp)
         bundle.tokenizer.save_pretrained(tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -172,8 +183,13 @@ def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
     return out
 
 
-def load_bundle(path: Path | str, verify: bool = True, device: torch.device | str = "cpu",
-                upgrade: bool = False, with_kwon: bool = False) -> Bundle:
+def load_bundle(
+    path: Path | str,
+    verify: bool = True,
+    device: torch.device | str = "cpu",
+    upgrade: bool = False,
+    with_kwon: bool = False,
+) -> Bundle:
     """upgrade: accept a format-1 bundle as format 2 with every neuron kept (for `dihs calibrate`);
     with_kwon: also load the `kwon` baseline's weights, if the bundle has them."""
     path = Path(path)
@@ -193,7 +209,9 @@ def load_bundle(path: Path | str, verify: bool = True, device: torch.device | st
         tokenizer = AutoTokenizer.from_pretrained(path)
 
         def weights(name: str) -> BudgetedClassifier:
-            model = BudgetedClassifier(AutoModel.from_config(config, attn_implementation="sdpa"), len(meta["labels"]))
+            model = BudgetedClassifier(
+                AutoModel.from_config(config, attn_implementation="sdpa"), len(meta["labels"])
+            )
             model.load_state_dict(load_file(path / name))
             return model.to(device).eval()
 
@@ -207,8 +225,10 @@ def load_bundle(path: Path | str, verify: bool = True, device: torch.device | st
             meta = upgrade_v1(meta, shape.n_layers, shape.ffn, str(path / META_FILE))
         for lv in meta.get("levels") or []:
             if max(lv["heads"]) > shape.n_heads or max(lv["neurons"]) > shape.ffn:
-                raise MetaError(f"{path / META_FILE} is malformed: level {lv['name']!r} keeps more heads or "
-                                "neurons than the model has")
+                raise MetaError(
+                    f"{path / META_FILE} is malformed: level {lv['name']!r} keeps more heads or "
+                    "neurons than the model has"
+                )
     except MetaError as e:
         raise BundleError(str(e)) from None
     return Bundle(model, tokenizer, meta, kwon)

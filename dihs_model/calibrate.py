@@ -19,8 +19,15 @@ def sample_of(examples, max_examples: int):
     return examples.subset(list(range(0, len(examples), step))[:max_examples])
 
 
-def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: int = 512,
-                     batch_size: int = 32, progress: bool = True, allocation: str = ALLOCATION):
+def calibrate_bundle(
+    bundle,
+    examples,
+    order_by: str = "michel",
+    max_examples: int = 512,
+    batch_size: int = 32,
+    progress: bool = True,
+    allocation: str = ALLOCATION,
+):
     """Score heads and neurons on `examples`, store both in `order_by` order, rebuild the ladder and
     the cascade plans. Returns a new Bundle (the input bundle's model is not modified)."""
     from .bundle import Bundle
@@ -30,7 +37,9 @@ def calibrate_bundle(bundle, examples, order_by: str = "michel", max_examples: i
     sample = sample_of(examples, max_examples)
     batches = list(bundle.batches(sample, batch_size))
     scores = score_units(bundle.model, batches, progress)
-    token_batches = [(ids.cpu(), m.cpu()) for _, ids, m, _ in batches]  # token statistics are CPU work, as in serving
+    token_batches = [
+        (ids.cpu(), m.cpu()) for _, ids, m, _ in batches
+    ]  # token statistics are CPU work, as in serving
     tokens = [int(t) for _, m in token_batches for t in m.sum(1).tolist()]
     h_order, n_order = unit_order(scores["heads"][order_by]), unit_order(scores["neurons"][order_by])
     now = ordered(scores, h_order, n_order)
@@ -68,7 +77,9 @@ def fit_cascade(bundle, examples, allocator: Allocator, scorer, batch_size: int 
     meta = plans_to_meta(plans, len(labels), signal_report(passes, labels, allocator, scorer))
     budgets = [Budget.from_meta(lv) for lv in bundle.meta["levels"]]
     budgets += [b for p in plans for b in (p.first, p.second) if b is not None]
-    meta["level_accuracy"] = {b.name: round(float((passes(b).preds == labels).float().mean()), 4) for b in budgets}
+    meta["level_accuracy"] = {
+        b.name: round(float((passes(b).preds == labels).float().mean()), 4) for b in budgets
+    }
     full = passes(None).preds  # the single-pass plan's bound needs its paired counts too
     meta["level_paired"] = {b.name: list(paired_counts(full, passes(b).preds, labels)) for b in budgets}
     return meta

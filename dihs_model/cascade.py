@@ -56,19 +56,37 @@ class CascadePlan:
     calib_plan_only: int | None = None  # texts only this plan answers right
 
     def to_meta(self) -> dict:
-        return {"target_flops_ratio": self.target_flops_ratio, "first": self.first.counts_meta(),
-                "first_ratio": self.first_ratio, "threshold": self.threshold, "calib_escalated": self.calib_escalated,
-                "calib_accuracy": self.calib_accuracy, "calib_agreement": self.calib_agreement,
-                "second": None if self.second is None else self.second.counts_meta(),
-                "second_ratio": self.second_ratio, "calib_flops_ratio": self.calib_flops_ratio,
-                "calib_full_only": self.calib_full_only, "calib_plan_only": self.calib_plan_only}
+        return {
+            "target_flops_ratio": self.target_flops_ratio,
+            "first": self.first.counts_meta(),
+            "first_ratio": self.first_ratio,
+            "threshold": self.threshold,
+            "calib_escalated": self.calib_escalated,
+            "calib_accuracy": self.calib_accuracy,
+            "calib_agreement": self.calib_agreement,
+            "second": None if self.second is None else self.second.counts_meta(),
+            "second_ratio": self.second_ratio,
+            "calib_flops_ratio": self.calib_flops_ratio,
+            "calib_full_only": self.calib_full_only,
+            "calib_plan_only": self.calib_plan_only,
+        }
 
     @classmethod
-    def from_meta(cls, d: dict) -> "CascadePlan":
-        return cls(d["target_flops_ratio"], Budget.from_meta(d["first"]), d["first_ratio"], d["threshold"],
-                   d["calib_escalated"], d["calib_accuracy"], d["calib_agreement"],
-                   None if d["second"] is None else Budget.from_meta(d["second"]), d["second_ratio"],
-                   d.get("calib_flops_ratio", 0.0), d.get("calib_full_only"), d.get("calib_plan_only"))
+    def from_meta(cls, d: dict) -> CascadePlan:
+        return cls(
+            d["target_flops_ratio"],
+            Budget.from_meta(d["first"]),
+            d["first_ratio"],
+            d["threshold"],
+            d["calib_escalated"],
+            d["calib_accuracy"],
+            d["calib_agreement"],
+            None if d["second"] is None else Budget.from_meta(d["second"]),
+            d["second_ratio"],
+            d.get("calib_flops_ratio", 0.0),
+            d.get("calib_full_only"),
+            d.get("calib_plan_only"),
+        )
 
 
 def candidate_budgets(allocator: Allocator, ratios) -> dict[float, Budget | None]:
@@ -80,12 +98,16 @@ def candidate_budgets(allocator: Allocator, ratios) -> dict[float, Budget | None
     return out
 
 
-def cascade_flops(shape, first: Budget, second: Budget | None, tokens: list[int], escalated: list[bool]) -> float:
+def cascade_flops(
+    shape, first: Budget, second: Budget | None, tokens: list[int], escalated: list[bool]
+) -> float:
     """Mean FLOPs ratio of a cascade over inputs of these lengths: every input pays the first pass,
     the escalated ones the second pass too."""
     full = Budget.full(shape)
     second = second or full
-    spent = sum(first.flops(shape, t) + (second.flops(shape, t) if e else 0.0) for t, e in zip(tokens, escalated))
+    spent = sum(
+        first.flops(shape, t) + (second.flops(shape, t) if e else 0.0) for t, e in zip(tokens, escalated)
+    )
     return spent / sum(full.flops(shape, t) for t in tokens)
 
 
@@ -102,7 +124,9 @@ def fit_plans(passes: Passes, labels: torch.Tensor, allocator: Allocator, target
             first = passes(b0)
             sorted_conf = first.conf.sort().values
             # ties: the larger second pass
-            for r1, b1 in sorted(((r, b) for r, b in seconds.items() if r > r0), key=lambda x: x[0], reverse=True):
+            for r1, b1 in sorted(
+                ((r, b) for r, b in seconds.items() if r > r0), key=lambda x: x[0], reverse=True
+            ):
                 f = (target - r0) / r1  # each escalation costs a second pass at r1
                 if not 0 <= f <= 1:  # this pair cannot spend exactly the target
                     continue
@@ -115,8 +139,19 @@ def fit_plans(passes: Passes, labels: torch.Tensor, allocator: Allocator, target
                 preds = torch.where(esc, passes(b1).preds, first.preds)
                 acc, agree = float((preds == labels).float().mean()), float((preds == full).float().mean())
                 if best is None or (agree, acc) > (best.calib_agreement + 1e-12, best.calib_accuracy + 1e-12):
-                    best = CascadePlan(target, b0, r0, thr, float(esc.float().mean()), acc, agree, b1, r1, spent,
-                                       *paired_counts(full, preds, labels))
+                    best = CascadePlan(
+                        target,
+                        b0,
+                        r0,
+                        thr,
+                        float(esc.float().mean()),
+                        acc,
+                        agree,
+                        b1,
+                        r1,
+                        spent,
+                        *paired_counts(full, preds, labels),
+                    )
         if best is not None:
             plans.append(best)
     return plans
@@ -141,7 +176,9 @@ class EscalationTracker:
 
     def __init__(self, plan: CascadePlan):
         self.share = min(1.0, max(0.0, (plan.target_flops_ratio - plan.first_ratio) / plan.second_ratio))
-        self.threshold = float("inf") if self.share >= 1.0 else plan.threshold  # escalate all: nothing to track
+        self.threshold = (
+            float("inf") if self.share >= 1.0 else plan.threshold
+        )  # escalate all: nothing to track
         self._recent: deque[float] = deque(maxlen=TRACK_WINDOW)
         self._sorted: list[float] = []
 
@@ -174,9 +211,13 @@ def plan_from_meta(meta: dict, target: float) -> CascadePlan | None:
 
 def plans_to_meta(plans: list[CascadePlan], n_calib: int, signals: dict) -> dict:
     """signals: `signals.signal_report` on the same calibration split."""
-    return {"method": "confidence cascade: first pass at a small width budget, escalate the least confident to a larger one",
-            "confidence": CONFIDENCE, "calibration_examples": n_calib, "signals": signals,
-            "plans": [p.to_meta() for p in plans]}
+    return {
+        "method": "confidence cascade: first pass at a small width budget, escalate the least confident to a larger one",
+        "confidence": CONFIDENCE,
+        "calibration_examples": n_calib,
+        "signals": signals,
+        "plans": [p.to_meta() for p in plans],
+    }
 
 
 @dataclass(frozen=True)
@@ -188,8 +229,9 @@ class CascadeRun:
     escalated: float
 
 
-def run_cascade(model, batches, plan: CascadePlan, n: int, track: bool = True,
-                first: PassResult | None = None) -> CascadeRun:
+def run_cascade(
+    model, batches, plan: CascadePlan, n: int, track: bool = True, first: PassResult | None = None
+) -> CascadeRun:
     """A plan on these inputs.
 
     track: decide escalations with an EscalationTracker, the inputs arriving in a seeded random
@@ -210,9 +252,13 @@ def run_cascade(model, batches, plan: CascadePlan, n: int, track: bool = True,
         preds[esc] = second.preds[esc]
     escalated = float(esc.float().mean())
     second = plan.second or Budget.full(shape)
-    return CascadeRun(preds, cascade_flops(shape, plan.first, plan.second, first.tokens, esc.tolist()),
-                      plan.first.heads_ratio(shape) + escalated * second.heads_ratio(shape),
-                      plan.first.neurons_ratio(shape) + escalated * second.neurons_ratio(shape), escalated)
+    return CascadeRun(
+        preds,
+        cascade_flops(shape, plan.first, plan.second, first.tokens, esc.tolist()),
+        plan.first.heads_ratio(shape) + escalated * second.heads_ratio(shape),
+        plan.first.neurons_ratio(shape) + escalated * second.neurons_ratio(shape),
+        escalated,
+    )
 
 
 def _subset_batches(batches, keep: torch.Tensor):
@@ -229,25 +275,44 @@ def arrival_order(n: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(ARRIVAL_SEED)).tolist()
 
 
-def single_pass_plan(budget: Budget, ratio: float, accuracy: float = 0.0, full_only: int | None = None,
-                     plan_only: int | None = None) -> CascadePlan:
+def single_pass_plan(
+    budget: Budget,
+    ratio: float,
+    accuracy: float = 0.0,
+    full_only: int | None = None,
+    plan_only: int | None = None,
+) -> CascadePlan:
     """A plan that never escalates: one pass at `budget` (FLOPs ratio `ratio`; `accuracy` and the
     paired counts on the calibration split, 0 and None where they were not measured)."""
-    return CascadePlan(ratio, budget, ratio, float("-inf"), 0.0, accuracy, second_ratio=1.0, calib_flops_ratio=ratio,
-                       calib_full_only=full_only, calib_plan_only=plan_only)
+    return CascadePlan(
+        ratio,
+        budget,
+        ratio,
+        float("-inf"),
+        0.0,
+        accuracy,
+        second_ratio=1.0,
+        calib_flops_ratio=ratio,
+        calib_full_only=full_only,
+        calib_plan_only=plan_only,
+    )
 
 
 def candidate_plans(meta: dict) -> list[CascadePlan | None]:
     """What auto mode may run, costliest and most accurate first: the full model (None), the bundle's
     cascade plans by falling target, then the cheapest first pass alone. Which of them it serves is
     admission's call (plan_evidence, admission.py)."""
-    plans = sorted((CascadePlan.from_meta(p) for p in meta["cascade"]["plans"]), key=lambda p: -p.target_flops_ratio)
+    plans = sorted(
+        (CascadePlan.from_meta(p) for p in meta["cascade"]["plans"]), key=lambda p: -p.target_flops_ratio
+    )
     if not plans:
         return [None]
     cheapest = min(plans, key=lambda p: p.first_ratio)
     levels = meta["cascade"].get("level_accuracy", {})
     paired = meta["cascade"].get("level_paired", {}).get(cheapest.first.name, (None, None))
-    single = single_pass_plan(cheapest.first, cheapest.first_ratio, levels.get(cheapest.first.name, 0.0), *paired)
+    single = single_pass_plan(
+        cheapest.first, cheapest.first_ratio, levels.get(cheapest.first.name, 0.0), *paired
+    )
     return [None, *plans, single]
 
 
@@ -255,14 +320,24 @@ def plan_label(plan: CascadePlan | None) -> str:
     """How the service, its metrics and `dihs eval` name a candidate plan."""
     if plan is None:
         return "full"
-    return f"single {plan.first.name}" if plan.threshold == float("-inf") else f"cascade {plan.target_flops_ratio:g}"
+    return (
+        f"single {plan.first.name}"
+        if plan.threshold == float("-inf")
+        else f"cascade {plan.target_flops_ratio:g}"
+    )
 
 
 def admission_report(meta: dict, max_accuracy_loss: float) -> list[dict]:
     """Per candidate plan but the full model: what its calibration evidence alone admits (the
     service adds live agreement to it)."""
-    return [{"plan": plan_label(p), "target_flops_ratio": p.target_flops_ratio,
-             **plan_evidence(meta, p).report(max_accuracy_loss)} for p in candidate_plans(meta)[1:]]
+    return [
+        {
+            "plan": plan_label(p),
+            "target_flops_ratio": p.target_flops_ratio,
+            **plan_evidence(meta, p).report(max_accuracy_loss),
+        }
+        for p in candidate_plans(meta)[1:]
+    ]
 
 
 def plan_evidence(meta: dict, plan: CascadePlan) -> Evidence:
@@ -285,8 +360,9 @@ class CascadeOutput:
     escalated: list[bool]
 
 
-def cascade_batch(model, ids: torch.Tensor, mask: torch.Tensor, plan: CascadePlan, tracker: "EscalationTracker",
-                  device=None) -> CascadeOutput:
+def cascade_batch(
+    model, ids: torch.Tensor, mask: torch.Tensor, plan: CascadePlan, tracker: EscalationTracker, device=None
+) -> CascadeOutput:
     """A plan on one right-padded model batch, rows in arrival order: every row runs the first pass;
     the tracker decides, row by row, which run the second pass (grouped, trimmed to their longest)."""
     first = forward_grouped(model, ids, mask, [plan.first] * len(ids), device)

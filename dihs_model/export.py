@@ -51,8 +51,9 @@ def level_record(bundle: Bundle, name: str) -> dict:
     raise ExportError(f"the bundle has no level {name!r}; its levels: {names}")
 
 
-def export_level(bundle: Bundle, name: str, out: Path, fmt: str = "onnx", dtype: str = "float32",
-                 force: bool = False) -> dict:
+def export_level(
+    bundle: Bundle, name: str, out: Path, fmt: str = "onnx", dtype: str = "float32", force: bool = False
+) -> dict:
     """Write level `name` of the bundle to the folder `out` (atomically); returns what was written."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: choose {', '.join(FORMATS)}")
@@ -60,18 +61,33 @@ def export_level(bundle: Bundle, name: str, out: Path, fmt: str = "onnx", dtype:
         raise ExportError(f"an exported level is {' or '.join(EXPORT_DTYPES)}, not {dtype!r}")
     record = level_record(bundle, name)
     budget = Budget.from_meta(record)
-    model = copy.deepcopy(bundle.model).float().cpu().eval()  # the bundle's own model stays where and as it is
+    model = (
+        copy.deepcopy(bundle.model).float().cpu().eval()
+    )  # the bundle's own model stays where and as it is
     ids = torch.full((2, 8), 1, dtype=torch.long)
     mask = torch.ones_like(ids)
-    mask[1, 6:] = 0  # padding in the example, so the trace keeps the attention-mask path (forward skips it without)
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "logits": {0: "batch"}}
+    mask[1, 6:] = (
+        0  # padding in the example, so the trace keeps the attention-mask path (forward skips it without)
+    )
+    axes = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "logits": {0: "batch"},
+    }
     with atomic_folder(Path(out), force) as tmp:
         path = tmp / MODEL_FILE
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Level(model, budget), (ids, mask), str(path), dynamo=False,
-                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                              dynamic_axes=axes, opset_version=17)
+            torch.onnx.export(
+                _Level(model, budget),
+                (ids, mask),
+                str(path),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=17,
+            )
         if dtype == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -80,8 +96,16 @@ def export_level(bundle: Bundle, name: str, out: Path, fmt: str = "onnx", dtype:
             quantize_dynamic(str(plain), str(path), weight_type=QuantType.QInt8, per_channel=True)
             plain.unlink()
         bundle.tokenizer.save_pretrained(tmp)
-        info = {"level": record, "labels": bundle.labels, "max_length": bundle.max_length,
-                "dtype": dtype, "format": fmt, "bundle_checksum": bundle_checksum(bundle.meta),
-                "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"], "bytes": path.stat().st_size}
+        info = {
+            "level": record,
+            "labels": bundle.labels,
+            "max_length": bundle.max_length,
+            "dtype": dtype,
+            "format": fmt,
+            "bundle_checksum": bundle_checksum(bundle.meta),
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits"],
+            "bytes": path.stat().st_size,
+        }
         (tmp / LEVEL_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -64,16 +64,25 @@ def attention_scores(model: BudgetedClassifier, batches: Iterable[Batch]) -> tor
     return total / tokens
 
 
-def score_units(model: BudgetedClassifier, batches: list[Batch], progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+def score_units(
+    model: BudgetedClassifier, batches: list[Batch], progress: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
     """{"heads": {scorer: [L, H]}, "neurons": {scorer: [L, F]}}, CPU tensors, in current stored positions."""
     was_training = model.training
     model.eval()
     it = tqdm(batches, desc="calibrate", unit="batch", disable=not progress)
     gh, gn = mask_gradients(model, it)
-    heads = {"michel": michel_scores(gh), "fisher": fisher_scores(gh), "attention": attention_scores(model, batches)}
+    heads = {
+        "michel": michel_scores(gh),
+        "fisher": fisher_scores(gh),
+        "attention": attention_scores(model, batches),
+    }
     neurons = {"michel": michel_scores(gn), "fisher": fisher_scores(gn)}
     model.train(was_training)
-    return {"heads": {k: v.cpu() for k, v in heads.items()}, "neurons": {k: v.cpu() for k, v in neurons.items()}}
+    return {
+        "heads": {k: v.cpu() for k, v in heads.items()},
+        "neurons": {k: v.cpu() for k, v in neurons.items()},
+    }
 
 
 def unit_order(scores: torch.Tensor) -> list[list[int]]:
@@ -86,8 +95,12 @@ def neuron_scorer(order_by: str) -> str:
     return order_by if order_by in NEURON_SCORERS else "michel"
 
 
-def ordered(scores: dict[str, dict[str, torch.Tensor]], head_order, neuron_order) -> dict[str, dict[str, torch.Tensor]]:
+def ordered(
+    scores: dict[str, dict[str, torch.Tensor]], head_order, neuron_order
+) -> dict[str, dict[str, torch.Tensor]]:
     """The scores moved to the positions that `reorder(model, head_order, neuron_order)` gives."""
     hp, np_ = torch.tensor(head_order), torch.tensor(neuron_order)
-    return {"heads": {k: s.gather(1, hp) for k, s in scores["heads"].items()},
-            "neurons": {k: s.gather(1, np_) for k, s in scores["neurons"].items()}}
+    return {
+        "heads": {k: s.gather(1, hp) for k, s in scores["heads"].items()},
+        "neurons": {k: s.gather(1, np_) for k, s in scores["neurons"].items()},
+    }

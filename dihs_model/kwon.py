@@ -30,8 +30,14 @@ def _counts(scores: torch.Tensor, keep: int) -> list[int]:
     return torch.bincount(layer_of[best], minlength=L).tolist()
 
 
-def search(shape, head_scores: torch.Tensor, neuron_scores: torch.Tensor, tokens: Sequence[int], target: float,
-           name: str | None = None) -> Budget:
+def search(
+    shape,
+    head_scores: torch.Tensor,
+    neuron_scores: torch.Tensor,
+    tokens: Sequence[int],
+    target: float,
+    name: str | None = None,
+) -> Budget:
     """The Fisher-best budget within `target` of the full model's FLOPs at these token counts."""
     L, H, F = shape.n_layers, shape.n_heads, shape.ffn
     hc, nc = unit_costs(shape, tokens)
@@ -44,11 +50,15 @@ def search(shape, head_scores: torch.Tensor, neuron_scores: torch.Tensor, tokens
         if left < 0:
             break
         n_neurons = min(L * F, int(left // nc))
-        kept = (float(h_sorted[n_heads - 1]) if n_heads else 0.0) + (float(n_sorted[n_neurons - 1]) if n_neurons else 0.0)
+        kept = (float(h_sorted[n_heads - 1]) if n_heads else 0.0) + (
+            float(n_sorted[n_neurons - 1]) if n_neurons else 0.0
+        )
         if kept > best_kept:
             best, best_kept = (n_heads, n_neurons), kept
     n_heads, n_neurons = best
-    return Budget(name or level_name(target), _counts(head_scores, n_heads), _counts(neuron_scores, n_neurons))
+    return Budget(
+        name or level_name(target), _counts(head_scores, n_heads), _counts(neuron_scores, n_neurons)
+    )
 
 
 def attach_kwon(bundle, targets: Sequence[float]):
@@ -62,6 +72,10 @@ def attach_kwon(bundle, targets: Sequence[float]):
     tokens = bundle.meta["calibration"]["tokens"]
     levels = [search(shape, hs, ns, tokens, t).to_meta(shape, tokens, target_flops_ratio=t) for t in targets]
     bundle.kwon_model = reorder(bundle.model, h_order, n_order)
-    bundle.meta["kwon"] = {"method": "Kwon et al. 2022 Fisher mask search (no mask rearrangement or tuning) on the "
-                                     "plainly fine-tuned weights", "scorer": SCORER, "levels": levels}
+    bundle.meta["kwon"] = {
+        "method": "Kwon et al. 2022 Fisher mask search (no mask rearrangement or tuning) on the "
+        "plainly fine-tuned weights",
+        "scorer": SCORER,
+        "levels": levels,
+    }
     return bundle

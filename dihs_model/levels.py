@@ -33,13 +33,17 @@ class LadderPolicy:
         self.scorer = ComplexityScorer.from_meta(meta, tokenizer)
         self.policy = policy or PolicyConfig.from_meta(meta)
 
-    def decide(self, ids: torch.Tensor, mask: torch.Tensor, pressure: float, limits: list[tuple[str, float, float]]):
+    def decide(
+        self, ids: torch.Tensor, mask: torch.Tensor, pressure: float, limits: list[tuple[str, float, float]]
+    ):
         """(complexity signals, decisions) per input; limits: (mode, min_ratio, max_ratio) per input."""
         from .policy import choose_level
 
         signals = self.scorer.signals(ids, mask)
-        return signals, [choose_level(self.ratios, s["score"], pressure, mode, lo, hi, self.policy)
-                         for s, (mode, lo, hi) in zip(signals, limits)]
+        return signals, [
+            choose_level(self.ratios, s["score"], pressure, mode, lo, hi, self.policy)
+            for s, (mode, lo, hi) in zip(signals, limits)
+        ]
 
     def budget_of(self, level: int) -> Budget | None:
         """The budget of a level (None: the full model, its bit-exact path)."""

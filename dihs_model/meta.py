@@ -34,7 +34,9 @@ class BudgetMeta(_Open):
     @model_validator(mode="after")
     def _layers(self):
         if len(self.heads) != len(self.neurons):
-            raise ValueError(f"budget {self.name!r} has {len(self.heads)} head counts and {len(self.neurons)} neuron counts")
+            raise ValueError(
+                f"budget {self.name!r} has {len(self.heads)} head counts and {len(self.neurons)} neuron counts"
+            )
         if min(self.heads) < 0 or min(self.neurons) < 0:
             raise ValueError(f"budget {self.name!r} has a negative count")
         return self
@@ -57,7 +59,9 @@ class PlanMeta(_Open):
     calib_agreement: float
     second: BudgetMeta | None
     second_ratio: float
-    calib_full_only: int | None = Field(None, ge=0)  # paired counts (absent in bundles calibrated before them)
+    calib_full_only: int | None = Field(
+        None, ge=0
+    )  # paired counts (absent in bundles calibrated before them)
     calib_plan_only: int | None = Field(None, ge=0)
 
 
@@ -114,8 +118,14 @@ def validate(meta: dict, where: str) -> dict:
     """`meta` unchanged if it fits the schema, else MetaError naming the first problem."""
     if meta.get("format_version") != FORMAT_VERSION:
         got = meta.get("format_version")
-        hint = (f": upgrade it with `dihs calibrate {Path(where).parent}` (keeps the weights, adds FFN-neuron "
-                "importance and width budgets)") if got == 1 else ""
+        hint = (
+            (
+                f": upgrade it with `dihs calibrate {Path(where).parent}` (keeps the weights, adds FFN-neuron "
+                "importance and width budgets)"
+            )
+            if got == 1
+            else ""
+        )
         raise MetaError(f"{where} has bundle format {got}; this version reads {FORMAT_VERSION}{hint}")
     try:
         BundleMeta.model_validate(meta)
@@ -146,8 +156,15 @@ def upgrade_v1(meta: dict, n_layers: int, ffn: int, where: str) -> dict:
     calibration rebuilds (importance, ladder, plans) is dropped."""
     drop = ("importance", "levels", "cascade", "complexity", "order_by", "calibration", "budget_robust")
     keep = {k: v for k, v in meta.items() if k not in drop}
-    return validate({**keep, "format_version": FORMAT_VERSION, "upgraded_from_format": 1,
-                     "neuron_order": [list(range(ffn)) for _ in range(n_layers)]}, where)
+    return validate(
+        {
+            **keep,
+            "format_version": FORMAT_VERSION,
+            "upgraded_from_format": 1,
+            "neuron_order": [list(range(ffn)) for _ in range(n_layers)],
+        },
+        where,
+    )
 
 
 def dumps(meta: dict, where: str) -> str:

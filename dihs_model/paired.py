@@ -30,5 +30,10 @@ def from_counts(wins: int, losses: int, n: int) -> dict:
     diff = (wins - losses) / n
     half = Z95 * math.sqrt(max(0.0, (wins + losses) / n - diff * diff) / n)
     p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
-    return {"accuracy_diff": diff, "ci95": [diff - half, diff + half], "wins": wins, "losses": losses,
-            "p_value": float(p)}
+    return {
+        "accuracy_diff": diff,
+        "ci95": [diff - half, diff + half],
+        "wins": wins,
+        "losses": losses,
+        "p_value": float(p),
+    }

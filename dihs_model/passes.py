@@ -81,7 +81,7 @@ def length_chunks(lengths: list[int], fixed_tokens: float) -> list[list[int]]:
                 best[j], cut[j] = cost, i
     runs, j = [], len(order)
     while j:
-        runs.append(order[cut[j]:j])
+        runs.append(order[cut[j] : j])
         j = cut[j]
     return runs[::-1]
 
@@ -95,8 +95,13 @@ def chunks_for(lengths: list[int], budget: Budget | None, shape, device) -> list
 
 
 @torch.inference_mode()
-def forward_grouped(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[Budget | None],
-                    device: torch.device | None = None) -> list[torch.Tensor]:
+def forward_grouped(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    budgets: list[Budget | None],
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
     """Logits (float32, CPU) of each row of a right-padded batch [B, T] at its own budget: sliced
     forwards per distinct budget, its rows in chunks of similar length on a CPU (length_chunks),
     each chunk trimmed to its longest text."""
@@ -111,7 +116,9 @@ def forward_grouped(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[
         for run in chunks_for([lengths[i] for i in idx], budget, model.shape, device):
             rows = [idx[k] for k in run]
             T = max(lengths[i] for i in rows)
-            logits = model(ids[rows, :T].to(device), mask[rows, :T].to(device), budget=budget).logits.float().cpu()
+            logits = (
+                model(ids[rows, :T].to(device), mask[rows, :T].to(device), budget=budget).logits.float().cpu()
+            )
             for i, row in zip(rows, logits):
                 out[i] = row
     return out

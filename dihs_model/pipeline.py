@@ -7,9 +7,9 @@ What `dihs train` does, as a library call: the CLI parses flags into a TrainPlan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .train import TrainConfig, fine_tune
 
@@ -35,7 +35,9 @@ class TrainPlan:
     def problem(self) -> str | None:
         """Why this plan cannot run (a flag combination), or None."""
         if self.budget_robust and not self.calibrate:
-            return "--budget-robust needs the head and neuron order that calibration finds: drop --no-calibrate"
+            return (
+                "--budget-robust needs the head and neuron order that calibration finds: drop --no-calibrate"
+            )
         return None
 
 
@@ -50,10 +52,9 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     starts. Returns the saved bundle's `eval` record (data, split, n, dense_accuracy).
     """
     from .bundle import BundleError, check_checkpoint, default_base_model, new_bundle, save_bundle
-    from .data import load_split, split_calibration
-    from .evaluate import predict
     from .calibrate import calibrate_bundle
-    from .evaluate import KWON_TARGETS, allocation_comparison
+    from .data import load_split, split_calibration
+    from .evaluate import KWON_TARGETS, allocation_comparison, predict
     from .kwon import attach_kwon
 
     problem = plan.problem()
@@ -65,11 +66,17 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     check_checkpoint(base_model)
     split = load_split(plan.data, plan.text_column, plan.label_column)
     fit, calib = split_calibration(split.train)
-    log(f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
-        f"{len(split.train.label_names)} classes")
+    log(
+        f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
+        f"{len(split.train.label_names)} classes"
+    )
     bundle = new_bundle(base_model, split.train.label_names, plan.max_length, device)
     bundle.meta["train"] = fine_tune(bundle, fit, plan.train, progress=progress)
-    bundle.meta["data"] = {"spec": plan.data, "text_column": plan.text_column, "label_column": plan.label_column}
+    bundle.meta["data"] = {
+        "spec": plan.data,
+        "text_column": plan.text_column,
+        "label_column": plan.label_column,
+    }
     if plan.calibrate:
         bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
         # on the plainly fine-tuned weights: the two allocations side by side, and the kwon baseline
@@ -80,12 +87,19 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
         bundle = budget_robust(bundle, fit, calib, split.test, plan, progress, log)
     preds, _ = predict(bundle, split.test, None)
     acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
-    bundle.meta["eval"] = {"data": split.name, "split": "held-out", "n": len(split.test), "dense_accuracy": acc}
+    bundle.meta["eval"] = {
+        "data": split.name,
+        "split": "held-out",
+        "n": len(split.test),
+        "dense_accuracy": acc,
+    }
     save_bundle(bundle, plan.out, force=plan.force)
     return bundle.meta["eval"]
 
 
-def budget_robust(bundle, fit, calib, test, plan: TrainPlan, progress: bool = True, log: Callable[[str], None] = _quiet):
+def budget_robust(
+    bundle, fit, calib, test, plan: TrainPlan, progress: bool = True, log: Callable[[str], None] = _quiet
+):
     """Budget-robust epochs (robust.py); per-level held-out accuracy before and after goes into the bundle."""
     from .evaluate import level_accuracies
     from .robust import train_budget_robust
@@ -93,6 +107,12 @@ def budget_robust(bundle, fit, calib, test, plan: TrainPlan, progress: bool = Tr
     before = level_accuracies(bundle, test)
     bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress)
     after = level_accuracies(bundle, test)
-    bundle.meta["budget_robust"] = {**record, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
-    log(f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept): held-out accuracy per level {before} -> {after}")
+    bundle.meta["budget_robust"] = {
+        **record,
+        "held_out_accuracy_before": before,
+        "held_out_accuracy_after": after,
+    }
+    log(
+        f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept): held-out accuracy per level {before} -> {after}"
+    )
     return bundle

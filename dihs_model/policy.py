@@ -18,7 +18,7 @@ class PolicyConfig:
     protect: float = 0.5  # share of the cut that a maximally complex input is spared
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "PolicyConfig":
+    def from_meta(cls, meta: dict) -> PolicyConfig:
         """Spare complex inputs only as far as complexity predicts errors: protect = 2 (AUROC - 0.5),
         clamped to [0, 1], from the complexity score's AUROC for the small budget's errors on the
         calibration split (signals.py). A signal at chance gets no say; bundles without the
@@ -37,14 +37,23 @@ class Decision:
     reason: str
 
 
-def desired_ratio(complexity: float, pressure: float, floor: float, cfg: PolicyConfig = PolicyConfig()) -> float:
+def desired_ratio(
+    complexity: float, pressure: float, floor: float, cfg: PolicyConfig = PolicyConfig()
+) -> float:
     """FLOPs ratio wanted before snapping to the ladder: 1 at no pressure, `floor` at full pressure for c = 0."""
     c, p = min(1.0, max(0.0, complexity)), min(1.0, max(0.0, pressure))
     return 1.0 - p * (1.0 - floor) * (1.0 - cfg.protect * c)
 
 
-def choose_level(ladder_ratios: list[float], complexity: float, pressure: float, mode: str = "auto",
-                 min_ratio: float = 0.0, max_ratio: float = 1.0, cfg: PolicyConfig = PolicyConfig()) -> Decision:
+def choose_level(
+    ladder_ratios: list[float],
+    complexity: float,
+    pressure: float,
+    mode: str = "auto",
+    min_ratio: float = 0.0,
+    max_ratio: float = 1.0,
+    cfg: PolicyConfig = PolicyConfig(),
+) -> Decision:
     """ladder_ratios: FLOPs ratio of each level, descending (level 0 is the full model).
 
     The chosen level's ratio is <= max_ratio and >= min_ratio whenever the ladder has such a
@@ -58,13 +67,20 @@ def choose_level(ladder_ratios: list[float], complexity: float, pressure: float,
     if mode == "dense":
         return Decision(0, 1.0, "dense requested: the full model")
     if mode == "fixed":
-        return Decision(top, ladder_ratios[top], f"fixed budget: the largest level within max_flops_ratio {max_ratio:g}")
+        return Decision(
+            top, ladder_ratios[top], f"fixed budget: the largest level within max_flops_ratio {max_ratio:g}"
+        )
     want = desired_ratio(complexity, pressure, ladder_ratios[-1], cfg)
     # smallest level that still gives at least the wanted ratio (round the budget up, never down)
     level = max((i for i, r in enumerate(ladder_ratios) if r >= want - 1e-9), default=0)
     level = min(max(level, top), bottom)
-    why = "no load pressure: full model" if pressure <= 0 else (
-        f"load pressure {pressure:.2f} with input complexity {complexity:.2f} wants {want:.0%} of the FLOPs")
+    why = (
+        "no load pressure: full model"
+        if pressure <= 0
+        else (
+            f"load pressure {pressure:.2f} with input complexity {complexity:.2f} wants {want:.0%} of the FLOPs"
+        )
+    )
     if level == top and want > ladder_ratios[top] + 1e-9:
         why += f"; capped by max_flops_ratio {max_ratio:g}"
     elif level == bottom and want < ladder_ratios[bottom] - 1e-9 and bottom != len(ladder_ratios) - 1:

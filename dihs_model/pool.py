@@ -40,12 +40,16 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
         try:
             comps = _counts(result)
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise PoolError(f"{name} is not a `dihs eval` result (a dihs row without target or counts)") from None
+            raise PoolError(
+                f"{name} is not a `dihs eval` result (a dihs row without target or counts)"
+            ) from None
         if any(w < 0 or l < 0 for w, l in comps.values()):
             raise PoolError(f"{name} has negative win or loss counts")
         if not comps:
-            raise PoolError(f"{name} has no dihs rows compared with dense or a static order: evaluate with "
-                            "--policies dense dihs static-heads static-width kwon")
+            raise PoolError(
+                f"{name} has no dihs rows compared with dense or a static order: evaluate with "
+                "--policies dense dihs static-heads static-width kwon"
+            )
         per_set.append(comps)
     common = set.intersection(*(set(c) for c in per_set))
     n = sum(r["n"] for r in results)
@@ -53,6 +57,12 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
     for target, against in sorted(common, key=lambda k: (-k[0], k[1])):
         counts = [c[(target, against)] for c in per_set]
         pooled = from_counts(sum(w for w, _ in counts), sum(l for _, l in counts), n)
-        rows.append({"target_flops_ratio": target, "against": against, **pooled,
-                     "per_set": [{"set": name, "wins": w, "losses": l} for name, (w, l) in zip(names, counts)]})
+        rows.append(
+            {
+                "target_flops_ratio": target,
+                "against": against,
+                **pooled,
+                "per_set": [{"set": name, "wins": w, "losses": l} for name, (w, l) in zip(names, counts)],
+            }
+        )
     return {"sets": [{"set": name, "n": r["n"]} for name, r in zip(names, results)], "n": n, "rows": rows}

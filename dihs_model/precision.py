@@ -62,7 +62,9 @@ class Int8Kernels:
         self._bytes: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         packed = self._packed.get(key)
         if packed is None:
             packed = self._pack(key, weight, bias)
@@ -74,7 +76,9 @@ class Int8Kernels:
         scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8).double()
         with warnings.catch_warnings():  # the deprecation the module docstring names, once per slice
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            qw = torch.quantize_per_channel(
+                w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8
+            )
         packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
         with self._lock:
             self._packed.setdefault(key, packed)

@@ -36,23 +36,47 @@ def trained_budgets(meta: dict, shape) -> tuple[list[Budget], list[Budget]]:
     return distinct[-1:], distinct[:-1]
 
 
-def train_budget_robust(bundle, fit, calib, cfg: TrainConfig, order_by: str, progress: bool = True,
-                        max_epochs: int = ROBUST_MAX_EPOCHS, gap: float = ROBUST_GAP):
+def train_budget_robust(
+    bundle,
+    fit,
+    calib,
+    cfg: TrainConfig,
+    order_by: str,
+    progress: bool = True,
+    max_epochs: int = ROBUST_MAX_EPOCHS,
+    gap: float = ROBUST_GAP,
+):
     """Returns the recalibrated bundle of the epoch whose smallest level trailed least, and a record
     of every epoch (calibration accuracy per level) and of the one kept."""
     epochs, kept = [], None
     for k in range(max_epochs):
         always, others = trained_budgets(bundle.meta, bundle.model.shape)
-        summary = fine_tune(bundle, fit, replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
-                            progress=progress, loss_fn=budget_robust_loss(always, others),
-                            desc=f"budget-robust {k + 1}")
-        bundle = calibrate_bundle(bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"])
+        summary = fine_tune(
+            bundle,
+            fit,
+            replace(cfg, epochs=1, lr=cfg.lr * ROBUST_LR_SCALE, seed=cfg.seed + k),
+            progress=progress,
+            loss_fn=budget_robust_loss(always, others),
+            desc=f"budget-robust {k + 1}",
+        )
+        bundle = calibrate_bundle(
+            bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"]
+        )
         acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
         trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)
         epochs.append({**summary, "calibration_accuracy": acc, "smallest_level_trails_by": trail})
         if kept is None or trail < epochs[kept[0]]["smallest_level_trails_by"]:
-            kept = (k, replace(bundle, model=copy.deepcopy(bundle.model)))  # the next epoch trains bundle.model
+            kept = (
+                k,
+                replace(bundle, model=copy.deepcopy(bundle.model)),
+            )  # the next epoch trains bundle.model
         if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):
             break
-    return kept[1], {"epochs": len(epochs), "kept_epoch": kept[0] + 1, "stop_when_smallest_level_trails_by_at_most": gap,
-                    "max_epochs": max_epochs, "trained_flops_ratios": list(TRAINED_RATIOS), "per_epoch": epochs}
+    return kept[1], {
+        "epochs": len(epochs),
+        "kept_epoch": kept[0] + 1,
+        "stop_when_smallest_level_trails_by_at_most": gap,
+        "max_epochs": max_epochs,
+        "trained_flops_ratios": list(TRAINED_RATIOS),
+        "per_epoch": epochs,
+    }

@@ -68,14 +68,27 @@ def signal_report(passes: Passes, labels: torch.Tensor, allocator: Allocator, sc
     report = {name: {"auroc": _auroc(wrong, v), "flops_share": 0.0} for name, v in cheap.items()}
     for k in PROBE_LAYERS:
         conf = _probe_confidence(_pooled(model, batches, n, k), y)
-        report[f"probe_after_layer_{k}"] = {"auroc": None if conf is None else _auroc(wrong, 1 - conf),
-                                            "flops_share": round(k / shape.n_layers, 4)}
+        report[f"probe_after_layer_{k}"] = {
+            "auroc": None if conf is None else _auroc(wrong, 1 - conf),
+            "flops_share": round(k / shape.n_layers, 4),
+        }
     for r in SMALL_PASS_RATIOS:
         budget = allocator(r)
         small = passes(budget)
         share = budget.flops_ratio(shape, tokens.astype(int).tolist())
-        report[f"small_pass_{share:.2f}"] = {"auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
-                                             "flops_share": round(share, 4)}
-    return {"reference": f"errors at {REFERENCE_RATIO:.0%} of the FLOPs", "errors": int(wrong.sum()), "n": n,
-            "signals": {k: {"auroc": None if v["auroc"] is None else round(v["auroc"], 4), "flops_share": v["flops_share"]}
-                        for k, v in report.items()}}
+        report[f"small_pass_{share:.2f}"] = {
+            "auroc": _auroc(wrong, -small.conf.numpy()),  # conf: the logit margin
+            "flops_share": round(share, 4),
+        }
+    return {
+        "reference": f"errors at {REFERENCE_RATIO:.0%} of the FLOPs",
+        "errors": int(wrong.sum()),
+        "n": n,
+        "signals": {
+            k: {
+                "auroc": None if v["auroc"] is None else round(v["auroc"], 4),
+                "flops_share": v["flops_share"],
+            }
+            for k, v in report.items()
+        },
+    }

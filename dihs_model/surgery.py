@@ -39,8 +39,11 @@ def _head_rows(heads: Sequence[int], head_dim: int, device: torch.device) -> tor
     return (idx[:, None] * head_dim + torch.arange(head_dim, device=device)).reshape(-1)
 
 
-def reorder(model: nn.Module, head_order: Sequence[Sequence[int]] | None = None,
-            neuron_order: Sequence[Sequence[int]] | None = None) -> nn.Module:
+def reorder(
+    model: nn.Module,
+    head_order: Sequence[Sequence[int]] | None = None,
+    neuron_order: Sequence[Sequence[int]] | None = None,
+) -> nn.Module:
     """A copy of `model` (with an `encoder`) whose layer l stores head head_order[l][p] and neuron
     neuron_order[l][p] at position p (None: leave that kind as it is). The input is untouched."""
     model = copy.deepcopy(model)
@@ -57,8 +60,12 @@ def reorder(model: nn.Module, head_order: Sequence[Sequence[int]] | None = None,
                     lin.bias.copy_(lin.bias.index_select(0, idx))
                 layer.output.weight.copy_(layer.output.weight.index_select(1, idx))
             if neuron_order is not None:
-                idx = torch.as_tensor(list(neuron_order[l]), dtype=torch.long, device=layer.ffn_in.weight.device)
-                assert sorted(idx.tolist()) == list(range(parts.shape.ffn)), "not a permutation of the neurons"
+                idx = torch.as_tensor(
+                    list(neuron_order[l]), dtype=torch.long, device=layer.ffn_in.weight.device
+                )
+                assert sorted(idx.tolist()) == list(range(parts.shape.ffn)), (
+                    "not a permutation of the neurons"
+                )
                 layer.ffn_in.weight.copy_(layer.ffn_in.weight.index_select(0, idx))
                 layer.ffn_in.bias.copy_(layer.ffn_in.bias.index_select(0, idx))
                 layer.ffn_out.weight.copy_(layer.ffn_out.weight.index_select(1, idx))

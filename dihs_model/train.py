@@ -44,7 +44,9 @@ def _shuffled_batches(ex: Examples, batch_size: int, rng: random.Random) -> list
 
 
 def full_model_loss(model, ids, mask, labels, rng) -> torch.Tensor:
-    return F.cross_entropy(model(ids, mask).logits.float(), labels)  # float: the loss stays float32 under autocast
+    return F.cross_entropy(
+        model(ids, mask).logits.float(), labels
+    )  # float: the loss stays float32 under autocast
 
 
 def budget_robust_loss(always: list[Budget], others: list[Budget]):
@@ -59,15 +61,24 @@ def budget_robust_loss(always: list[Budget], others: list[Budget]):
         loss = F.cross_entropy(full, labels)
         for budget in (*always, *([rng.choice(others)] if others else [])):
             logits = model(ids, mask, budget=budget).logits.float()
-            loss = loss + 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.kl_div(
-                logits.log_softmax(-1), soft, reduction="batchmean")
+            loss = (
+                loss
+                + 0.5 * F.cross_entropy(logits, labels)
+                + 0.5 * F.kl_div(logits.log_softmax(-1), soft, reduction="batchmean")
+            )
         return loss
 
     return loss_fn
 
 
-def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool = True,
-              loss_fn=full_model_loss, desc: str = "train") -> dict:
+def fine_tune(
+    bundle: Bundle,
+    train: Examples,
+    cfg: TrainConfig,
+    progress: bool = True,
+    loss_fn=full_model_loss,
+    desc: str = "train",
+) -> dict:
     """Train `bundle.model` in place on `train`; returns a summary (loss, steps, seconds)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -80,7 +91,8 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
     decay = [p for n, p in params if p.dim() > 1]
     no_decay = [p for n, p in params if p.dim() <= 1]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
     )
     steps = cfg.epochs * -(-len(train) // cfg.batch_size)
     warmup = max(1, int(steps * cfg.warmup_fraction))
@@ -107,6 +119,12 @@ def fine_tune(bundle: Bundle, train: Examples, cfg: TrainConfig, progress: bool 
             bar.set_postfix(epoch=epoch + 1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     bar.close()
     model.eval()
-    return {"steps": steps, "epochs": cfg.epochs, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "seconds": round(time.perf_counter() - t0, 1), "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "autocast": "bfloat16" if bf16 else "float32"}
+    return {
+        "steps": steps,
+        "epochs": cfg.epochs,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "autocast": "bfloat16" if bf16 else "float32",
+    }

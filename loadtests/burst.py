@@ -37,8 +37,14 @@ async def _one(session, url, text, mode):
     if status != 200:
         return {"status": status, "latency_s": dt}
     res = body["results"][0]
-    return {"status": 200, "latency_s": dt, "label": res["label"], "ratio": res["flops_ratio"],
-            "pressure": res["pressure"], "reason": res["reason"]}
+    return {
+        "status": 200,
+        "latency_s": dt,
+        "label": res["label"],
+        "ratio": res["flops_ratio"],
+        "pressure": res["pressure"],
+        "reason": res["reason"],
+    }
 
 
 async def _phase(url, examples, mode, concurrency, seconds, n_max):
@@ -47,6 +53,7 @@ async def _phase(url, examples, mode, concurrency, seconds, n_max):
     # aiohttp on uvloop: httpx's per-request cost on the clients' core set the pace in earlier runs
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+
         async def worker(w):
             nonlocal i
             while time.perf_counter() < deadline and i < n_max:
@@ -58,6 +65,7 @@ async def _phase(url, examples, mode, concurrency, seconds, n_max):
                 r["example"] = k % len(examples)
                 r["t"] = time.perf_counter()
                 out.append(r)
+
         t0 = time.perf_counter()
         await asyncio.gather(*[worker(w) for w in range(concurrency)])
         wall = time.perf_counter() - t0
@@ -68,12 +76,17 @@ def _summary(rows, wall):
     ok = [r for r in rows if r["status"] == 200]
     lat = sorted(r["latency_s"] * 1e3 for r in ok)
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
-    return {"requests": len(rows), "errors": len(rows) - len(ok), "rps": round(len(ok) / wall, 2),
-            "p50_ms": round(statistics.median(lat), 1) if lat else None, "p95_ms": round(p95, 1) if p95 else None,
-            "mean_flops_ratio": round(statistics.mean(r["ratio"] for r in ok), 4) if ok else None,
-            "mean_pressure": round(statistics.mean(r["pressure"] for r in ok), 4) if ok else None,
-            "accuracy": round(sum(r["correct"] for r in ok) / len(ok), 4) if ok else None,
-            "sample_reasons": sorted({r["reason"] for r in ok})[:3]}
+    return {
+        "requests": len(rows),
+        "errors": len(rows) - len(ok),
+        "rps": round(len(ok) / wall, 2),
+        "p50_ms": round(statistics.median(lat), 1) if lat else None,
+        "p95_ms": round(p95, 1) if p95 else None,
+        "mean_flops_ratio": round(statistics.mean(r["ratio"] for r in ok), 4) if ok else None,
+        "mean_pressure": round(statistics.mean(r["pressure"] for r in ok), 4) if ok else None,
+        "accuracy": round(sum(r["correct"] for r in ok) / len(ok), 4) if ok else None,
+        "sample_reasons": sorted({r["reason"] for r in ok})[:3],
+    }
 
 
 RECOVERY_S = 12.0  # one request at a time after the burst, for this long
@@ -92,6 +105,7 @@ def _full_again(rows, t0) -> float | None:
 def paired_burst_accuracy(dense_rows, auto_rows) -> dict:
     """Accuracy of both modes' bursts on the same examples: each example's first answer in each mode,
     over the examples both answered (the faster mode answers more, and some examples twice)."""
+
     def first(rows):
         out = {}
         for r in rows:
@@ -103,11 +117,16 @@ def paired_burst_accuracy(dense_rows, auto_rows) -> dict:
     both = sorted(d.keys() & a.keys())
     if not both:
         return {"examples": 0}
+
     def acc(m):
         return round(sum(m[k] for k in both) / len(both), 4)
 
-    return {"examples": len(both), "dense_accuracy": acc(d), "adaptive_accuracy": acc(a),
-            "adaptive_minus_dense_points": round(100 * (acc(a) - acc(d)), 2)}
+    return {
+        "examples": len(both),
+        "dense_accuracy": acc(d),
+        "adaptive_accuracy": acc(a),
+        "adaptive_minus_dense_points": round(100 * (acc(a) - acc(d)), 2),
+    }
 
 
 async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text", "label")):
@@ -117,8 +136,11 @@ async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text"
         burst_rows, burst_rps = {}, {}
         for mode in ("dense", "auto"):
             phases = {}
-            for name, conc, secs, n in (("idle", 1, 8, 40), ("burst", concurrency, seconds, 10**9),
-                                        ("recovery", 1, RECOVERY_S, 10**9)):
+            for name, conc, secs, n in (
+                ("idle", 1, 8, 40),
+                ("burst", concurrency, seconds, 10**9),
+                ("recovery", 1, RECOVERY_S, 10**9),
+            ):
                 t_start = time.perf_counter()
                 rows, wall = await _phase(url, ex, mode, conc, secs, n)
                 phases[name] = _summary(rows, wall)
@@ -126,12 +148,18 @@ async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text"
                     burst_rows[mode], burst_rps[mode] = rows, phases[name]["rps"]
                 if name == "recovery":
                     phases[name]["full_model_again_after_s"] = _full_again(rows, t_start)
-                print(f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}", flush=True)
-            result["rounds"].append({"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases})
+                print(
+                    f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}",
+                    flush=True,
+                )
+            result["rounds"].append(
+                {"round": rnd, "mode": "adaptive" if mode == "auto" else "dense", "phases": phases}
+            )
             await asyncio.sleep(3)
         paired = paired_burst_accuracy(burst_rows["dense"], burst_rows["auto"])
-        paired["adaptive_over_dense_texts_per_s"] = (round(burst_rps["auto"] / burst_rps["dense"], 3)
-                                                     if burst_rps["dense"] else None)
+        paired["adaptive_over_dense_texts_per_s"] = (
+            round(burst_rps["auto"] / burst_rps["dense"], 3) if burst_rps["dense"] else None
+        )
         result.setdefault("paired_bursts", []).append({"round": rnd, **paired})
         print(f"round {rnd} burst, same examples: {json.dumps(paired)}", flush=True)
     return result
@@ -147,8 +175,9 @@ def _with_service(a, data: tuple[str, str, str]) -> dict:
     service = Service(a.bundle, a.slo_ms, out.with_suffix(".serve.log"))
     try:
         service.wait_ready()
-        placement["service"] = (pin_service(_session_pids(service.proc.pid)) if split_cores() is not None
-                                else "not pinned")
+        placement["service"] = (
+            pin_service(_session_pids(service.proc.pid)) if split_cores() is not None else "not pinned"
+        )
         print(f"placement: {placement}", flush=True)
         res = drive(run(service.url, a.concurrency, a.seconds, a.rounds, data))
     finally:
@@ -159,14 +188,19 @@ def _with_service(a, data: tuple[str, str, str]) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="a running service (without --bundle)")
-    ap.add_argument("--bundle", help="start `dihs serve BUNDLE` for the run, the replica pinned to a core of its own")
+    ap.add_argument(
+        "--bundle", help="start `dihs serve BUNDLE` for the run, the replica pinned to a core of its own"
+    )
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--slo-ms", type=float, default=250.0, help="with --bundle: the service's --slo-ms")
     ap.add_argument("--out", default="results/burst.json")
-    ap.add_argument("--data", help="texts to send: a built-in task or a CSV/TSV/JSONL file, its held-out split "
-                    "(default: with --bundle the bundle's training task, else election-tweets)")
+    ap.add_argument(
+        "--data",
+        help="texts to send: a built-in task or a CSV/TSV/JSONL file, its held-out split "
+        "(default: with --bundle the bundle's training task, else election-tweets)",
+    )
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--label-column", default="label")
     a = ap.parse_args()

@@ -23,7 +23,9 @@ MODES: dict[str, tuple[str, str]] = {
 EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order
 
 
-def task_of(data: str | None, text_column: str, label_column: str, bundle: str | None) -> tuple[str, str, str]:
+def task_of(
+    data: str | None, text_column: str, label_column: str, bundle: str | None
+) -> tuple[str, str, str]:
     """(spec, text column, label column) of the examples to send: `data` if given, else the task the
     bundle folder was trained on (None: a running service, whose bundle is not read here), else
     election-tweets."""
@@ -38,8 +40,9 @@ def task_of(data: str | None, text_column: str, label_column: str, bundle: str |
     return "election-tweets", text_column, label_column
 
 
-def held_out(spec: str, text_column: str = "text", label_column: str = "label",
-             shuffle: bool = True) -> list[tuple[str, str]]:
+def held_out(
+    spec: str, text_column: str = "text", label_column: str = "label", shuffle: bool = True
+) -> list[tuple[str, str]]:
     """(text, label name) pairs of a task's held-out split (a built-in task or a CSV/TSV/JSONL file).
 
     Shuffled once with a fixed seed so that any prefix mixes the classes (some files are sorted

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from .sweep import LOCUSTFILE, Service, _session_pids, run_locust
 from .shapes import make_plan
 from .stats import percentile
+from .sweep import LOCUSTFILE, Service, _session_pids, run_locust
 
 REPLICA_TITLE = "ServeReplica:dihs:DIHSModel"
 HUNG_MS = 59_000  # Locust users' network_timeout is 60 s
@@ -68,14 +68,45 @@ def outcomes(events_csv: Path) -> dict:
     return counts
 
 
-def steady_locust(url: str, prefix: Path, data: str, users: int, user_rate: float, seconds: float) -> list[str]:
+def steady_locust(
+    url: str, prefix: Path, data: str, users: int, user_rate: float, seconds: float
+) -> list[str]:
     """The Locust command of a steady load: `users` ClassifyUsers (adaptive budgets, one labelled text per
     request) at `user_rate` requests/s each for `seconds`; one row per request in PREFIX_events.csv."""
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "--only-summary",
-            "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING", "--stop-timeout", "60",
-            "--budget", "adaptive", "--data", data, "--user-rate", f"{user_rate:g}", "--shape", "steady",
-            "--shape-users", str(users), "--stage-seconds", f"{seconds:g}", "--events-csv", f"{prefix}_events.csv",
-            "ClassifyUser"]
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--host",
+        url,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(prefix),
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "60",
+        "--budget",
+        "adaptive",
+        "--data",
+        data,
+        "--user-rate",
+        f"{user_rate:g}",
+        "--shape",
+        "steady",
+        "--shape-users",
+        str(users),
+        "--stage-seconds",
+        f"{seconds:g}",
+        "--events-csv",
+        f"{prefix}_events.csv",
+        "ClassifyUser",
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("bundle", nargs="?", default="bundles/default")
     p.add_argument("--out", required=True)
     p.add_argument("--kills", type=int, default=4)
-    p.add_argument("--every", type=float, default=15.0, help="seconds between kills (the first after one period)")
+    p.add_argument(
+        "--every", type=float, default=15.0, help="seconds between kills (the first after one period)"
+    )
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--user-rate", type=float, default=2.0)
     p.add_argument("--data", default="election-tweets")
@@ -93,8 +126,14 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["DIHS_REPLICAS"] = "2"  # `dihs serve` reads its settings' environment too
     seconds = a.every * (a.kills + 1) + 30
     service = Service(a.bundle, 250.0, out / "service.log")
-    report: dict = {"bundle": a.bundle, "replicas": 2, "users": a.users, "user_rate": a.user_rate,
-                    "every_s": a.every, "kills": []}
+    report: dict = {
+        "bundle": a.bundle,
+        "replicas": 2,
+        "users": a.users,
+        "user_rate": a.user_rate,
+        "every_s": a.every,
+        "kills": [],
+    }
     try:
         service.wait_ready()
         prefix = out / "locust"

@@ -53,26 +53,63 @@ class WrongLabel(Exception):
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="adaptive", env_var="DIHS_LOADTEST_BUDGET",
-                        help="dense, static (fixed, 50%% of the FLOPs) or adaptive (auto)")
-    parser.add_argument("--data", default="election-tweets", env_var="DIHS_LOADTEST_DATA",
-                        help="built-in task or a .csv/.tsv/.jsonl file: its held-out split is sent")
+    parser.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default="adaptive",
+        env_var="DIHS_LOADTEST_BUDGET",
+        help="dense, static (fixed, 50%% of the FLOPs) or adaptive (auto)",
+    )
+    parser.add_argument(
+        "--data",
+        default="election-tweets",
+        env_var="DIHS_LOADTEST_DATA",
+        help="built-in task or a .csv/.tsv/.jsonl file: its held-out split is sent",
+    )
     parser.add_argument("--text-column", default="text", env_var="DIHS_LOADTEST_TEXT_COLUMN")
     parser.add_argument("--label-column", default="label", env_var="DIHS_LOADTEST_LABEL_COLUMN")
-    parser.add_argument("--model-name", default="dihs", env_var="DIHS_LOADTEST_MODEL_NAME",
-                        help="model name in /v2/models/{name}/infer")
-    parser.add_argument("--user-rate", type=float, default=2.0, env_var="DIHS_LOADTEST_USER_RATE",
-                        help="requests per second each user aims at (0: no wait between requests)")
-    parser.add_argument("--shape", choices=sorted(DEFAULT_USERS), default="step", env_var="DIHS_LOADTEST_SHAPE")
-    parser.add_argument("--shape-users", default="", env_var="DIHS_LOADTEST_SHAPE_USERS",
-                        help="steady: N; step: N1,N2,...; spike: BASE,PEAK (default per shape)")
+    parser.add_argument(
+        "--model-name",
+        default="dihs",
+        env_var="DIHS_LOADTEST_MODEL_NAME",
+        help="model name in /v2/models/{name}/infer",
+    )
+    parser.add_argument(
+        "--user-rate",
+        type=float,
+        default=2.0,
+        env_var="DIHS_LOADTEST_USER_RATE",
+        help="requests per second each user aims at (0: no wait between requests)",
+    )
+    parser.add_argument(
+        "--shape", choices=sorted(DEFAULT_USERS), default="step", env_var="DIHS_LOADTEST_SHAPE"
+    )
+    parser.add_argument(
+        "--shape-users",
+        default="",
+        env_var="DIHS_LOADTEST_SHAPE_USERS",
+        help="steady: N; step: N1,N2,...; spike: BASE,PEAK (default per shape)",
+    )
     parser.add_argument("--stage-seconds", type=float, default=30.0, env_var="DIHS_LOADTEST_STAGE_SECONDS")
-    parser.add_argument("--arrivals", default="", env_var="DIHS_LOADTEST_ARRIVALS",
-                        help="OpenLoopUser: JSON list of [scheduled seconds, segment] (replaces the shape)")
-    parser.add_argument("--drain-seconds", type=float, default=60.0, env_var="DIHS_LOADTEST_DRAIN_SECONDS",
-                        help="OpenLoopUser: how long answers are awaited after the last arrival")
-    parser.add_argument("--events-csv", default="", env_var="DIHS_LOADTEST_EVENTS_CSV",
-                        help="one row per request (default: PREFIX_events.csv when --csv PREFIX is given)")
+    parser.add_argument(
+        "--arrivals",
+        default="",
+        env_var="DIHS_LOADTEST_ARRIVALS",
+        help="OpenLoopUser: JSON list of [scheduled seconds, segment] (replaces the shape)",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=60.0,
+        env_var="DIHS_LOADTEST_DRAIN_SECONDS",
+        help="OpenLoopUser: how long answers are awaited after the last arrival",
+    )
+    parser.add_argument(
+        "--events-csv",
+        default="",
+        env_var="DIHS_LOADTEST_EVENTS_CSV",
+        help="one row per request (default: PREFIX_events.csv when --csv PREFIX is given)",
+    )
 
 
 class _State:
@@ -96,7 +133,9 @@ def _init(environment, **_):
         return
     _State.env = environment
     try:
-        _State.plan = make_plan(o.shape, parse_users(o.shape_users) if o.shape_users else None, o.stage_seconds)
+        _State.plan = make_plan(
+            o.shape, parse_users(o.shape_users) if o.shape_users else None, o.stage_seconds
+        )
         _State.examples = held_out(o.data, o.text_column, o.label_column)
         if o.arrivals:
             _State.arrivals = json.loads(Path(o.arrivals).read_text())
@@ -134,14 +173,25 @@ def _record(response_time=0.0, response=None, context=None, exception=None, **_)
     shape = env.shape_class
     t = shape.get_run_time() if shape is not None else time.perf_counter() - _State.started
     t = context.get("sched_t", t)
-    _State.writer.writerow({
-        "segment": context.get("segment", ""), "lag_ms": context.get("lag_ms", ""),
-        "heads_ratio": context.get("heads_ratio", ""), "retry_after": context.get("retry_after", ""),
-        "t": round(t, 3), "users": env.runner.user_count if env.runner else "", "route": context["route"],
-        "budget": context["budget"], "status": getattr(response, "status_code", 0) or 0,
-        "ok": int(exception is None), "latency_ms": round(response_time, 2), "correct": context.get("correct", ""),
-        "flops_ratio": context.get("flops_ratio", ""), "pressure": context.get("pressure", ""),
-        "example": context["example"]})
+    _State.writer.writerow(
+        {
+            "segment": context.get("segment", ""),
+            "lag_ms": context.get("lag_ms", ""),
+            "heads_ratio": context.get("heads_ratio", ""),
+            "retry_after": context.get("retry_after", ""),
+            "t": round(t, 3),
+            "users": env.runner.user_count if env.runner else "",
+            "route": context["route"],
+            "budget": context["budget"],
+            "status": getattr(response, "status_code", 0) or 0,
+            "ok": int(exception is None),
+            "latency_ms": round(response_time, 2),
+            "correct": context.get("correct", ""),
+            "flops_ratio": context.get("flops_ratio", ""),
+            "pressure": context.get("pressure", ""),
+            "example": context["example"],
+        }
+    )
 
 
 class _LabelledUser(FastHttpUser):
@@ -177,9 +227,20 @@ class _LabelledUser(FastHttpUser):
     def send(self, path: str, name: str, context: dict | None = None):
         k = next(_State.counter)
         text, label = _State.examples[k % len(_State.examples)]
-        context = {**(context or {}), "route": self.route, "budget": self.opts.budget, "example": k % len(_State.examples)}
-        with self.client.post(path, json=self.body(text), name=f"{name} [{self.opts.budget}]", context=context,
-                              headers=self.headers, catch_response=True) as resp:
+        context = {
+            **(context or {}),
+            "route": self.route,
+            "budget": self.opts.budget,
+            "example": k % len(_State.examples),
+        }
+        with self.client.post(
+            path,
+            json=self.body(text),
+            name=f"{name} [{self.opts.budget}]",
+            context=context,
+            headers=self.headers,
+            catch_response=True,
+        ) as resp:
             if resp.status_code == 503:
                 resp.request_meta["context"]["retry_after"] = resp.headers.get("Retry-After") or ""
             if resp.status_code != 200:
@@ -197,10 +258,22 @@ class _LabelledUser(FastHttpUser):
             ctx["heads_ratio"] = "" if heads is None else heads
             resp.success()
         fire = self.environment.events.request.fire
-        fire(request_type="CHECK", name=f"label [{self.opts.budget}]", response_time=0, response_length=0,
-             context={}, exception=None if got == label else WrongLabel(f"expected {label}, got {got}"))
-        fire(request_type="FLOPS", name=f"flops% [{self.opts.budget}]", response_time=100.0 * ratio,
-             response_length=0, context={}, exception=None)
+        fire(
+            request_type="CHECK",
+            name=f"label [{self.opts.budget}]",
+            response_time=0,
+            response_length=0,
+            context={},
+            exception=None if got == label else WrongLabel(f"expected {label}, got {got}"),
+        )
+        fire(
+            request_type="FLOPS",
+            name=f"flops% [{self.opts.budget}]",
+            response_time=100.0 * ratio,
+            response_length=0,
+            context={},
+            exception=None,
+        )
 
 
 class _V1:
@@ -231,8 +304,10 @@ class InferUser(_LabelledUser):
     route = "v2"
 
     def body(self, text):
-        return {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
-                "parameters": self.budget}
+        return {
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
+            "parameters": self.budget,
+        }
 
     def parse(self, data):
         out = {o["name"]: o["data"] for o in data["outputs"]}
@@ -266,8 +341,12 @@ class OpenLoopUser(_V1, _LabelledUser):
             if delay > 0:
                 gevent.sleep(delay)
             lag = 1000 * (time.perf_counter() - t0 - at)
-            group.spawn(self.send, "/v1/classify", "/v1/classify",
-                        {"sched_t": at, "segment": segment, "lag_ms": round(lag, 2)})
+            group.spawn(
+                self.send,
+                "/v1/classify",
+                "/v1/classify",
+                {"sched_t": at, "segment": segment, "lag_ms": round(lag, 2)},
+            )
         group.join(timeout=self.opts.drain_seconds)
         group.kill(block=False)  # past the drain: no answer (counted as such: no event is written)
         _State.open_done = True

@@ -29,7 +29,9 @@ def build_app(bundle_dir: str):
     labels, max_length = meta["labels"], int(meta["max_length"])
     state = load_file(path / "model.safetensors")
     encoder = AutoModel.from_config(AutoConfig.from_pretrained(path), attn_implementation="sdpa")
-    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+    encoder.load_state_dict(
+        {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    )
     head = torch.nn.Linear(state["classifier.weight"].shape[1], len(labels))
     head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
     encoder.eval(), head.eval()

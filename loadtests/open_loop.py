@@ -28,9 +28,27 @@ from .stats import percentile
 
 TRACES = Path(__file__).with_name("traces")
 ARRIVALS = ("poisson", "constant")
-SEGMENT_FIELDS = ("segment", "start_s", "end_s", "offered_rps", "sent_rps", "achieved_rps", "slo_attainment",
-                  "p50_ms", "p95_ms", "p99_ms", "lag_p99_ms", "error_rate", "rejected_rate", "rejected_no_retry_after",
-                  "unanswered", "accuracy", "flops_ratio", "heads_ratio", "requests")
+SEGMENT_FIELDS = (
+    "segment",
+    "start_s",
+    "end_s",
+    "offered_rps",
+    "sent_rps",
+    "achieved_rps",
+    "slo_attainment",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "lag_p99_ms",
+    "error_rate",
+    "rejected_rate",
+    "rejected_no_retry_after",
+    "unanswered",
+    "accuracy",
+    "flops_ratio",
+    "heads_ratio",
+    "requests",
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,9 @@ def read_trace(path: str | Path) -> list[tuple[float, float]]:
     return rows
 
 
-def trace_segments(rows: list[tuple[float, float]], mean_rps: float, time_scale: float = 1.0) -> list[Segment]:
+def trace_segments(
+    rows: list[tuple[float, float]], mean_rps: float, time_scale: float = 1.0
+) -> list[Segment]:
     """The trace replayed `time_scale` times as long, rates scaled to a mean of `mean_rps` (idle rows kept idle)."""
     total_s, total_n = sum(s for s, _ in rows), sum(n for _, n in rows)
     k = mean_rps / (total_n / total_s)
@@ -110,8 +130,9 @@ def _num(x) -> float | None:
     return None if x in (None, "") else float(x)
 
 
-def segment_rows(events: list[dict], segments: list[Segment], slo_ms: float,
-                 scheduled: list[int] | None = None) -> list[dict]:
+def segment_rows(
+    events: list[dict], segments: list[Segment], slo_ms: float, scheduled: list[int] | None = None
+) -> list[dict]:
     """One row per segment from the locustfile's events (values may be strings), over the requests it scheduled.
 
     achieved_rps: 200 answers over the time from the segment's start to its last answer (at least
@@ -134,22 +155,31 @@ def segment_rows(events: list[dict], segments: list[Segment], slo_ms: float,
         checked = [int(float(e["correct"])) for e, _ in ok if _num(e.get("correct")) is not None]
         flops = [v for v in (_num(e.get("flops_ratio")) for e, _ in ok) if v is not None]
         heads = [v for v in (_num(e.get("heads_ratio")) for e, _ in ok) if v is not None]
-        rows.append({
-            "segment": i, "start_s": round(s.start, 2), "end_s": round(s.end, 2), "offered_rps": round(s.rate, 3),
-            "sent_rps": round(n / s.seconds, 3), "achieved_rps": round(len(ok) / max(s.seconds, done - s.start), 3),
-            "slo_attainment": round(sum(x <= slo_ms for x in lat) / n, 4) if n else math.nan,
-            "p50_ms": round(percentile(lat, 50), 1), "p95_ms": round(percentile(lat, 95), 1),
-            "p99_ms": round(percentile(lat, 99), 1),
-            "lag_p99_ms": round(percentile([float(e.get("lag_ms") or 0) for e in es], 99), 1),
-            "error_rate": round((n - len(ok)) / n, 4) if n else 0.0,
-            "rejected_rate": round(status.count(503) / n, 4) if n else 0.0,
-            "rejected_no_retry_after": sum(st == 503 and not _num(e.get("retry_after")) for st, e in zip(status, es)),
-            "unanswered": status.count(0) + n - len(es),
-            "accuracy": round(sum(checked) / len(checked), 4) if checked else math.nan,
-            "flops_ratio": round(statistics.fmean(flops), 4) if flops else math.nan,
-            "heads_ratio": round(statistics.fmean(heads), 4) if heads else math.nan,
-            "requests": n,
-        })
+        rows.append(
+            {
+                "segment": i,
+                "start_s": round(s.start, 2),
+                "end_s": round(s.end, 2),
+                "offered_rps": round(s.rate, 3),
+                "sent_rps": round(n / s.seconds, 3),
+                "achieved_rps": round(len(ok) / max(s.seconds, done - s.start), 3),
+                "slo_attainment": round(sum(x <= slo_ms for x in lat) / n, 4) if n else math.nan,
+                "p50_ms": round(percentile(lat, 50), 1),
+                "p95_ms": round(percentile(lat, 95), 1),
+                "p99_ms": round(percentile(lat, 99), 1),
+                "lag_p99_ms": round(percentile([float(e.get("lag_ms") or 0) for e in es], 99), 1),
+                "error_rate": round((n - len(ok)) / n, 4) if n else 0.0,
+                "rejected_rate": round(status.count(503) / n, 4) if n else 0.0,
+                "rejected_no_retry_after": sum(
+                    st == 503 and not _num(e.get("retry_after")) for st, e in zip(status, es)
+                ),
+                "unanswered": status.count(0) + n - len(es),
+                "accuracy": round(sum(checked) / len(checked), 4) if checked else math.nan,
+                "flops_ratio": round(statistics.fmean(flops), 4) if flops else math.nan,
+                "heads_ratio": round(statistics.fmean(heads), 4) if heads else math.nan,
+                "requests": n,
+            }
+        )
     return rows
 
 

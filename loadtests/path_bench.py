@@ -60,6 +60,7 @@ def _spread(xs):
 
 # --- model only -------------------------------------------------------------------------------
 
+
 def model_only(engine, texts: list[str], batch: int, budget: dict, every_s: float = 0.0) -> dict:
     """texts/s of the model's own work on `texts` in batches: Engine.run's tokenize and forward
     phases (its budget decision and result dicts are timed apart and left out). Batches run back to
@@ -77,12 +78,16 @@ def model_only(engine, texts: list[str], batch: int, budget: dict, every_s: floa
         for k, v in timing.items():
             spent[k] = spent.get(k, 0.0) + v
     n = len(items)
-    return {"texts_per_s": n / (spent["tokenize"] + spent["forward"]), "forward_only_texts_per_s": n / spent["forward"],
-            "ms_per_batch": (spent["tokenize"] + spent["forward"]) / -(-n // batch) * 1e3,
-            "decide_and_results_ms_per_batch": (spent["decide"] + spent["results"]) / -(-n // batch) * 1e3}
+    return {
+        "texts_per_s": n / (spent["tokenize"] + spent["forward"]),
+        "forward_only_texts_per_s": n / spent["forward"],
+        "ms_per_batch": (spent["tokenize"] + spent["forward"]) / -(-n // batch) * 1e3,
+        "decide_and_results_ms_per_batch": (spent["decide"] + spent["results"]) / -(-n // batch) * 1e3,
+    }
 
 
 # --- closed-loop clients -----------------------------------------------------------------------
+
 
 async def _closed_loop(url: str, bodies, clients: int, seconds: float, warmup_s: float, timing: bool) -> dict:
     """`clients` closed-loop clients posting `bodies` for warmup_s + seconds; what they got in the last
@@ -98,6 +103,7 @@ async def _closed_loop(url: str, bodies, clients: int, seconds: float, warmup_s:
     t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
         async def worker(w: int):
             k = w
             while time.perf_counter() < t_end:
@@ -124,9 +130,14 @@ async def _closed_loop(url: str, bodies, clients: int, seconds: float, warmup_s:
 
         await asyncio.gather(*[worker(w) for w in range(clients)])
     texts = sum(r["texts"] for r in rows)
-    out = {"texts_per_s": texts / seconds, "requests": len(rows), "texts_served_total": served[0],
-           "errors": errors, "error_sample": sample,
-           "latency_p50_ms": _median([r["total"] * 1e3 for r in rows])}
+    out = {
+        "texts_per_s": texts / seconds,
+        "requests": len(rows),
+        "texts_served_total": served[0],
+        "errors": errors,
+        "error_sample": sample,
+        "latency_p50_ms": _median([r["total"] * 1e3 for r in rows]),
+    }
     if timing and rows and "app" in rows[0]:
         parts = {p: _median([r.get(p, 0.0) * 1e3 for r in rows]) for p in SERVER_PHASES}
         app = _median([r["app"] * 1e3 for r in rows])
@@ -141,11 +152,14 @@ def _bodies(texts: list[str], per_request: int, budget: dict | None, naive: bool
         return [({"text": t}, 1) for t in texts]
     if per_request == 1:
         return [({"text": t, "budget": budget}, 1) for t in texts]
-    return [({"texts": texts[i : i + per_request], "budget": budget}, per_request)
-            for i in range(0, len(texts) - per_request + 1, per_request)]
+    return [
+        ({"texts": texts[i : i + per_request], "budget": budget}, per_request)
+        for i in range(0, len(texts) - per_request + 1, per_request)
+    ]
 
 
 # --- the run -----------------------------------------------------------------------------------
+
 
 class Peer:
     def __init__(self, bundle: str, threads: int, log: Path):
@@ -154,8 +168,20 @@ class Peer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "loadtests.naive_peer", bundle, "--port", str(self.port),
-                                      "--threads", str(threads)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loadtests.naive_peer",
+                bundle,
+                "--port",
+                str(self.port),
+                "--threads",
+                str(threads),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         import httpx
@@ -242,8 +268,11 @@ def run(a) -> dict:
     texts = [t for t, _ in held_out(spec)][: a.texts]
     engine = Engine(bundle, "bench", LoadTracker(LoadConfig(0.25, 32)), NullMetrics(), "cpu")
 
-    env_threads = {"DIHS_TORCH_THREADS": str(a.threads), "DIHS_MAX_BATCH_SIZE": str(a.batch),
-                   "DIHS_REPLICA_CPUS": str(a.threads)}
+    env_threads = {
+        "DIHS_TORCH_THREADS": str(a.threads),
+        "DIHS_MAX_BATCH_SIZE": str(a.batch),
+        "DIHS_REPLICA_CPUS": str(a.threads),
+    }
     os.environ.update(env_threads)  # the child `dihs serve` reads its settings from DIHS_*
     os.environ.update(dict(kv.split("=", 1) for kv in a.serve_env))  # e.g. Ray Serve's own options
     placement = {"client": pin_client()}  # this process, its clients and what it starts: the client cores
@@ -259,8 +288,11 @@ def run(a) -> dict:
         placement["model_only"] = "this process's model runs on the replica core" if pinned else "not pinned"
         print(f"placement: {placement}", flush=True)
         svc, naive = f"{service.url}/v1/classify", f"{peer.url}/v1/classify"
-        for url, bodies in ((svc, _bodies(texts, 1, LEVELS["full"])), (svc, _bodies(texts, 16, LEVELS["l25"])),
-                            (naive, _bodies(texts, 1, None, naive=True))):
+        for url, bodies in (
+            (svc, _bodies(texts, 1, LEVELS["full"])),
+            (svc, _bodies(texts, 16, LEVELS["l25"])),
+            (naive, _bodies(texts, 1, None, naive=True)),
+        ):
             drive(_closed_loop(url, bodies, 4, 3.0, 0.0, False))  # warm every path once
         replica = _replica_pid(service) if pinned else None
         for r in range(a.rounds):
@@ -270,28 +302,53 @@ def run(a) -> dict:
                     for b in (1, a.batch):
                         row["model"][f"{name}_b{b}"] = model_only(engine, texts, b, budget)
                 if name == "full":  # idle latency next to the batch-1 time it is compared with
-                    row["idle"] = drive(_closed_loop(svc, _bodies(texts, 1, budget), 1, a.seconds / 2, 1.0, True))
+                    row["idle"] = drive(
+                        _closed_loop(svc, _bodies(texts, 1, budget), 1, a.seconds / 2, 1.0, True)
+                    )
                     if row["idle"]["requests"]:
                         with on_replica_core():  # batch-1 work at the idle client's pace (IDLE_PACE)
-                            row["model"]["full_b1_paced"] = model_only(engine, texts[: row["idle"]["requests"]], 1,
-                                                                       budget, 1.0 / row["idle"]["texts_per_s"])
+                            row["model"]["full_b1_paced"] = model_only(
+                                engine,
+                                texts[: row["idle"]["requests"]],
+                                1,
+                                budget,
+                                1.0 / row["idle"]["texts_per_s"],
+                            )
                 for per_request, clients in ((1, a.clients), (16, a.clients_16)):
                     with _cpu_of(replica) as cpu:
-                        res = drive(_closed_loop(svc, _bodies(texts, per_request, budget), clients, a.seconds,
-                                                 a.warmup, True))
+                        res = drive(
+                            _closed_loop(
+                                svc, _bodies(texts, per_request, budget), clients, a.seconds, a.warmup, True
+                            )
+                        )
                     res["replica_cpu_ms_per_text"] = cpu.ms_per(res["texts_served_total"])
                     row["service"][f"{name}_{per_request}text"] = res
-            row["naive"] = drive(_closed_loop(naive, _bodies(texts, 1, None, naive=True), a.clients,
-                                              a.seconds, a.warmup, False))
+            row["naive"] = drive(
+                _closed_loop(
+                    naive, _bodies(texts, 1, None, naive=True), a.clients, a.seconds, a.warmup, False
+                )
+            )
             rounds.append(row)
             print(_round_line(row), flush=True)
     finally:
         peer.stop()
         service.stop()
     (out / "path.json").write_text(json.dumps({"rounds": rounds}, indent=2))  # kept if the summary fails
-    result = {"bundle": str(a.bundle), "data": spec, "serve_env": a.serve_env, "texts": len(texts), "threads": a.threads, "batch": a.batch, "placement": placement,
-              "clients": a.clients, "clients_16": a.clients_16, "seconds": a.seconds, "rounds": rounds,
-              "cpu_count": os.cpu_count(), "summary": summarize(rounds, a.batch)}
+    result = {
+        "bundle": str(a.bundle),
+        "data": spec,
+        "serve_env": a.serve_env,
+        "texts": len(texts),
+        "threads": a.threads,
+        "batch": a.batch,
+        "placement": placement,
+        "clients": a.clients,
+        "clients_16": a.clients_16,
+        "seconds": a.seconds,
+        "rounds": rounds,
+        "cpu_count": os.cpu_count(),
+        "summary": summarize(rounds, a.batch),
+    }
     (out / "path.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "path.png")
     return result
@@ -299,15 +356,18 @@ def run(a) -> dict:
 
 def _round_line(row: dict) -> str:
     s, m = row["service"], row["model"]
-    return (f"round {row['round']}: service full {s['full_1text']['texts_per_s']:.1f} / model b16 "
-            f"{m['full_b16']['texts_per_s']:.1f} texts/s; l25 {s['l25_1text']['texts_per_s']:.1f} / "
-            f"{m['l25_b16']['texts_per_s']:.1f}; naive {row['naive']['texts_per_s']:.1f}; idle p50 "
-            f"{row['idle']['latency_p50_ms']:.1f} ms vs model b1 {m['full_b1']['ms_per_batch']:.1f} ms "
-            f"(paced {m.get('full_b1_paced', {}).get('ms_per_batch', float('nan')):.1f} ms)")
+    return (
+        f"round {row['round']}: service full {s['full_1text']['texts_per_s']:.1f} / model b16 "
+        f"{m['full_b16']['texts_per_s']:.1f} texts/s; l25 {s['l25_1text']['texts_per_s']:.1f} / "
+        f"{m['l25_b16']['texts_per_s']:.1f}; naive {row['naive']['texts_per_s']:.1f}; idle p50 "
+        f"{row['idle']['latency_p50_ms']:.1f} ms vs model b1 {m['full_b1']['ms_per_batch']:.1f} ms "
+        f"(paced {m.get('full_b1_paced', {}).get('ms_per_batch', float('nan')):.1f} ms)"
+    )
 
 
 def summarize(rounds: list[dict], batch: int) -> dict:
     """Per-round ratios (so drift between rounds cancels), then their median and spread."""
+
     def per_round(f):
         xs = []
         for r in rounds:
@@ -319,27 +379,62 @@ def summarize(rounds: list[dict], batch: int) -> dict:
 
     b = f"b{batch}"
     return {
-        "service_over_model_full": per_round(lambda r: r["service"]["full_1text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
-        "service_over_model_l25": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["model"][f"l25_{b}"]["texts_per_s"]),
+        "service_over_model_full": per_round(
+            lambda r: r["service"]["full_1text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]
+        ),
+        "service_over_model_l25": per_round(
+            lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["model"][f"l25_{b}"]["texts_per_s"]
+        ),
         "service_over_model_forward_only_full": per_round(
-            lambda r: r["service"]["full_1text"]["texts_per_s"] / r["model"][f"full_{b}"]["forward_only_texts_per_s"]),
-        "level_ratio_service": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"]),
-        "level_ratio_model": per_round(lambda r: r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+            lambda r: (
+                r["service"]["full_1text"]["texts_per_s"]
+                / r["model"][f"full_{b}"]["forward_only_texts_per_s"]
+            )
+        ),
+        "level_ratio_service": per_round(
+            lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"]
+        ),
+        "level_ratio_model": per_round(
+            lambda r: r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]
+        ),
         "level_ratio_service_over_model": per_round(
-            lambda r: (r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"])
-            / (r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"])),
-        "service_full_over_naive": per_round(lambda r: r["service"]["full_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
-        "service_l25_over_naive": per_round(lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]),
-        "service_16text_over_model_full": per_round(lambda r: r["service"]["full_16text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]),
+            lambda r: (
+                (r["service"]["l25_1text"]["texts_per_s"] / r["service"]["full_1text"]["texts_per_s"])
+                / (r["model"][f"l25_{b}"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"])
+            )
+        ),
+        "service_full_over_naive": per_round(
+            lambda r: r["service"]["full_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]
+        ),
+        "service_l25_over_naive": per_round(
+            lambda r: r["service"]["l25_1text"]["texts_per_s"] / r["naive"]["texts_per_s"]
+        ),
+        "service_16text_over_model_full": per_round(
+            lambda r: r["service"]["full_16text"]["texts_per_s"] / r["model"][f"full_{b}"]["texts_per_s"]
+        ),
         "model_share_of_replica_cpu_full": per_round(
-            lambda r: 1e3 / r["model"][f"full_{b}"]["texts_per_s"] / r["service"]["full_1text"]["replica_cpu_ms_per_text"]),
+            lambda r: (
+                1e3
+                / r["model"][f"full_{b}"]["texts_per_s"]
+                / r["service"]["full_1text"]["replica_cpu_ms_per_text"]
+            )
+        ),
         "model_share_of_replica_cpu_l25": per_round(
-            lambda r: 1e3 / r["model"][f"l25_{b}"]["texts_per_s"] / r["service"]["l25_1text"]["replica_cpu_ms_per_text"]),
-        "idle_p50_minus_model_b1_ms": per_round(lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1"]["ms_per_batch"]),
+            lambda r: (
+                1e3
+                / r["model"][f"l25_{b}"]["texts_per_s"]
+                / r["service"]["l25_1text"]["replica_cpu_ms_per_text"]
+            )
+        ),
+        "idle_p50_minus_model_b1_ms": per_round(
+            lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1"]["ms_per_batch"]
+        ),
         "idle_p50_minus_model_b1_paced_ms": per_round(
-            lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1_paced"]["ms_per_batch"]),
+            lambda r: r["idle"]["latency_p50_ms"] - r["model"]["full_b1_paced"]["ms_per_batch"]
+        ),
         "model_b1_paced_over_back_to_back": per_round(
-            lambda r: r["model"]["full_b1_paced"]["ms_per_batch"] / r["model"]["full_b1"]["ms_per_batch"]),
+            lambda r: r["model"]["full_b1_paced"]["ms_per_batch"] / r["model"]["full_b1"]["ms_per_batch"]
+        ),
     }
 
 
@@ -351,20 +446,26 @@ def plot(result: dict, path: Path) -> None:
 
     rounds, b = result["rounds"], f"b{result['batch']}"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    bars = [("model full " + b, lambda r: r["model"][f"full_{b}"]["texts_per_s"]),
-            ("service full", lambda r: r["service"]["full_1text"]["texts_per_s"]),
-            ("service full\n16-text req", lambda r: r["service"]["full_16text"]["texts_per_s"]),
-            ("model l25 " + b, lambda r: r["model"][f"l25_{b}"]["texts_per_s"]),
-            ("service l25", lambda r: r["service"]["l25_1text"]["texts_per_s"]),
-            ("naive peer", lambda r: r["naive"]["texts_per_s"]),
-            ("model full b1", lambda r: r["model"]["full_b1"]["texts_per_s"]),
-            ("model full b1\nidle-paced", lambda r: r["model"]["full_b1_paced"]["texts_per_s"])]
+    bars = [
+        ("model full " + b, lambda r: r["model"][f"full_{b}"]["texts_per_s"]),
+        ("service full", lambda r: r["service"]["full_1text"]["texts_per_s"]),
+        ("service full\n16-text req", lambda r: r["service"]["full_16text"]["texts_per_s"]),
+        ("model l25 " + b, lambda r: r["model"][f"l25_{b}"]["texts_per_s"]),
+        ("service l25", lambda r: r["service"]["l25_1text"]["texts_per_s"]),
+        ("naive peer", lambda r: r["naive"]["texts_per_s"]),
+        ("model full b1", lambda r: r["model"]["full_b1"]["texts_per_s"]),
+        ("model full b1\nidle-paced", lambda r: r["model"]["full_b1_paced"]["texts_per_s"]),
+    ]
     for i, (name, f) in enumerate(bars):
         try:
             xs = [f(r) for r in rounds]
         except KeyError:  # (no idle request answered: no paced figure)
             continue
-        ax1.bar(i, statistics.median(xs), color="C0" if name.startswith("model") else "C2" if "naive" in name else "C1")
+        ax1.bar(
+            i,
+            statistics.median(xs),
+            color="C0" if name.startswith("model") else "C2" if "naive" in name else "C1",
+        )
         ax1.plot([i] * len(xs), xs, "k.", ms=4)
     ax1.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=30, ha="right", fontsize=8)
     ax1.set_ylabel("texts/s (median of rounds; dots: each round)")
@@ -391,16 +492,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", help="texts to send (default: the bundle's training task, held-out split)")
     ap.add_argument("--texts", type=int, default=512, help="held-out texts used (default 512)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the replica, the model runs, the peer")
-    ap.add_argument("--batch", type=int, default=16, help="the replica's max batch size = the model-only batch")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the replica, the model runs, the peer"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=16, help="the replica's max batch size = the model-only batch"
+    )
     ap.add_argument("--clients", type=int, default=32, help="closed-loop clients, one-text requests")
     ap.add_argument("--clients-16", type=int, default=4, help="closed-loop clients, 16-text requests")
     ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per variant and round")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring, per variant and round")
+    ap.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds before measuring, per variant and round"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--slo-ms", type=float, default=250.0)
-    ap.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="an environment variable for the started service (Ray Serve options), repeatable")
+    ap.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the started service (Ray Serve options), repeatable",
+    )
     ap.add_argument("--quick", action="store_true", help="1 round of 4 s per variant, 128 texts: a smoke run")
     a = ap.parse_args(argv)
     if a.quick:

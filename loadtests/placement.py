@@ -93,6 +93,8 @@ def pin_service(pids: list[int]) -> str:
         return "not pinned: no Serve replica process was found"
     for p in pids:
         _pin(p, replica if p in replicas else client)
-    return (f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; the HTTP front (HAProxy or "
-            f"Ray's proxy), Serve's controller and the rest of the service ({len(pids) - len(replicas)} processes) with the load generator on "
-            f"cores {sorted(client)}")
+    return (
+        f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; the HTTP front (HAProxy or "
+        f"Ray's proxy), Serve's controller and the rest of the service ({len(pids) - len(replicas)} processes) with the load generator on "
+        f"cores {sorted(client)}"
+    )

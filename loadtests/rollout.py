@@ -38,9 +38,17 @@ def _deploy(how: str, first: str, bundle: str) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    config = {"applications": [{"name": "dihs", "route_prefix": "/", "import_path": "service.app:build_app",
-                                "args": {"bundle": os.path.abspath(first)},
-                                "deployments": [{"name": "DIHSModel", "user_config": {"bundle": os.path.abspath(bundle)}}]}]}
+    config = {
+        "applications": [
+            {
+                "name": "dihs",
+                "route_prefix": "/",
+                "import_path": "service.app:build_app",
+                "args": {"bundle": os.path.abspath(first)},
+                "deployments": [{"name": "DIHSModel", "user_config": {"bundle": os.path.abspath(bundle)}}],
+            }
+        ]
+    }
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
 
 
@@ -75,11 +83,19 @@ def main(argv: list[str] | None = None) -> dict:
     env = {"RAY_AUTH_MODE": "disabled", **ray_env(Settings())}
     os.environ.update(env)
     port = free_port()
-    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="WARNING", _metrics_export_port=free_port(),
-             runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        num_cpus=3,
+        include_dashboard=False,
+        logging_level="WARNING",
+        _metrics_export_port=free_port(),
+        runtime_env={"env_vars": env},
+    )
     report: dict = {"old": a.old, "new": a.new, "how": a.how, "users": a.users, "user_rate": a.user_rate}
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
+        )
         url = f"http://127.0.0.1:{port}"
         _deploy(a.how, a.old, a.old)
         report["old_id"] = _bundle_of(url)
@@ -105,14 +121,21 @@ def main(argv: list[str] | None = None) -> dict:
 
         prefix = out / "locust"
         watcher.start()
-        run_locust(steady_locust(url, prefix, a.data, a.users, a.user_rate, a.seconds), out / "locust.log",
-                   make_plan("steady", (a.users,), a.seconds), tick)
+        run_locust(
+            steady_locust(url, prefix, a.data, a.users, a.user_rate, a.seconds),
+            out / "locust.log",
+            make_plan("steady", (a.users,), a.seconds),
+            tick,
+        )
         roller.join()
         stop.set()
         new = [t for t, b in seen if b and b != report["old_id"]]
-        report.update(new_id=new and dict(seen)[new[0]], first_new_answer_s=new[0] if new else None,
-                      last_old_answer_s=max((t for t, b in seen if b == report["old_id"]), default=None),
-                      watcher_unanswered=sum(1 for _, b in seen if b is None))
+        report.update(
+            new_id=new and dict(seen)[new[0]],
+            first_new_answer_s=new[0] if new else None,
+            last_old_answer_s=max((t for t, b in seen if b == report["old_id"]), default=None),
+            watcher_unanswered=sum(1 for _, b in seen if b is None),
+        )
         report.update(outcomes(Path(f"{prefix}_events.csv")))
     finally:
         serve.shutdown()

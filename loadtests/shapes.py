@@ -59,7 +59,9 @@ def _stages(users: list[int], seconds: list[float]) -> tuple[Stage, ...]:
     return tuple(out)
 
 
-def make_plan(name: str, users: list[int] | tuple[int, ...] | None = None, stage_seconds: float = 30.0) -> Plan:
+def make_plan(
+    name: str, users: list[int] | tuple[int, ...] | None = None, stage_seconds: float = 30.0
+) -> Plan:
     """A named plan; raises ValueError with a one-line message on bad parameters."""
     if name not in DEFAULT_USERS:
         raise ValueError(f"unknown load shape {name!r}; choose from {', '.join(DEFAULT_USERS)}")

@@ -56,7 +56,9 @@ def sample(session: int) -> dict[int, dict]:
     return out
 
 
-def verdicts(samples: list[tuple[float, dict]], warmup_s: float, rss_bound: float, fd_bound: int) -> list[dict]:
+def verdicts(
+    samples: list[tuple[float, dict]], warmup_s: float, rss_bound: float, fd_bound: int
+) -> list[dict]:
     """Per process alive from the end of the warm-up to the end: RSS and descriptors then and at the end."""
     after = [(t, s) for t, s in samples if t >= warmup_s]
     if len(after) < 2:
@@ -67,10 +69,17 @@ def verdicts(samples: list[tuple[float, dict]], warmup_s: float, rss_bound: floa
         peak = max(s[pid]["rss"] for _, s in after if pid in s)
         a, b = first[pid], last[pid]
         growth = (b["rss"] - a["rss"]) / max(1, a["rss"])
-        rows.append({"pid": pid, "process": a["name"], "rss_mib": [round(a["rss"] / 2**20, 1), round(b["rss"] / 2**20, 1)],
-                     "rss_peak_mib": round(peak / 2**20, 1), "rss_growth": round(growth, 4),
-                     "fds": [a["fds"], b["fds"]],
-                     "ok": growth <= rss_bound and b["fds"] - a["fds"] <= fd_bound})
+        rows.append(
+            {
+                "pid": pid,
+                "process": a["name"],
+                "rss_mib": [round(a["rss"] / 2**20, 1), round(b["rss"] / 2**20, 1)],
+                "rss_peak_mib": round(peak / 2**20, 1),
+                "rss_growth": round(growth, 4),
+                "fds": [a["fds"], b["fds"]],
+                "ok": growth <= rss_bound and b["fds"] - a["fds"] <= fd_bound,
+            }
+        )
     return rows
 
 
@@ -83,16 +92,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--sample-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=120.0)
-    p.add_argument("--rss-bound", type=float, default=0.10, help="largest relative RSS growth after the warm-up")
-    p.add_argument("--fd-bound", type=int, default=16, help="most descriptors a process may gain after the warm-up")
+    p.add_argument(
+        "--rss-bound", type=float, default=0.10, help="largest relative RSS growth after the warm-up"
+    )
+    p.add_argument(
+        "--fd-bound", type=int, default=16, help="most descriptors a process may gain after the warm-up"
+    )
     p.add_argument("--data", default="election-tweets")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     service = Service(a.bundle, 250.0, out / "service.log")
     seconds = a.minutes * 60
-    report: dict = {"bundle": a.bundle, "minutes": a.minutes, "load": a.load, "users": a.users,
-                    "bounds": {"rss_growth": a.rss_bound, "fds": a.fd_bound, "after_s": a.warmup_s}}
+    report: dict = {
+        "bundle": a.bundle,
+        "minutes": a.minutes,
+        "load": a.load,
+        "users": a.users,
+        "bounds": {"rss_growth": a.rss_bound, "fds": a.fd_bound, "after_s": a.warmup_s},
+    }
     samples: list[tuple[float, dict]] = []
     try:
         service.wait_ready()
@@ -100,7 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
         cap = capacity(service.url, texts)
         rate = a.load * cap / a.users
         report.update(capacity_texts_per_s=round(cap, 2), user_rate=round(rate, 3))
-        print(f"capacity {cap:.1f} texts/s: {a.users} users x {rate:.2f} req/s for {a.minutes:g} min", flush=True)
+        print(
+            f"capacity {cap:.1f} texts/s: {a.users} users x {rate:.2f} req/s for {a.minutes:g} min",
+            flush=True,
+        )
         prefix = out / "locust"
         cmd = steady_locust(service.url, prefix, a.data, a.users, rate, seconds)
         t0, nxt = time.monotonic(), [0.0]
@@ -116,8 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         service.stop()
     rows = verdicts(samples, a.warmup_s, a.rss_bound, a.fd_bound)
-    report.update(processes=rows, all_within_bounds=bool(rows) and all(r["ok"] for r in rows), samples=[
-        {"t": t, **{str(pid): [v["rss"], v["fds"]] for pid, v in s.items()}} for t, s in samples])
+    report.update(
+        processes=rows,
+        all_within_bounds=bool(rows) and all(r["ok"] for r in rows),
+        samples=[{"t": t, **{str(pid): [v["rss"], v["fds"]] for pid, v in s.items()}} for t, s in samples],
+    )
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))
     return report

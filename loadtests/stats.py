@@ -17,12 +17,55 @@ from pathlib import Path
 
 from .shapes import Plan
 
-EVENT_FIELDS = ("t", "users", "route", "budget", "status", "ok", "latency_ms", "correct", "flops_ratio", "pressure",
-                "example", "segment", "lag_ms", "heads_ratio", "retry_after")  # the last four: open-loop runs
-ROW_FIELDS = ("mode", "round", "stage", "users", "offered_rps", "requests", "rps", "p50_ms", "p95_ms", "p99_ms",
-              "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure", "rps_vs_dense", "accuracy_vs_dense")
-METRICS = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "rejected_rate", "accuracy", "flops_ratio", "pressure",
-           "rps_vs_dense", "accuracy_vs_dense")
+EVENT_FIELDS = (
+    "t",
+    "users",
+    "route",
+    "budget",
+    "status",
+    "ok",
+    "latency_ms",
+    "correct",
+    "flops_ratio",
+    "pressure",
+    "example",
+    "segment",
+    "lag_ms",
+    "heads_ratio",
+    "retry_after",
+)  # the last four: open-loop runs
+ROW_FIELDS = (
+    "mode",
+    "round",
+    "stage",
+    "users",
+    "offered_rps",
+    "requests",
+    "rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "error_rate",
+    "rejected_rate",
+    "accuracy",
+    "flops_ratio",
+    "pressure",
+    "rps_vs_dense",
+    "accuracy_vs_dense",
+)
+METRICS = (
+    "rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "error_rate",
+    "rejected_rate",
+    "accuracy",
+    "flops_ratio",
+    "pressure",
+    "rps_vs_dense",
+    "accuracy_vs_dense",
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,17 +101,25 @@ def stage_rows(events: list[dict], plan: Plan, settle_s: float, user_rate: float
         flops = [h for h in (_num(e.get("flops_ratio")) for e in ok) if h is not None]
         pressure = [p for p in (_num(e.get("pressure")) for e in ok) if p is not None]
         n = len(inside)
-        rows.append({
-            "stage": s.index, "users": s.users, "offered_rps": round(s.users * user_rate, 3) if user_rate else None,
-            "requests": n, "rps": round(len(ok) / (hi - lo), 3),
-            "p50_ms": round(percentile(lat, 50), 1), "p95_ms": round(percentile(lat, 95), 1),
-            "p99_ms": round(percentile(lat, 99), 1),
-            "error_rate": round((n - len(ok)) / n, 4) if n else 0.0,
-            "rejected_rate": round(sum(int(float(e["status"])) == 503 for e in inside) / n, 4) if n else 0.0,
-            "accuracy": round(sum(checked) / len(checked), 4) if checked else math.nan,
-            "flops_ratio": round(statistics.fmean(flops), 4) if flops else math.nan,
-            "pressure": round(statistics.fmean(pressure), 4) if pressure else math.nan,
-        })
+        rows.append(
+            {
+                "stage": s.index,
+                "users": s.users,
+                "offered_rps": round(s.users * user_rate, 3) if user_rate else None,
+                "requests": n,
+                "rps": round(len(ok) / (hi - lo), 3),
+                "p50_ms": round(percentile(lat, 50), 1),
+                "p95_ms": round(percentile(lat, 95), 1),
+                "p99_ms": round(percentile(lat, 99), 1),
+                "error_rate": round((n - len(ok)) / n, 4) if n else 0.0,
+                "rejected_rate": round(sum(int(float(e["status"])) == 503 for e in inside) / n, 4)
+                if n
+                else 0.0,
+                "accuracy": round(sum(checked) / len(checked), 4) if checked else math.nan,
+                "flops_ratio": round(statistics.fmean(flops), 4) if flops else math.nan,
+                "pressure": round(statistics.fmean(pressure), 4) if pressure else math.nan,
+            }
+        )
     return rows
 
 
@@ -84,8 +135,12 @@ def versus_dense(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def combine(rows: list[dict], keys: tuple[str, ...] = ("mode", "stage"), metrics: tuple[str, ...] = METRICS,
-            same: tuple[str, ...] = ("users", "offered_rps")) -> list[dict]:
+def combine(
+    rows: list[dict],
+    keys: tuple[str, ...] = ("mode", "stage"),
+    metrics: tuple[str, ...] = METRICS,
+    same: tuple[str, ...] = ("users", "offered_rps"),
+) -> list[dict]:
     """Rows of several rounds -> one per `keys` (by default mode and stage): the median of each metric,
     its min and max, and the first row's `same` fields."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -93,8 +148,12 @@ def combine(rows: list[dict], keys: tuple[str, ...] = ("mode", "stage"), metrics
         groups[tuple(int(r[k]) if k in ("stage", "segment") else r[k] for k in keys)].append(r)
     out = []
     for key, rs in groups.items():
-        c = {**dict(zip(keys, key)), **{f: rs[0].get(f) for f in same},
-             "rounds": len(rs), "requests": sum(int(r["requests"]) for r in rs)}
+        c = {
+            **dict(zip(keys, key)),
+            **{f: rs[0].get(f) for f in same},
+            "rounds": len(rs),
+            "requests": sum(int(r["requests"]) for r in rs),
+        }
         for m in metrics:
             vals = [float(r[m]) for r in rs if r.get(m) not in (None, "") and not math.isnan(float(r[m]))]
             c[m] = statistics.median(vals) if vals else math.nan
@@ -110,9 +169,12 @@ def read_locust_stats(path: Path) -> dict[tuple[str, str], dict]:
     with Path(path).open(newline="") as fh:
         for r in csv.DictReader(fh):
             out[(r["Type"], r["Name"])] = {
-                "requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
-                "median_ms": _num(r["Median Response Time"]), "p95_ms": _num(r["95%"]) if r["95%"] != "N/A" else None,
-                "rps": _num(r["Requests/s"])}
+                "requests": int(r["Request Count"]),
+                "failures": int(r["Failure Count"]),
+                "median_ms": _num(r["Median Response Time"]),
+                "p95_ms": _num(r["95%"]) if r["95%"] != "N/A" else None,
+                "rps": _num(r["Requests/s"]),
+            }
     return out
 
 
@@ -121,5 +183,8 @@ def locust_totals(stats: dict[tuple[str, str], dict]) -> dict:
     http = [v for (t, _), v in stats.items() if t in ("POST", "GET")]
     check = [v for (t, _), v in stats.items() if t == "CHECK"]
     checked = sum(v["requests"] for v in check)
-    return {"requests": sum(v["requests"] for v in http), "failures": sum(v["failures"] for v in http),
-            "accuracy": round(1 - sum(v["failures"] for v in check) / checked, 4) if checked else None}
+    return {
+        "requests": sum(v["requests"] for v in http),
+        "failures": sum(v["failures"] for v in http),
+        "accuracy": round(1 - sum(v["failures"] for v in check) / checked, 4) if checked else None,
+    }

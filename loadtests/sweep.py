@@ -33,12 +33,21 @@ import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .common import BUDGETS, MODES, held_out, task_of
-from .open_loop import SEGMENT_FIELDS, TRACES, Segment, arrivals, capacity, grid_segments, read_trace, \
-    segment_rows, trace_segments
+from .open_loop import (
+    SEGMENT_FIELDS,
+    TRACES,
+    Segment,
+    arrivals,
+    capacity,
+    grid_segments,
+    read_trace,
+    segment_rows,
+    trace_segments,
+)
 from .placement import pin_client, pin_service, split_cores
 from .report import combined, findings, plot, trace_totals, write_summary
 from .stats import read_events
@@ -53,9 +62,13 @@ WARMUP_REQUESTS = 30
 # cascade right after dense's 52.8 req/s run, without this settle)
 SETTLE_S = 6.0
 ROW_FIELDS = ("mode", "trace", "round", *SEGMENT_FIELDS)
-MODE_TEXT = {"dense": "the full model, float32", "dense-int8": "the full model, int8 weights",
-             "f50": "fixed width at 50% of the FLOPs, float32", "auto": "adaptive width (load and input pick it), float32",
-             "auto-int8": "adaptive width, int8 weights"}
+MODE_TEXT = {
+    "dense": "the full model, float32",
+    "dense-int8": "the full model, int8 weights",
+    "f50": "fixed width at 50% of the FLOPs, float32",
+    "auto": "adaptive width (load and input pick it), float32",
+    "auto-int8": "adaptive width, int8 weights",
+}
 # steps of 0.1x from 0.5x: the probe's short steps overrate dense (its 99% capacity has come out at
 # 0.7-0.9x of the probe), so a grid with 0.2x steps below 1x put that capacity on 0.7x or 0.9x only
 FULL_GRID = (*(round(0.5 + k / 10, 1) for k in range(16)), 2.25, 2.5)
@@ -77,10 +90,32 @@ class Config:
     max_rps: float
 
 
-FULL = Config(grid=FULL_GRID, segment_seconds=4.0, gap_seconds=0.5, rounds=2, probe_steps=8, probe_seconds=3.0,
-              traces=(str(TRACES / "spike.csv"),), trace_load=1.2, minute_seconds=5.0, arrival="poisson", max_rps=400.0)
-QUICK = Config(grid=QUICK_GRID, segment_seconds=3.0, gap_seconds=1.0, rounds=1, probe_steps=5, probe_seconds=2.0,
-               traces=(), trace_load=1.2, minute_seconds=3.0, arrival="poisson", max_rps=300.0)
+FULL = Config(
+    grid=FULL_GRID,
+    segment_seconds=4.0,
+    gap_seconds=0.5,
+    rounds=2,
+    probe_steps=8,
+    probe_seconds=3.0,
+    traces=(str(TRACES / "spike.csv"),),
+    trace_load=1.2,
+    minute_seconds=5.0,
+    arrival="poisson",
+    max_rps=400.0,
+)
+QUICK = Config(
+    grid=QUICK_GRID,
+    segment_seconds=3.0,
+    gap_seconds=1.0,
+    rounds=1,
+    probe_steps=5,
+    probe_seconds=2.0,
+    traces=(),
+    trace_load=1.2,
+    minute_seconds=3.0,
+    arrival="poisson",
+    max_rps=300.0,
+)
 
 
 def _usage_error(msg: str) -> Exception:
@@ -95,21 +130,33 @@ def config_from_args(a) -> Config:
     try:
         grid = tuple(float(x) for x in a.grid.split(",") if x.strip()) if a.grid else base.grid
     except ValueError:
-        raise _usage_error(f"--grid must be comma-separated numbers (multiples of dense's capacity), got {a.grid!r}") from None
-    cfg = Config(grid=grid, segment_seconds=pick(a.segment_seconds, base.segment_seconds),
-                 gap_seconds=pick(a.gap_seconds, base.gap_seconds), rounds=pick(a.rounds, base.rounds),
-                 probe_steps=base.probe_steps, probe_seconds=base.probe_seconds,
-                 traces=tuple(a.trace) if a.trace else base.traces, trace_load=pick(a.trace_load, base.trace_load),
-                 minute_seconds=pick(a.minute_seconds, base.minute_seconds), arrival=a.arrival,
-                 max_rps=pick(a.max_rps, base.max_rps))
+        raise _usage_error(
+            f"--grid must be comma-separated numbers (multiples of dense's capacity), got {a.grid!r}"
+        ) from None
+    cfg = Config(
+        grid=grid,
+        segment_seconds=pick(a.segment_seconds, base.segment_seconds),
+        gap_seconds=pick(a.gap_seconds, base.gap_seconds),
+        rounds=pick(a.rounds, base.rounds),
+        probe_steps=base.probe_steps,
+        probe_seconds=base.probe_seconds,
+        traces=tuple(a.trace) if a.trace else base.traces,
+        trace_load=pick(a.trace_load, base.trace_load),
+        minute_seconds=pick(a.minute_seconds, base.minute_seconds),
+        arrival=a.arrival,
+        max_rps=pick(a.max_rps, base.max_rps),
+    )
     if not grid or any(not g > 0 for g in grid):
         raise _usage_error(f"--grid needs multiples above 0, got {a.grid!r}")
     if not cfg.segment_seconds > 0 or cfg.gap_seconds < 0:
         raise _usage_error("--segment-seconds must be above 0 and --gap-seconds at least 0")
     if cfg.rounds < 1:
         raise _usage_error(f"--rounds must be 1 or more, got {cfg.rounds}")
-    for name, v in (("--trace-load", cfg.trace_load), ("--minute-seconds", cfg.minute_seconds),
-                    ("--max-rps", cfg.max_rps)):
+    for name, v in (
+        ("--trace-load", cfg.trace_load),
+        ("--minute-seconds", cfg.minute_seconds),
+        ("--max-rps", cfg.max_rps),
+    ):
         if not v > 0:
             raise _usage_error(f"{name} must be above 0, got {v:g}")
     for t in cfg.traces:
@@ -121,6 +168,7 @@ def config_from_args(a) -> Config:
 
 
 # --- the service -------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -153,19 +201,33 @@ class Service:
         self.log_path = log_path
         self.log = log_path.open("w")
         # Ctrl-C semantics even where this process was started with SIGINT ignored (a background job)
-        main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                "from dihs_cli.cli import main; sys.exit(main(sys.argv[1:]))")
-        cmd = [sys.executable, "-c", main, "serve", bundle, "--port", str(self.port), "--slo-ms", f"{slo_ms:g}"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        main = (
+            "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from dihs_cli.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        cmd = [
+            sys.executable,
+            "-c",
+            main,
+            "serve",
+            bundle,
+            "--port",
+            str(self.port),
+            "--slo-ms",
+            f"{slo_ms:g}",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     def wait_ready(self, timeout_s: float = 240.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-                raise _usage_error(f"the service did not start: {lines[-1] if lines else 'no output'} "
-                                   f"(log: {self.log_path})")
+                raise _usage_error(
+                    f"the service did not start: {lines[-1] if lines else 'no output'} (log: {self.log_path})"
+                )
             try:
                 if _http(f"{self.url}/v2/health/ready", timeout=2)[0] == 200:
                     return
@@ -226,12 +288,15 @@ def check_service(url: str, examples: list[tuple[str, str]]) -> list[str]:
     labels = sorted(body["results"][0]["probabilities"])
     unknown = sorted({y for _, y in examples} - set(labels))
     if unknown:
-        raise _usage_error(f"the data has labels the served model does not know: {unknown[:5]}; the model's: {labels}")
+        raise _usage_error(
+            f"the data has labels the served model does not know: {unknown[:5]}; the model's: {labels}"
+        )
     return labels
 
 
-def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS,
-            min_seconds: float = 0.0) -> tuple[float | None, float]:
+def warm_up(
+    url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMUP_REQUESTS, min_seconds: float = 0.0
+) -> tuple[float | None, float]:
     """Sequential requests with budget `mode` (dense, static or adaptive), n of them and for at least
     `min_seconds`; returns the last answer's load pressure (0 once settled) and the sequential rate in
     requests per second."""
@@ -248,10 +313,14 @@ def warm_up(url: str, mode: str, examples: list[tuple[str, str]], n: int = WARMU
 
 # --- one Locust run ------------------------------------------------------------------------------
 
+
 def run_locust(cmd: list[str], log_path: Path, plan, tick=None) -> None:
     """Locust as a subprocess, killed past plan.duration + 90 s; a failed run is one line."""
     root = str(Path(__file__).resolve().parent.parent)  # so the locustfile imports `loadtests` from anywhere
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         t0, limit = time.monotonic(), plan.duration + 90
@@ -268,7 +337,9 @@ def run_locust(cmd: list[str], log_path: Path, plan, tick=None) -> None:
                 proc.wait()
     if proc.returncode != 0:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        raise _usage_error(f"locust failed (exit {proc.returncode}): {lines[-1] if lines else ''} (log: {log_path})")
+        raise _usage_error(
+            f"locust failed (exit {proc.returncode}): {lines[-1] if lines else ''} (log: {log_path})"
+        )
 
 
 @dataclass(frozen=True)
@@ -286,30 +357,82 @@ class OpenRun:
         return self.segments[-1].end
 
 
-def open_loop(run: OpenRun, url: str, raw: Path, data: tuple[str, str, str], arrival: str, slo_ms: float,
-              seed: int, tick=None) -> tuple[list[dict], dict]:
+def open_loop(
+    run: OpenRun,
+    url: str,
+    raw: Path,
+    data: tuple[str, str, str],
+    arrival: str,
+    slo_ms: float,
+    seed: int,
+    tick=None,
+) -> tuple[list[dict], dict]:
     """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for runs.json)."""
     t_run = time.monotonic()
     budget = MODES[run.mode][1]
-    pressure, seq_rps = warm_up(url, budget, data_examples(data), min_seconds=SETTLE_S if budget == "adaptive" else 0.0)
+    pressure, seq_rps = warm_up(
+        url, budget, data_examples(data), min_seconds=SETTLE_S if budget == "adaptive" else 0.0
+    )
     sched = arrivals(list(run.segments), arrival, seed)
     (raw / f"{run.name}_arrivals.json").write_text(json.dumps(sched))
     spec, text_col, label_col = data
     prefix = raw / run.name
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "--only-summary",
-           "--csv", str(prefix), "--exit-code-on-error", "0", "--loglevel", "WARNING", "--stop-timeout", "30",
-           "--budget", MODES[run.mode][1], "--data", spec, "--text-column", text_col, "--label-column", label_col,
-           "--arrivals", str(raw / f"{run.name}_arrivals.json"), "--drain-seconds", "60",
-           "--events-csv", f"{prefix}_events.csv", "OpenLoopUser"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--host",
+        url,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(prefix),
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "30",
+        "--budget",
+        MODES[run.mode][1],
+        "--data",
+        spec,
+        "--text-column",
+        text_col,
+        "--label-column",
+        label_col,
+        "--arrivals",
+        str(raw / f"{run.name}_arrivals.json"),
+        "--drain-seconds",
+        "60",
+        "--events-csv",
+        f"{prefix}_events.csv",
+        "OpenLoopUser",
+    ]
     run_locust(cmd, raw / f"{run.name}.log", run, tick)
     scheduled = [0] * len(run.segments)
     for _, i in sched:
         scheduled[i] += 1
-    rows = [{"mode": run.mode, "trace": run.trace, "round": run.round, **r}
-            for r in segment_rows(read_events(Path(f"{prefix}_events.csv")), list(run.segments), slo_ms, scheduled)]
-    record = {"run": run.name, "mode": run.mode, "trace": run.trace, "round": run.round, "seed": seed,
-              "segments": [[s.start, s.end, s.rate] for s in run.segments], "scheduled": scheduled,
-              "warmup_pressure": pressure, "warmup_rps": round(seq_rps, 1), "wall_s": round(time.monotonic() - t_run, 1)}
+    rows = [
+        {"mode": run.mode, "trace": run.trace, "round": run.round, **r}
+        for r in segment_rows(
+            read_events(Path(f"{prefix}_events.csv")), list(run.segments), slo_ms, scheduled
+        )
+    ]
+    record = {
+        "run": run.name,
+        "mode": run.mode,
+        "trace": run.trace,
+        "round": run.round,
+        "seed": seed,
+        "segments": [[s.start, s.end, s.rate] for s in run.segments],
+        "scheduled": scheduled,
+        "warmup_pressure": pressure,
+        "warmup_rps": round(seq_rps, 1),
+        "wall_s": round(time.monotonic() - t_run, 1),
+    }
     return rows, record
 
 
@@ -323,6 +446,7 @@ def data_examples(data: tuple[str, str, str]) -> list[tuple[str, str]]:
 
 
 # --- the command -----------------------------------------------------------------------------------
+
 
 def write_report(out: Path, rows: list[dict], meta: dict, records: list[dict]) -> None:
     """sweep.csv, sweep.png, summary.md and runs.json from the per-segment rows of every run."""
@@ -346,8 +470,10 @@ def rebuild_report(out: Path) -> None:
         for r in records:
             segs = [Segment(*s) for s in r["segments"]]
             events = read_events(out / "raw" / f"{r['run']}_events.csv")
-            rows += [{"mode": r["mode"], "trace": r["trace"], "round": r["round"], **x}
-                     for x in segment_rows(events, segs, meta["slo_ms"], r["scheduled"])]
+            rows += [
+                {"mode": r["mode"], "trace": r["trace"], "round": r["round"], **x}
+                for x in segment_rows(events, segs, meta["slo_ms"], r["scheduled"])
+            ]
     except (OSError, ValueError, KeyError) as e:
         raise _usage_error(f"--report-only needs a finished sweep in {out}: {e}") from None
     write_report(out, [r for r in rows if r["trace"] != "probe"], meta, records)
@@ -361,14 +487,16 @@ def _service_dtype(url: str, model_name: str) -> str | None:
     return body.get("dtype") if status == 200 else None
 
 
-def plan_runs(modes: list[str], cfg: Config, grid_rates: list[float], trace_rows: dict[str, list]) -> list[tuple[str, OpenRun]]:
+def plan_runs(
+    modes: list[str], cfg: Config, grid_rates: list[float], trace_rows: dict[str, list]
+) -> list[tuple[str, OpenRun]]:
     """(dtype, run) in the order they run: per round the dtypes alternate (float32 int8, then int8 float32)
     so a round costs one restart; the traces once per mode at the end, the last dtype first."""
     dtypes = list(dict.fromkeys(MODES[m][0] for m in modes))
     out: list[tuple[str, OpenRun]] = []
     grid = tuple(grid_segments(grid_rates, cfg.segment_seconds, cfg.gap_seconds))
     for r in range(cfg.rounds):
-        for dt in (dtypes if r % 2 == 0 else dtypes[::-1]):
+        for dt in dtypes if r % 2 == 0 else dtypes[::-1]:
             for m in (m for m in modes if MODES[m][0] == dt):
                 out.append((dt, OpenRun(f"{m}-grid-r{r + 1}", m, "grid", r + 1, grid)))
     last = out[-1][0] if out else dtypes[0]
@@ -397,7 +525,9 @@ def run_sweep(a) -> Path:
         raise _usage_error("--modes must include dense: the rate grid is built around its capacity")
     bundle = a.bundle or os.environ.get("DIHS_BUNDLE", "bundles/default")
     if not a.url and not (Path(bundle) / "dihs.json").is_file():
-        raise _usage_error(f"no bundle at {bundle}: train one (dihs train) or pass --url of a running service")
+        raise _usage_error(
+            f"no bundle at {bundle}: train one (dihs train) or pass --url of a running service"
+        )
     data = task_of(a.data, a.text_column, a.label_column, None if a.url else bundle)
     examples = data_examples(data)  # DataError: one line
     if a.url:
@@ -405,14 +535,19 @@ def run_sweep(a) -> Path:
         served = _service_dtype(a.url.rstrip("/"), a.model_name) or "float32"
         other = [m for m in modes if MODES[m][0] != served]
         if other:
-            raise _usage_error(f"the service at --url runs {served}: --modes {' '.join(other)} need another dtype "
-                               "(leave out --url to have both started here)")
+            raise _usage_error(
+                f"the service at --url runs {served}: --modes {' '.join(other)} need another dtype "
+                "(leave out --url to have both started here)"
+            )
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     t_start, loadavg_start = time.monotonic(), os.getloadavg()[0]
-    say = (lambda *_: None) if a.quiet else (
-        lambda msg: print(f"[{time.monotonic() - t_start:4.0f} s] {msg}", file=sys.stderr, flush=True))
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    say = (
+        (lambda *_: None)
+        if a.quiet
+        else (lambda msg: print(f"[{time.monotonic() - t_start:4.0f} s] {msg}", file=sys.stderr, flush=True))
+    )
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     client_place = pin_client()
     service, dtype, placement, services = None, None, client_place, []
     rows, records = [], []
@@ -439,11 +574,16 @@ def run_sweep(a) -> Path:
         url = use(MODES["dense"][0])
         _, seq_rps = warm_up(url, "dense", examples)
         start = min(0.6 * seq_rps, cfg.max_rps / 1.3 ** (cfg.probe_steps - 1))
-        probe_rates = [round(start * 1.3 ** k, 2) for k in range(cfg.probe_steps)]
+        probe_rates = [round(start * 1.3**k, 2) for k in range(cfg.probe_steps)]
         # the first rate twice: its first segment is Locust's own start (its first connections and
         # greenlets; one 282 ms answer there once made the probe fail at a rate dense held), not counted
-        probe = OpenRun("dense-probe", "dense", "probe", 0,
-                        tuple(grid_segments(probe_rates[:1] + probe_rates, cfg.probe_seconds, cfg.gap_seconds)))
+        probe = OpenRun(
+            "dense-probe",
+            "dense",
+            "probe",
+            0,
+            tuple(grid_segments(probe_rates[:1] + probe_rates, cfg.probe_seconds, cfg.gap_seconds)),
+        )
         say(f"probing dense's capacity at {', '.join(f'{r:g}' for r in probe_rates)} req/s ...")
         probe_rows, rec = open_loop(probe, url, raw, data, cfg.arrival, a.slo_ms, seed=0)
         records.append(rec)
@@ -453,8 +593,10 @@ def run_sweep(a) -> Path:
         probe_cap = float(cap["offered_rps"]) if cap else probe_rates[0] / 1.3
         say(f"dense capacity (probe): {probe_cap:.1f} req/s")
         grid_rates = [round(min(g * probe_cap, cfg.max_rps), 2) for g in cfg.grid]
-        trace_rows = {Path(t).stem: trace_segments(read_trace(t), cfg.trace_load * probe_cap, cfg.minute_seconds / 60)
-                      for t in cfg.traces}
+        trace_rows = {
+            Path(t).stem: trace_segments(read_trace(t), cfg.trace_load * probe_cap, cfg.minute_seconds / 60)
+            for t in cfg.traces
+        }
         plan = plan_runs(modes, cfg, grid_rates, trace_rows)
         say(f"{len(plan)} runs: {' '.join(r.name for _, r in plan)}")
         for k, (dt, run) in enumerate(plan, 1):
@@ -465,24 +607,48 @@ def run_sweep(a) -> Path:
             rows += got
             records.append(rec)
             worst = min(got, key=lambda r: r["slo_attainment"] if not math.isnan(r["slo_attainment"]) else 2)
-            say(f"[{k}/{len(plan)}] {run.name}: {sum(r['requests'] for r in got)} requests; lowest SLO attainment "
-                f"{worst['slo_attainment']:.3f} at {worst['offered_rps']:g} req/s")
+            say(
+                f"[{k}/{len(plan)}] {run.name}: {sum(r['requests'] for r in got)} requests; lowest SLO attainment "
+                f"{worst['slo_attainment']:.3f} at {worst['offered_rps']:g} req/s"
+            )
     finally:
         if service is not None:
             say("stopping the service ...")
             service.stop()
-    meta = {"command": shlex.join(["dihs", *sys.argv[1:]]), "started": started, "bundle": bundle if not a.url else a.url,
-            "service": (f"the running service at {a.url}" if a.url else
-                        f"`dihs serve` started here per dtype ({' then '.join(services)}; default settings: 1 replica, "
-                        "1 torch thread)"),
-            "data": data[0], "examples": len(examples), "slo_ms": a.slo_ms, "arrival": cfg.arrival,
-            "probe_rates": probe_rates, "probe_seconds": cfg.probe_seconds, "probe_capacity": probe_cap,
-            "grid": list(cfg.grid), "grid_rates": grid_rates, "segment_seconds": cfg.segment_seconds,
-            "gap_seconds": cfg.gap_seconds, "rounds": cfg.rounds, "trace_load": cfg.trace_load,
-            "minute_seconds": cfg.minute_seconds, "traces": list(cfg.traces), "settle_s": SETTLE_S,
-            "order": [r.name for _, r in plan], "mode_text": MODE_TEXT, "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
-            "wall_s": time.monotonic() - t_start, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0],
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine"}
+    meta = {
+        "command": shlex.join(["dihs", *sys.argv[1:]]),
+        "started": started,
+        "bundle": bundle if not a.url else a.url,
+        "service": (
+            f"the running service at {a.url}"
+            if a.url
+            else f"`dihs serve` started here per dtype ({' then '.join(services)}; default settings: 1 replica, "
+            "1 torch thread)"
+        ),
+        "data": data[0],
+        "examples": len(examples),
+        "slo_ms": a.slo_ms,
+        "arrival": cfg.arrival,
+        "probe_rates": probe_rates,
+        "probe_seconds": cfg.probe_seconds,
+        "probe_capacity": probe_cap,
+        "grid": list(cfg.grid),
+        "grid_rates": grid_rates,
+        "segment_seconds": cfg.segment_seconds,
+        "gap_seconds": cfg.gap_seconds,
+        "rounds": cfg.rounds,
+        "trace_load": cfg.trace_load,
+        "minute_seconds": cfg.minute_seconds,
+        "traces": list(cfg.traces),
+        "settle_s": SETTLE_S,
+        "order": [r.name for _, r in plan],
+        "mode_text": MODE_TEXT,
+        "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
+        "wall_s": time.monotonic() - t_start,
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg()[0],
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine",
+    }
     write_report(out, rows, meta, records)
     print((out / "summary.md").read_text())
     return out

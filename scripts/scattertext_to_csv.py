@@ -28,10 +28,19 @@ from rt_to_csv import read_labelled  # scripts/ is on sys.path when this file ru
 from vader_to_csv import split_cli
 
 CORPORA = {
-    "debates": partial(read_labelled, text_column="statement", label_column="party",
-                       labels=("Democratic", "Republican", "Moderator")),
-    "convention": partial(read_labelled, text_column="text", label_column="party", labels=("democrat", "republican"),
-                          texts=lambda speech: speech.split("\n")),
+    "debates": partial(
+        read_labelled,
+        text_column="statement",
+        label_column="party",
+        labels=("Democratic", "Republican", "Moderator"),
+    ),
+    "convention": partial(
+        read_labelled,
+        text_column="text",
+        label_column="party",
+        labels=("democrat", "republican"),
+        texts=lambda speech: speech.split("\n"),
+    ),
 }
 TRAIN_SIZES = {"debates": 700, "convention": 2100}
 

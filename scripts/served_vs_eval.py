@@ -6,7 +6,11 @@ run_cascade on the same held-out texts of the task the bundle was trained on.
 
 N: the first N held-out texts. tests/test_served_cascade.py asserts the same on a tiny model.
 """
-import sys, torch
+
+import sys
+
+import torch
+
 torch.set_num_threads(1)
 from dihs_model.bundle import load_bundle
 from dihs_model.cascade import EscalationTracker, arrival_order, run_cascade
@@ -15,7 +19,9 @@ from loadtests.common import task_of
 from service.engine import Engine, Item
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
-b = load_bundle(sys.argv[1]); n = int(sys.argv[2])
+
+b = load_bundle(sys.argv[1])
+n = int(sys.argv[2])
 test = load_split(*task_of(None, "text", "label", sys.argv[1])).test
 ex = test.subset(list(range(n)))
 e = Engine(b, "x", LoadTracker(LoadConfig(0.25, 32)), NullMetrics())
@@ -24,7 +30,8 @@ for i, p in enumerate(e.plans):
     if p is None or e.plan_name(i) not in sys.argv[3:]:
         continue
     ev = run_cascade(b.model, batches, p, n)
-    e.trackers[i] = EscalationTracker(p); e.controller.choose = lambda pr, i=i: i
+    e.trackers[i] = EscalationTracker(p)
+    e.controller.choose = lambda pr, i=i: i
     served = {}
     for k in arrival_order(n):
         (served[k],) = e.run([Item(ex.texts[k])])
@@ -32,4 +39,6 @@ for i, p in enumerate(e.plans):
     acc_e = float((ev.preds == torch.tensor(ex.labels)).float().mean())
     agree = sum(b.labels.index(served[k]["label"]) == int(ev.preds[k]) for k in range(n)) / n
     fl = sum(served[k]["flops_ratio"] for k in range(n)) / n
-    print(f"{e.plan_name(i)}: served acc {acc_s:.4f} eval acc {acc_e:.4f} answers agree {agree:.4f}; escalated served {sum(s['escalated'] for s in served.values())/n:.3f} eval {ev.escalated:.3f}; mean per-text FLOPs ratio served {fl:.3f}, eval (FLOPs-weighted) {ev.flops_ratio:.3f}")
+    print(
+        f"{e.plan_name(i)}: served acc {acc_s:.4f} eval acc {acc_e:.4f} answers agree {agree:.4f}; escalated served {sum(s['escalated'] for s in served.values()) / n:.3f} eval {ev.escalated:.3f}; mean per-text FLOPs ratio served {fl:.3f}, eval (FLOPs-weighted) {ev.flops_ratio:.3f}"
+    )

@@ -59,7 +59,9 @@ def write_csvs(parts: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def main() -> int:
-    return split_cli(__doc__, read_rated, "a *_GroundTruth.txt file from hutto_ICWSM_2014", default_train_size=6000)
+    return split_cli(
+        __doc__, read_rated, "a *_GroundTruth.txt file from hutto_ICWSM_2014", default_train_size=6000
+    )
 
 
 def split_cli(doc: str, read, source_help: str, default_train_size: int) -> int:

@@ -57,8 +57,11 @@ class Api:
     def count_outcome(self, status_code: int) -> None:
         """dihs_requests of an error answer, by what went wrong."""
         c = status_code
-        self.metrics.record("dihs_requests", 1, status="rejected" if c == 503 else "client_error" if c < 500
-                            else "server_error")
+        self.metrics.record(
+            "dihs_requests",
+            1,
+            status="rejected" if c == 503 else "client_error" if c < 500 else "server_error",
+        )
 
     def counts(self, request: Request) -> bool:
         """Does the route this request matched declare the `counted` dependency?"""
@@ -70,8 +73,12 @@ class Api:
         (async: FastAPI would run a plain function in a worker thread, one thread hop per request)"""
         if not self.key_ok(request):
             log.info("request %s %s -> 401 (missing or wrong API key)", request.method, request.url.path)
-            raise ApiError(401, "this route needs `Authorization: Bearer <API key>`", "unauthorized",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "this route needs `Authorization: Bearer <API key>`",
+                "unauthorized",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     def key_ok(self, request: Request) -> bool:
         """No API key is set, or the request carries it as `Authorization: Bearer <key>`."""
@@ -79,7 +86,9 @@ class Api:
         if key is None:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), key.get_secret_value().encode()
+        )
 
     # --- request checks ---
 
@@ -88,16 +97,23 @@ class Api:
         if not texts:
             raise ApiError(422, "no texts given: send at least one")
         if len(texts) > s.max_texts:
-            raise ApiError(422, f"{len(texts)} texts in one request; the limit is {s.max_texts}: split the request")
+            raise ApiError(
+                422, f"{len(texts)} texts in one request; the limit is {s.max_texts}: split the request"
+            )
         for i, t in enumerate(texts):
             try:  # JSON's \u escapes can carry half a surrogate pair, which no tokenizer takes
                 t.encode("utf-8")
             except UnicodeEncodeError as e:
-                raise ApiError(422, f"text {i} has an unpaired surrogate U+{ord(t[e.start]):04X} at character "
-                               f"{e.start}: send valid Unicode (escape a character outside the BMP as a "
-                               "surrogate pair, or send UTF-8)") from None
+                raise ApiError(
+                    422,
+                    f"text {i} has an unpaired surrogate U+{ord(t[e.start]):04X} at character "
+                    f"{e.start}: send valid Unicode (escape a character outside the BMP as a "
+                    "surrogate pair, or send UTF-8)",
+                ) from None
             if not any(ch.isprintable() and not ch.isspace() for ch in t):
-                raise ApiError(422, f"text {i} is empty or has only whitespace/control characters: send some words")
+                raise ApiError(
+                    422, f"text {i} is empty or has only whitespace/control characters: send some words"
+                )
             if len(t) > s.max_chars:
                 raise ApiError(422, f"text {i} has {len(t)} characters; the limit is {s.max_chars}")
         err = limits_error(self.info.ladder, budget.min_flops_ratio, budget.max_flops_ratio)

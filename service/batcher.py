@@ -14,8 +14,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import Overloaded
 
@@ -33,8 +33,14 @@ class _Entry:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list, dict], list], max_batch_size: int, wait_s: float, capacity: int,
-                 idle: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[list, dict], list],
+        max_batch_size: int,
+        wait_s: float,
+        capacity: int,
+        idle: Callable[[], None] | None = None,
+    ):
         """idle: called (in a worker thread) after a batch's answers are out when no text waits
         (Engine.shadow); an error in it is logged, never a request's."""
         assert max_batch_size >= 1 and capacity >= 1 and wait_s >= 0

@@ -38,9 +38,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 BatchTimes = Mapping[int, float]  # batch size -> seconds one batch of a plan takes
 
@@ -85,8 +84,13 @@ def capacity(times: BatchTimes, limit_s: float) -> float:
 class PlanController:
     """Thread-safe; one per replica. plan_times: each plan's BatchTimes, most accurate plan first."""
 
-    def __init__(self, plan_times: Sequence[BatchTimes], cfg: ControllerConfig = ControllerConfig(),
-                 clock: Callable[[], float] = time.monotonic, admitted: Sequence[bool] | None = None):
+    def __init__(
+        self,
+        plan_times: Sequence[BatchTimes],
+        cfg: ControllerConfig = ControllerConfig(),
+        clock: Callable[[], float] = time.monotonic,
+        admitted: Sequence[bool] | None = None,
+    ):
         assert plan_times and all(t and all(s > 0 for s in t.values()) for t in plan_times), plan_times
         self.plan_times, self.cfg, self._clock = [dict(t) for t in plan_times], cfg, clock
         self.admit([True] * len(plan_times) if admitted is None else admitted)
@@ -94,7 +98,9 @@ class PlanController:
         self._last_overlap = -math.inf  # when a request last arrived with another in flight
         self._lock = threading.Lock()
         self._current = 0
-        self._wanted_since: float | None = None  # when a costlier plan than the current one began to be wanted
+        self._wanted_since: float | None = (
+            None  # when a costlier plan than the current one began to be wanted
+        )
         self._last_choice = -math.inf  # when choose() last ran
         self.overhead_s = 0.0  # seconds per text a served batch takes beyond its measured passes (EWMA)
         self._last_observed = -math.inf  # when observed() last ran
@@ -166,7 +172,9 @@ class PlanController:
 
     def _next(self, now: float, want: int) -> tuple[int, float | None]:
         """(plan, since when a costlier one is wanted) after this decision."""
-        if want >= self._current or now - self._last_choice >= self.cfg.hold_s:  # cheaper, or after idle: at once
+        if (
+            want >= self._current or now - self._last_choice >= self.cfg.hold_s
+        ):  # cheaper, or after idle: at once
             return want, None
         since = now if self._wanted_since is None else self._wanted_since
         return (want, None) if now - since >= self.cfg.hold_s else (self._current, since)

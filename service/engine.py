@@ -21,10 +21,10 @@ from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
 from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence, plan_label
 from dihs_model.device import pick_device
-from dihs_model.precision import check_dtype, prepare, with_dtype
 from dihs_model.levels import LadderPolicy
 from dihs_model.passes import chunks_for, forward_grouped, margin
 from dihs_model.policy import PolicyConfig
+from dihs_model.precision import check_dtype, prepare, with_dtype
 
 from .controller import ControllerConfig, PlanController, batch_seconds
 from .load import LoadTracker
@@ -56,7 +56,9 @@ class Item:
     max_ratio: float = 1.0
 
 
-def sample_batches(tokens: list[int], batch: int, max_length: int, texts: int = 8, seed: int = 0) -> list[list[int]]:
+def sample_batches(
+    tokens: list[int], batch: int, max_length: int, texts: int = 8, seed: int = 0
+) -> list[list[int]]:
     """Batches of `batch` token counts drawn (seeded, with replacement) from these, each at most the
     model's max length: what a batch of that size may hold; as many batches as make `texts` texts
     (at least one), so small batches, whose time varies most with their texts, are averaged over more."""
@@ -73,12 +75,26 @@ class Engine:
     plans and gate as `dihs eval`'s dihs rows (dihs_model.cascade). fixed texts run the largest
     ladder level within their cap, dense texts the full model."""
 
-    def __init__(self, bundle: Bundle, model_name: str, load: LoadTracker, metrics, device: str = "cpu",
-                 dtype: str = "auto", policy: PolicyConfig | None = None, max_batch_size: int = 16,
-                 controller: ControllerConfig = ControllerConfig(), clock=time.monotonic, shadow_share: float = 0.0,
-                 agreement_file=None, bundle_id: str = ""):
+    def __init__(
+        self,
+        bundle: Bundle,
+        model_name: str,
+        load: LoadTracker,
+        metrics,
+        device: str = "cpu",
+        dtype: str = "auto",
+        policy: PolicyConfig | None = None,
+        max_batch_size: int = 16,
+        controller: ControllerConfig = ControllerConfig(),
+        clock=time.monotonic,
+        shadow_share: float = 0.0,
+        agreement_file=None,
+        bundle_id: str = "",
+    ):
         if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
-            raise ValueError("the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first")
+            raise ValueError(
+                "the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first"
+            )
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
         self.dtype = ("bfloat16" if self.device.type == "cuda" else "float32") if dtype == "auto" else dtype
@@ -92,13 +108,21 @@ class Engine:
         self.plans = candidate_plans(bundle.meta)
         self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
-        prepare(self.model, [self.budget_of(i) for i in range(len(self.levels))]
-                + [b for p in self.plans if p is not None for b in (p.first, p.second)])  # int8: pack every slice now
+        prepare(
+            self.model,
+            [self.budget_of(i) for i in range(len(self.levels))]
+            + [b for p in self.plans if p is not None for b in (p.first, p.second)],
+        )  # int8: pack every slice now
         self.plan_times = self._measure(max_batch_size)
         self.plan_costs = [t[max(t)] / max(t) for t in self.plan_times]  # seconds per text at a full batch
-        self.admission = PlanAdmission([self.plan_name(i) for i in range(len(self.plans))],
-                                       [None] + [plan_evidence(bundle.meta, p) for p in self.plans[1:]],
-                                       controller.max_accuracy_loss, agreement_file, bundle_id, clock=clock)
+        self.admission = PlanAdmission(
+            [self.plan_name(i) for i in range(len(self.plans))],
+            [None] + [plan_evidence(bundle.meta, p) for p in self.plans[1:]],
+            controller.max_accuracy_loss,
+            agreement_file,
+            bundle_id,
+            clock=clock,
+        )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
         self.shadow_budget = ShadowBudget(shadow_share, clock=clock)
         self._pending: Pending | None = None  # the last full-model batch, for a shadow pass
@@ -112,9 +136,13 @@ class Engine:
         checks and warm-up call it): raises if a forward fails or gives non-finite scores."""
         enc = self.tokenize([Item(text)])
         for budget in (None, self.budget_of(len(self.levels) - 1)):
-            (logits,) = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"], [budget], self.device)
+            (logits,) = forward_grouped(
+                self.model, enc["input_ids"], enc["attention_mask"], [budget], self.device
+            )
             if not torch.isfinite(logits).all():
-                raise RuntimeError(f"the model gives non-finite scores at {'f100' if budget is None else budget.name}")
+                raise RuntimeError(
+                    f"the model gives non-finite scores at {'f100' if budget is None else budget.name}"
+                )
 
     def _measure(self, max_batch: int) -> list[dict[int, float]]:
         """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
@@ -123,49 +151,80 @@ class Engine:
         cascade's second pass as expected over how many texts of the batch escalate (binomial in the
         plan's escalated share)."""
         tokens = self.bundle.meta["calibration"]["tokens"]
-        sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
-        budgets = list({(None if b is None else b.key): b for p in self.plans
-                        for b in ([None] if p is None else [p.first, p.second])}.values())
+        sizes = sorted({min(2**k, max_batch) for k in range(max_batch.bit_length() + 1)})
+        budgets = list(
+            {
+                (None if b is None else b.key): b
+                for p in self.plans
+                for b in ([None] if p is None else [p.first, p.second])
+            }.values()
+        )
         times: dict = {}
         for x in budgets:
-            times[None if x is None else x.key] = {b: statistics.mean(self._batch_seconds(x, lengths) for lengths in
-                                                                      sample_batches(tokens, b, self.bundle.max_length))
-                                                   for b in sizes}
+            times[None if x is None else x.key] = {
+                b: statistics.mean(
+                    self._batch_seconds(x, lengths)
+                    for lengths in sample_batches(tokens, b, self.bundle.max_length)
+                )
+                for b in sizes
+            }
         out = []
         for p, tracker in zip(self.plans, self.trackers):
             if p is None:
                 out.append(times[None])
                 continue
             second = times[None if p.second is None else p.second.key]
-            out.append({b: times[p.first.key][b] + sum(math.comb(b, k) * tracker.share ** k * (1 - tracker.share) ** (b - k)
-                                                       * batch_seconds(second, k) for k in range(1, b + 1))
-                        for b in sizes})
+            out.append(
+                {
+                    b: times[p.first.key][b]
+                    + sum(
+                        math.comb(b, k)
+                        * tracker.share**k
+                        * (1 - tracker.share) ** (b - k)
+                        * batch_seconds(second, k)
+                        for k in range(1, b + 1)
+                    )
+                    for b in sizes
+                }
+            )
         return out
 
     def _batch_seconds(self, budget: Budget | None, lengths: list[int]) -> float:
-        return sum(budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=1)[0] * len(run)
-                   for run in chunks_for(lengths, budget, self.shape, self.device))
+        return sum(
+            budget_costs(self.model, [budget], len(run), max(lengths[i] for i in run), repeats=1)[0]
+            * len(run)
+            for run in chunks_for(lengths, budget, self.shape, self.device)
+        )
 
     def plan_name(self, i: int) -> str:
         return plan_label(self.plans[i])
 
     def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""
-        return ModelInfo(model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length,
-                         self.dtype)
+        return ModelInfo(
+            model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length, self.dtype
+        )
 
     def tokenize(self, items: list[Item]):
         """The whole batch through the tokenizer at once (right-padded to its longest text)."""
-        return self.bundle.tokenizer([it.text for it in items], padding=True, truncation=True,
-                                     max_length=self.bundle.max_length, return_tensors="pt")
+        return self.bundle.tokenizer(
+            [it.text for it in items],
+            padding=True,
+            truncation=True,
+            max_length=self.bundle.max_length,
+            return_tensors="pt",
+        )
 
     def _plan_for(self, item: Item, current: int) -> tuple[int, str] | None:
         """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
         [min_ratio, max_ratio] (a cheaper one first), with a note saying why it moved; None when no
         plan's target lies in that range (the item then runs a ladder level, as fixed does)."""
         admitted = self.controller.admitted
-        inside = [i for i, t in enumerate(self.plan_targets)
-                  if admitted[i] and item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9]
+        inside = [
+            i
+            for i, t in enumerate(self.plan_targets)
+            if admitted[i] and item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9
+        ]
         if not inside:
             return None
         if current in inside:
@@ -179,8 +238,12 @@ class Engine:
         """Tokens, complexity signals and each item's decision: ("plan", index, note) for auto items
         whose limits a plan fits, else ("level", Decision) from the ladder policy. No model call."""
         enc = self.tokenize(items) if enc is None else enc
-        signals, decisions = self.ladder_policy.decide(enc["input_ids"], enc["attention_mask"], pressure,
-                                                       [(it.mode, it.min_ratio, it.max_ratio) for it in items])
+        signals, decisions = self.ladder_policy.decide(
+            enc["input_ids"],
+            enc["attention_mask"],
+            pressure,
+            [(it.mode, it.min_ratio, it.max_ratio) for it in items],
+        )
         current = self.controller.peek(pressure) if plan is None else plan
         out = []
         for it, d in zip(items, decisions):
@@ -188,18 +251,32 @@ class Engine:
             out.append(("level", d) if chosen is None else ("plan", *chosen))
         return enc, signals, out
 
-    def _plan_reason(self, i: int, pressure: float, note: str, margin: float | None, threshold: float | None,
-                     escalated: bool) -> str:
+    def _plan_reason(
+        self,
+        i: int,
+        pressure: float,
+        note: str,
+        margin: float | None,
+        threshold: float | None,
+        escalated: bool,
+    ) -> str:
         p = self.plans[i]
         if p is None:
-            why = "no load pressure: full model" if pressure <= 0 else f"load pressure {pressure:.2f}: full model"
+            why = (
+                "no load pressure: full model"
+                if pressure <= 0
+                else f"load pressure {pressure:.2f}: full model"
+            )
             return why + note
         load = f"load pressure {pressure:.2f} and arrival rate -> plan {self.plan_name(i)}"
         if p.threshold == float("-inf"):
             return f"{load}: one pass at {p.first.name}{note}"
-        second = (p.second.name if p.second is not None else "f100")
-        gate = (f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: escalated to {second}"
-                if escalated else f"first pass {p.first.name} margin {margin:.3f} > threshold {threshold:.3f}: answered")
+        second = p.second.name if p.second is not None else "f100"
+        gate = (
+            f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: escalated to {second}"
+            if escalated
+            else f"first pass {p.first.name} margin {margin:.3f} > threshold {threshold:.3f}: answered"
+        )
         return f"{load}: {gate}{note}"
 
     def explain(self, item: Item, attention: bool = True) -> dict:
@@ -220,24 +297,55 @@ class Engine:
         if d[0] == "level":
             dec = d[1]
             budget = self.budget_of(dec.level)
-            exp = explain(self.bundle, item.text, budget, level=self.levels[dec.level]["name"],
-                          reason=dec.reason, signal=signals[0], pressure=pressure, attention=attention, model=self.model)
-            return {**exp, **self._cost([budget], tokens), "plan": None, "margin": None, "threshold": None,
-                    "escalated": False}
+            exp = explain(
+                self.bundle,
+                item.text,
+                budget,
+                level=self.levels[dec.level]["name"],
+                reason=dec.reason,
+                signal=signals[0],
+                pressure=pressure,
+                attention=attention,
+                model=self.model,
+            )
+            return {
+                **exp,
+                **self._cost([budget], tokens),
+                "plan": None,
+                "margin": None,
+                "threshold": None,
+                "escalated": False,
+            }
         _, i, note = d
         plan, budget, m, thr, esc = self.plans[i], None, None, None, False
         if plan is not None:
-            (logits,) = forward_grouped(self.model, enc["input_ids"], enc["attention_mask"], [plan.first], self.device)
+            (logits,) = forward_grouped(
+                self.model, enc["input_ids"], enc["attention_mask"], [plan.first], self.device
+            )
             m, thr = float(margin(logits[None])[1][0]), self.trackers[i].threshold
             esc = m <= thr
             budget = plan.second if esc else plan.first
         name = "f100" if budget is None else budget.name
-        exp = explain(self.bundle, item.text, budget, level=name, reason=self._plan_reason(i, pressure, note, m, thr, esc),
-                      signal=signals[0], pressure=pressure, attention=attention, model=self.model)
+        exp = explain(
+            self.bundle,
+            item.text,
+            budget,
+            level=name,
+            reason=self._plan_reason(i, pressure, note, m, thr, esc),
+            signal=signals[0],
+            pressure=pressure,
+            attention=attention,
+            model=self.model,
+        )
         passes = [None] if plan is None else [plan.first, plan.second] if esc else [plan.first]
-        return {**exp, **self._cost(passes, tokens), "plan": self.plan_name(i),
-                "margin": None if m is None else round(m, 4), "escalated": esc,
-                "threshold": None if thr is None or not math.isfinite(thr) else round(thr, 4)}
+        return {
+            **exp,
+            **self._cost(passes, tokens),
+            "plan": self.plan_name(i),
+            "margin": None if m is None else round(m, 4),
+            "escalated": esc,
+            "threshold": None if thr is None or not math.isfinite(thr) else round(thr, 4),
+        }
 
     def _cost(self, passes: list[Budget | None], tokens: int) -> dict:
         """What the passes an input ran cost it: heads and neurons summed per layer, FLOPs of them all
@@ -249,13 +357,28 @@ class Engine:
         neurons_total = shape.ffn * shape.n_layers
         dense = full.flops(shape, tokens)
         return {
-            "heads": {"active": sum(heads), "total": self.total_heads, "ratio": round(sum(heads) / self.total_heads, 4),
-                      "per_layer": heads},
-            "neurons": {"active": sum(neurons), "total": neurons_total, "ratio": round(sum(neurons) / neurons_total, 4),
-                        "per_layer": neurons},
+            "heads": {
+                "active": sum(heads),
+                "total": self.total_heads,
+                "ratio": round(sum(heads) / self.total_heads, 4),
+                "per_layer": heads,
+            },
+            "neurons": {
+                "active": sum(neurons),
+                "total": neurons_total,
+                "ratio": round(sum(neurons) / neurons_total, 4),
+                "per_layer": neurons,
+            },
             "flops_ratio": round(sum(b.flops(shape, tokens) for b in passes) / dense, 4),
-            "passes": [{"budget": b.name, "flops_ratio": round(b.flops(shape, tokens) / dense, 4),
-                        "heads": list(b.heads), "neurons": list(b.neurons)} for b in passes],
+            "passes": [
+                {
+                    "budget": b.name,
+                    "flops_ratio": round(b.flops(shape, tokens) / dense, 4),
+                    "heads": list(b.heads),
+                    "neurons": list(b.neurons),
+                }
+                for b in passes
+            ],
         }
 
     @torch.inference_mode()
@@ -274,11 +397,19 @@ class Engine:
         levels = [i for i, d in enumerate(decisions) if d[0] == "level"]
         if levels:
             budgets = [self.budget_of(decisions[i][1].level) for i in levels]
-            for i, b, logits in zip(levels, budgets, forward_grouped(self.model, ids[levels], mask[levels], budgets,
-                                                                     self.device)):
+            for i, b, logits in zip(
+                levels, budgets, forward_grouped(self.model, ids[levels], mask[levels], budgets, self.device)
+            ):
                 d = decisions[i][1]
-                served[i] = {"logits": logits, "passes": [b], "margin": None, "threshold": None, "escalated": False,
-                             "plan": None, "reason": d.reason}
+                served[i] = {
+                    "logits": logits,
+                    "passes": [b],
+                    "margin": None,
+                    "threshold": None,
+                    "escalated": False,
+                    "plan": None,
+                    "reason": d.reason,
+                }
         for p in sorted({d[1] for d in decisions if d[0] == "plan"}):
             rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == p]
             self._run_plan(p, rows, ids, mask, decisions, pressure, served)
@@ -287,10 +418,14 @@ class Engine:
         self.metrics.record("dihs_load_pressure", pressure)
         self.metrics.record("dihs_plan_flops_target", self.plan_targets[plan])
         for i, cost in enumerate(self.plan_costs):  # re-set each batch: the agent drops gauges left unset
-            self.metrics.record("dihs_plan_cost_seconds", cost + self.controller.overhead_s, plan=self.plan_name(i))
+            self.metrics.record(
+                "dihs_plan_cost_seconds", cost + self.controller.overhead_s, plan=self.plan_name(i)
+            )
         tokens = mask.sum(1).tolist()
-        results = [self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
-                   for i in range(len(items))]
+        results = [
+            self._result(served[i], signals[i], pressure, bool(enc.encodings[i].overflowing), int(tokens[i]))
+            for i in range(len(items))
+        ]
         t4 = time.perf_counter()
         if all(d[0] == "plan" and d[1] == plan for d in decisions):  # a batch all on the controller's plan
             self.controller.observed(plan, len(items), t4 - t0)
@@ -323,7 +458,9 @@ class Engine:
             if not self.shadow_budget.affords(batch_seconds(self.plan_times[i], len(pending.preds))):
                 return
             t0 = time.perf_counter()
-            out = cascade_batch(self.model, pending.ids, pending.mask, self.plans[i], self.trackers[i], self.device)
+            out = cascade_batch(
+                self.model, pending.ids, pending.mask, self.plans[i], self.trackers[i], self.device
+            )
             agreed = [int(logits.argmax()) == p for logits, p in zip(out.logits, pending.preds)]
             dt = time.perf_counter() - t0
             self.shadow_budget.spent(dt)
@@ -349,19 +486,30 @@ class Engine:
         if plan is None:
             outs = forward_grouped(self.model, ids[rows], mask[rows], [None] * len(rows), self.device)
             for i, logits in zip(rows, outs):
-                served[i] = {"logits": logits, "passes": [None], "margin": None, "threshold": None, "escalated": False,
-                             "plan": self.plan_name(p), "reason": self._plan_reason(p, pressure, decisions[i][2],
-                                                                                   None, None, False)}
+                served[i] = {
+                    "logits": logits,
+                    "passes": [None],
+                    "margin": None,
+                    "threshold": None,
+                    "escalated": False,
+                    "plan": self.plan_name(p),
+                    "reason": self._plan_reason(p, pressure, decisions[i][2], None, None, False),
+                }
             return
         tracker = self.trackers[p]
         out = cascade_batch(self.model, ids[rows], mask[rows], plan, tracker, self.device)
         thresholds = out.thresholds
         for k, i in enumerate(rows):
             esc = out.escalated[k]
-            served[i] = {"logits": out.logits[k], "passes": [plan.first, plan.second] if esc else [plan.first],
-                         "margin": out.margins[k], "threshold": thresholds[k], "escalated": esc,
-                         "plan": self.plan_name(p),
-                         "reason": self._plan_reason(p, pressure, decisions[i][2], out.margins[k], thresholds[k], esc)}
+            served[i] = {
+                "logits": out.logits[k],
+                "passes": [plan.first, plan.second] if esc else [plan.first],
+                "margin": out.margins[k],
+                "threshold": thresholds[k],
+                "escalated": esc,
+                "plan": self.plan_name(p),
+                "reason": self._plan_reason(p, pressure, decisions[i][2], out.margins[k], thresholds[k], esc),
+            }
             if esc:
                 self.metrics.record("dihs_escalations", 1)
 
@@ -382,7 +530,9 @@ class Engine:
             **cost,
             "plan": s["plan"],
             "margin": None if s["margin"] is None else round(s["margin"], 4),
-            "threshold": None if s["threshold"] is None or not math.isfinite(s["threshold"]) else round(s["threshold"], 4),
+            "threshold": None
+            if s["threshold"] is None or not math.isfinite(s["threshold"])
+            else round(s["threshold"], 4),
             "escalated": s["escalated"],
             "complexity": signal["score"],
             "pressure": round(pressure, 4),

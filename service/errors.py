@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 
 from .protocol import ErrorResponse, V2ErrorResponse
 
-
 log = logging.getLogger("dihs.http")
 OVERLOADED = "the service is at capacity: retry after the Retry-After delay"
 
@@ -36,7 +35,9 @@ def error_body(path: str, code: int, type_: str, message: str) -> tuple[int, dic
     return code, ErrorResponse(error={"code": code, "type": type_, "message": message}).model_dump()
 
 
-def error_response(code: int, message: str, type_: str, headers: dict | None = None, path: str = "") -> JSONResponse:
+def error_response(
+    code: int, message: str, type_: str, headers: dict | None = None, path: str = ""
+) -> JSONResponse:
     status, body = error_body(path, code, type_, message)
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -49,5 +50,6 @@ def error_answer(exc: Exception, path: str, request_id: str = "-") -> JSONRespon
     if isinstance(exc, Overloaded):
         return error_response(503, OVERLOADED, "overloaded", {"Retry-After": "1"}, path)
     log.error("request %s failed", request_id, exc_info=exc)
-    return error_response(500, f"internal error (request id {request_id}); the request was not served", "internal",
-                          path=path)
+    return error_response(
+        500, f"internal error (request id {request_id}); the request was not served", "internal", path=path
+    )

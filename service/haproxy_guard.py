@@ -16,17 +16,21 @@ import tempfile
 from pathlib import Path
 
 # prctl(PR_SET_PDEATHSIG = 1, SIGKILL), then exec: for machines without util-linux's setpriv
-_PYTHON_GUARD = ("import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL); "
-                 "os.execv(sys.argv[1], sys.argv[1:])")
+_PYTHON_GUARD = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def wrapper_text(binary: str) -> str:
     setpriv = shutil.which("setpriv")
     if setpriv:
-        run = f"exec {shlex.quote(setpriv)} --pdeathsig KILL -- {shlex.quote(binary)} \"$@\""
+        run = f'exec {shlex.quote(setpriv)} --pdeathsig KILL -- {shlex.quote(binary)} "$@"'
     else:
-        run = f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_PYTHON_GUARD)} {shlex.quote(binary)} \"$@\""
-    return "#!/bin/sh\n# written by dihs (service/haproxy_guard.py): HAProxy dies with its parent\n" + run + "\n"
+        run = f'exec {shlex.quote(sys.executable)} -c {shlex.quote(_PYTHON_GUARD)} {shlex.quote(binary)} "$@"'
+    return (
+        "#!/bin/sh\n# written by dihs (service/haproxy_guard.py): HAProxy dies with its parent\n" + run + "\n"
+    )
 
 
 def guarded_haproxy(binary: str, folder: Path | None = None) -> Path:

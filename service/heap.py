@@ -48,8 +48,12 @@ def _on_collection(phase: str, info: dict) -> None:
         took = time.perf_counter() - _started.pop()
         _pauses.append((info["generation"], took))
         if took >= SLOW_GC_S:
-            log.warning("garbage collection (generation %d, %d objects freed) paused the replica for %.0f ms",
-                        info["generation"], info["collected"], took * 1e3)
+            log.warning(
+                "garbage collection (generation %d, %d objects freed) paused the replica for %.0f ms",
+                info["generation"],
+                info["collected"],
+                took * 1e3,
+            )
 
 
 def watch_collections() -> None:

@@ -37,8 +37,12 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     api = Api(settings, backend, metrics)
-    app = FastAPI(title="DIHS Serve", version=package_version(), responses=ERRORS,
-                  description="Transformer classification with per-request attention-head budgets (DIHS).")
+    app = FastAPI(
+        title="DIHS Serve",
+        version=package_version(),
+        responses=ERRORS,
+        description="Transformer classification with per-request attention-head budgets (DIHS).",
+    )
     for router in (v1_router(api), v2_router(api), ops_router(api)):
         app.include_router(router)
 
@@ -50,19 +54,34 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return counted(request, error_response(422, _validation_message(exc), "invalid_request",
-                                               path=request.url.path))
+        return counted(
+            request, error_response(422, _validation_message(exc), "invalid_request", path=request.url.path)
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         if exc.status_code == 400:  # FastAPI could not even decode the body
-            return counted(request, error_response(400, "the request body is not valid UTF-8 JSON: send a JSON object",
-                                                   "invalid_request", path=request.url.path))
-        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error",
-                              exc.headers, request.url.path)
+            return counted(
+                request,
+                error_response(
+                    400,
+                    "the request body is not valid UTF-8 JSON: send a JSON object",
+                    "invalid_request",
+                    path=request.url.path,
+                ),
+            )
+        return error_response(
+            exc.status_code,
+            str(exc.detail),
+            "not_found" if exc.status_code == 404 else "http_error",
+            exc.headers,
+            request.url.path,
+        )
 
     async def _answer(request: Request, exc: Exception):
-        return counted(request, error_answer(exc, request.url.path, getattr(request.state, "request_id", "-")))
+        return counted(
+            request, error_answer(exc, request.url.path, getattr(request.state, "request_id", "-"))
+        )
 
     for kind in (ApiError, Overloaded, Exception):
         app.add_exception_handler(kind, _answer)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,12 @@ def _clamp(x: float) -> float:
 class LoadTracker:
     """Thread-safe; one per model replica."""
 
-    def __init__(self, cfg: LoadConfig, clock: Callable[[], float] = time.monotonic,
-                 gpu_utilization: Callable[[], float | None] = lambda: None):
+    def __init__(
+        self,
+        cfg: LoadConfig,
+        clock: Callable[[], float] = time.monotonic,
+        gpu_utilization: Callable[[], float | None] = lambda: None,
+    ):
         self.cfg = cfg
         self.clock = clock
         self._gpu = gpu_utilization
@@ -86,8 +90,10 @@ class LoadTracker:
         slo = self.cfg.slo_s
         latency = self._latency if latency is None else latency
         # one batch in flight is no pressure: the queue term counts what waits behind it
-        t = {"queue": _clamp((self._depth - self.cfg.batch) / self.cfg.queue_capacity),
-             "latency": _clamp((latency / slo - 0.5) / 0.5)}
+        t = {
+            "queue": _clamp((self._depth - self.cfg.batch) / self.cfg.queue_capacity),
+            "latency": _clamp((latency / slo - 0.5) / 0.5),
+        }
         gpu = self._gpu()
         if gpu is not None:
             t["gpu"] = _clamp((gpu - 0.8) / 0.2)
@@ -120,5 +126,9 @@ class LoadTracker:
             return self._relaxed(now, self._latency_at(now))
 
     def snapshot(self) -> dict:
-        return {"pressure": round(self.published, 4), "queue_depth": self._depth,
-                "latency_ewma_ms": round(self._latency * 1e3, 2), **{k: round(v, 4) for k, v in self.terms().items()}}
+        return {
+            "pressure": round(self.published, 4),
+            "queue_depth": self._depth,
+            "latency_ewma_ms": round(self._latency * 1e3, 2),
+            **{k: round(v, 4) for k, v in self.terms().items()},
+        }

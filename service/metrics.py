@@ -40,47 +40,135 @@ class MetricSpec:
 
 
 SPECS = (
-    MetricSpec("dihs_requests", "counter", "Texts answered or refused, by status (ok, client_error, server_error, rejected)",
-               ("model", "status")),
-    MetricSpec("dihs_request_duration_seconds", "histogram", "Time from arrival at the model replica to the answer, by budget level",
-               ("model", "level"), LATENCY_BUCKETS),
-    MetricSpec("dihs_active_heads", "histogram", "Attention heads computed per text", ("model",), HEADS_BUCKETS),
-    MetricSpec("dihs_active_heads_ratio", "histogram", "Heads computed / all heads, per text", ("model",), RATIO_BUCKETS),
-    MetricSpec("dihs_active_neurons_ratio", "histogram", "FFN neurons computed / all FFN neurons, per text", ("model",),
-               RATIO_BUCKETS),
-    MetricSpec("dihs_flops_ratio", "histogram", "FLOPs computed / the full model's FLOPs at the text's length, per text",
-               ("model",), RATIO_BUCKETS),
-    MetricSpec("dihs_escalations", "counter", "Auto texts whose first pass was not confident enough: they also ran "
-               "the cascade's second pass", ("model",)),
-    MetricSpec("dihs_plan_flops_target", "gauge", "FLOPs target of the plan auto texts run now (1 = the full model)",
-               ("model",)),
-    MetricSpec("dihs_plan_cost_seconds", "gauge", "Seconds per text of each plan: its passes measured on the replica at "
-               "start-up (a full batch, padded as such a batch is) plus the per-text overhead observed while serving",
-               ("model", "plan")),
-    MetricSpec("dihs_plan_admitted", "gauge", "1 while auto may serve the plan: its 95% accuracy-loss bound is within "
-               "max_accuracy_loss (the full model: always 1)", ("model", "plan")),
-    MetricSpec("dihs_plan_loss_bound", "gauge", "One-sided 95% upper bound on the plan's accuracy loss against the full "
-               "model, calibration split and live shadow agreement pooled", ("model", "plan")),
-    MetricSpec("dihs_plan_agreement_texts", "counter", "Live texts a shadow pass of the plan answered beside the full "
-               "model", ("model", "plan")),
-    MetricSpec("dihs_plan_agreement_disagreements", "counter", "Of those, the texts the plan answered differently",
-               ("model", "plan")),
+    MetricSpec(
+        "dihs_requests",
+        "counter",
+        "Texts answered or refused, by status (ok, client_error, server_error, rejected)",
+        ("model", "status"),
+    ),
+    MetricSpec(
+        "dihs_request_duration_seconds",
+        "histogram",
+        "Time from arrival at the model replica to the answer, by budget level",
+        ("model", "level"),
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "dihs_active_heads", "histogram", "Attention heads computed per text", ("model",), HEADS_BUCKETS
+    ),
+    MetricSpec(
+        "dihs_active_heads_ratio",
+        "histogram",
+        "Heads computed / all heads, per text",
+        ("model",),
+        RATIO_BUCKETS,
+    ),
+    MetricSpec(
+        "dihs_active_neurons_ratio",
+        "histogram",
+        "FFN neurons computed / all FFN neurons, per text",
+        ("model",),
+        RATIO_BUCKETS,
+    ),
+    MetricSpec(
+        "dihs_flops_ratio",
+        "histogram",
+        "FLOPs computed / the full model's FLOPs at the text's length, per text",
+        ("model",),
+        RATIO_BUCKETS,
+    ),
+    MetricSpec(
+        "dihs_escalations",
+        "counter",
+        "Auto texts whose first pass was not confident enough: they also ran the cascade's second pass",
+        ("model",),
+    ),
+    MetricSpec(
+        "dihs_plan_flops_target",
+        "gauge",
+        "FLOPs target of the plan auto texts run now (1 = the full model)",
+        ("model",),
+    ),
+    MetricSpec(
+        "dihs_plan_cost_seconds",
+        "gauge",
+        "Seconds per text of each plan: its passes measured on the replica at "
+        "start-up (a full batch, padded as such a batch is) plus the per-text overhead observed while serving",
+        ("model", "plan"),
+    ),
+    MetricSpec(
+        "dihs_plan_admitted",
+        "gauge",
+        "1 while auto may serve the plan: its 95% accuracy-loss bound is within "
+        "max_accuracy_loss (the full model: always 1)",
+        ("model", "plan"),
+    ),
+    MetricSpec(
+        "dihs_plan_loss_bound",
+        "gauge",
+        "One-sided 95% upper bound on the plan's accuracy loss against the full "
+        "model, calibration split and live shadow agreement pooled",
+        ("model", "plan"),
+    ),
+    MetricSpec(
+        "dihs_plan_agreement_texts",
+        "counter",
+        "Live texts a shadow pass of the plan answered beside the full model",
+        ("model", "plan"),
+    ),
+    MetricSpec(
+        "dihs_plan_agreement_disagreements",
+        "counter",
+        "Of those, the texts the plan answered differently",
+        ("model", "plan"),
+    ),
     MetricSpec("dihs_shadow_seconds", "counter", "Seconds spent on shadow passes", ("model",)),
-    MetricSpec("dihs_shadow_idle_seconds", "counter", "Idle seconds (auto on the full model at zero pressure, batches "
-               "excluded) that shadow passes may take a share of", ("model",)),
+    MetricSpec(
+        "dihs_shadow_idle_seconds",
+        "counter",
+        "Idle seconds (auto on the full model at zero pressure, batches "
+        "excluded) that shadow passes may take a share of",
+        ("model",),
+    ),
     MetricSpec("dihs_budget_level", "counter", "Texts served at each budget level", ("model", "level")),
-    MetricSpec("dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS),
-    MetricSpec("dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)),
+    MetricSpec(
+        "dihs_input_complexity", "histogram", "Input complexity score in [0, 1]", ("model",), RATIO_BUCKETS
+    ),
+    MetricSpec(
+        "dihs_load_pressure", "gauge", "Load pressure in [0, 1] used for the latest batch", ("model",)
+    ),
     MetricSpec("dihs_queue_depth", "gauge", "Texts waiting or running at the model replica", ("model",)),
     MetricSpec("dihs_batch_size", "histogram", "Texts per model batch", ("model",), BATCH_BUCKETS),
-    MetricSpec("dihs_cpu_utilization_ratio", "gauge", "CPU utilization of the replica's process in [0, 1] per core", ("model",)),
-    MetricSpec("dihs_gc_pause_seconds", "histogram", "Pauses of Python's garbage collector in the replica's process, by "
-               "generation (2: a full collection, which holds the GIL: batches and HTTP wait)", ("model", "generation"),
-               GC_BUCKETS),
-    MetricSpec("dihs_gpu_utilization_ratio", "gauge", "GPU utilization from NVML in [0, 1] (absent on CPU)", ("model", "gpu")),
-    MetricSpec("dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")),
-    MetricSpec("dihs_build_info", "gauge", "1, labelled with the package version and the served bundle's checksum "
-               "(the X-DIHS-Bundle header's value)", ("model", "version", "bundle_checksum")),
+    MetricSpec(
+        "dihs_cpu_utilization_ratio",
+        "gauge",
+        "CPU utilization of the replica's process in [0, 1] per core",
+        ("model",),
+    ),
+    MetricSpec(
+        "dihs_gc_pause_seconds",
+        "histogram",
+        "Pauses of Python's garbage collector in the replica's process, by "
+        "generation (2: a full collection, which holds the GIL: batches and HTTP wait)",
+        ("model", "generation"),
+        GC_BUCKETS,
+    ),
+    MetricSpec(
+        "dihs_gpu_utilization_ratio",
+        "gauge",
+        "GPU utilization from NVML in [0, 1] (absent on CPU)",
+        ("model", "gpu"),
+    ),
+    MetricSpec(
+        "dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")
+    ),
+    MetricSpec(
+        "dihs_build_info",
+        "gauge",
+        "1, labelled with the package version and the served bundle's checksum "
+        "(the X-DIHS-Bundle header's value)",
+        ("model", "version", "bundle_checksum"),
+    ),
 )
 BY_NAME = {s.name: s for s in SPECS}
 
@@ -115,7 +203,9 @@ class Metrics:
             elif s.kind == "gauge":
                 m = rm.Gauge(s.name, description=s.description, tag_keys=s.tags)
             else:
-                m = rm.Histogram(s.name, description=s.description, boundaries=list(s.buckets), tag_keys=s.tags)
+                m = rm.Histogram(
+                    s.name, description=s.description, boundaries=list(s.buckets), tag_keys=s.tags
+                )
             m.set_default_tags({"model": model})
             self._m[s.name] = m
         for name, value in IDLE_START.items():

@@ -38,7 +38,13 @@ class RequestId:
                 headers.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": headers}
                 if message["status"] >= 400:
-                    log.info("request %s %s %s -> %d", rid, scope.get("method"), scope.get("path"), message["status"])
+                    log.info(
+                        "request %s %s %s -> %d",
+                        rid,
+                        scope.get("method"),
+                        scope.get("path"),
+                        message["status"],
+                    )
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -77,9 +83,21 @@ class MaxBodySize:
         await self.app(scope, counted, guarded)
 
     async def _refuse(self, send, path: str):
-        status, body = error_body(path, 413, "payload_too_large",
-                                  f"request body over {self.max_bytes} bytes: send fewer or shorter texts")
+        status, body = error_body(
+            path,
+            413,
+            "payload_too_large",
+            f"request body over {self.max_bytes} bytes: send fewer or shorter texts",
+        )
         body = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -34,8 +34,10 @@ def bad(message: str) -> ApiError:
 def pydantic_message(e: ValueError) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):
-        return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}".lstrip(": ")
-                         for x in errors()[:3])
+        return "; ".join(
+            f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}".lstrip(": ")
+            for x in errors()[:3]
+        )
     return str(e)
 
 
@@ -55,8 +57,10 @@ async def read_v2(request: Request) -> V2InferRequest:
         if header_len is None:
             return V2InferRequest.model_validate_json(body)
         if not header_len.isdigit() or int(header_len) > len(body):
-            raise bad(f"{HEADER_LENGTH} is {header_len!r}: it must be the JSON header's byte length, at most "
-                      f"the body's {len(body)} bytes")
+            raise bad(
+                f"{HEADER_LENGTH} is {header_len!r}: it must be the JSON header's byte length, at most "
+                f"the body's {len(body)} bytes"
+            )
         n = int(header_len)
         head = json.loads(body[:n])
         if not isinstance(head, dict):
@@ -78,8 +82,10 @@ def _attach_binary(inputs, raw: bytes) -> None:
             continue
         name = inp.get("name")
         if not isinstance(size, int) or size < 0 or offset + size > len(raw):
-            raise bad(f"input {name!r}: binary_data_size {size!r} does not fit the {len(raw) - offset} bytes left "
-                      "after the header")
+            raise bad(
+                f"input {name!r}: binary_data_size {size!r} does not fit the {len(raw) - offset} bytes left "
+                "after the header"
+            )
         if "data" in inp:
             raise bad(f"input {name!r} has both data and binary_data_size: send one")
         if inp.get("datatype") != "BYTES":
@@ -87,8 +93,10 @@ def _attach_binary(inputs, raw: bytes) -> None:
         inp["data"] = _unpack_bytes(raw[offset : offset + size], name)
         offset += size
     if offset != len(raw):
-        raise bad(f"{len(raw) - offset} bytes after the header belong to no input: give each binary input "
-                  "its binary_data_size")
+        raise bad(
+            f"{len(raw) - offset} bytes after the header belong to no input: give each binary input "
+            "its binary_data_size"
+        )
 
 
 def _unpack_bytes(buf: bytes, name: str) -> list[str]:
@@ -102,8 +110,10 @@ def _unpack_bytes(buf: bytes, name: str) -> list[str]:
         try:
             out.append(buf[i + 4 : i + 4 + n].decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise bad(f"input {name!r}: BYTES element {len(out)} is not valid UTF-8 (byte {e.start}): "
-                      "send each text UTF-8 encoded") from None
+            raise bad(
+                f"input {name!r}: BYTES element {len(out)} is not valid UTF-8 (byte {e.start}): "
+                "send each text UTF-8 encoded"
+            ) from None
         i += 4 + n
     return out
 
@@ -116,8 +126,10 @@ def v2_texts(req: V2InferRequest) -> list[str]:
     if t.datatype != "BYTES":
         raise bad(f"input 'text' must have datatype BYTES, not {t.datatype}")
     if t.parameters:
-        raise bad(f"input 'text' parameter {sorted(t.parameters)[0]!r} is not supported; inputs take only "
-                  "binary_data_size (the binary tensor extension)")
+        raise bad(
+            f"input 'text' parameter {sorted(t.parameters)[0]!r} is not supported; inputs take only "
+            "binary_data_size (the binary tensor extension)"
+        )
     data = t.data
     while data and all(isinstance(row, list) for row in data):  # [[...]] for shape [n, 1]
         data = [x for row in data for x in row]
@@ -163,8 +175,10 @@ def _outputs(outputs: list[dict] | None, binary: bool) -> list[Wanted]:
             raise bad(f"output {name!r}: parameters must be an object")
         unknown = sorted(set(params) - set(OUTPUT_PARAMETERS))
         if unknown:
-            raise bad(f"output {name!r}: unknown parameter {unknown[0]!r}; output parameters are "
-                      f"{', '.join(OUTPUT_PARAMETERS)}")
+            raise bad(
+                f"output {name!r}: unknown parameter {unknown[0]!r}; output parameters are "
+                f"{', '.join(OUTPUT_PARAMETERS)}"
+            )
         own = params.get("binary_data", binary)
         if not isinstance(own, bool):
             raise bad(f"output {name!r}: binary_data must be true or false, not {own!r}")

@@ -4,8 +4,9 @@ classification extension, and the binary tensor data extension (raw tensors afte
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi.responses import Response
@@ -25,21 +26,29 @@ class Output:
     per_label: bool = False
 
 
-OUTPUTS = {o.name: o for o in (
-    Output("label", "BYTES", lambda r, _: r["label"]),
-    Output("probabilities", "FP32", lambda r, labels: [r["probabilities"][lab] for lab in labels], per_label=True),
-    Output("flops_ratio", "FP32", lambda r, _: r["flops_ratio"]),
-    Output("heads_ratio", "FP32", lambda r, _: r["heads"]["ratio"]),
-    Output("neurons_ratio", "FP32", lambda r, _: r["neurons"]["ratio"]),
-    Output("level", "BYTES", lambda r, _: r["level"]),
-    Output("passes", "BYTES", lambda r, _: ",".join(p["budget"] for p in r["passes"])),  # e.g. "f15,f100"
-    Output("escalated", "BOOL", lambda r, _: r["escalated"]),
-    Output("plan", "BYTES", lambda r, _: r["plan"] or ""),  # empty for fixed and dense texts
-    Output("complexity", "FP32", lambda r, _: r["complexity"]),
-    Output("pressure", "FP32", lambda r, _: r["pressure"]),
-    Output("reason", "BYTES", lambda r, _: r["reason"]),
-    Output("truncated", "BOOL", lambda r, _: r["truncated"]),
-)}
+OUTPUTS = {
+    o.name: o
+    for o in (
+        Output("label", "BYTES", lambda r, _: r["label"]),
+        Output(
+            "probabilities",
+            "FP32",
+            lambda r, labels: [r["probabilities"][lab] for lab in labels],
+            per_label=True,
+        ),
+        Output("flops_ratio", "FP32", lambda r, _: r["flops_ratio"]),
+        Output("heads_ratio", "FP32", lambda r, _: r["heads"]["ratio"]),
+        Output("neurons_ratio", "FP32", lambda r, _: r["neurons"]["ratio"]),
+        Output("level", "BYTES", lambda r, _: r["level"]),
+        Output("passes", "BYTES", lambda r, _: ",".join(p["budget"] for p in r["passes"])),  # e.g. "f15,f100"
+        Output("escalated", "BOOL", lambda r, _: r["escalated"]),
+        Output("plan", "BYTES", lambda r, _: r["plan"] or ""),  # empty for fixed and dense texts
+        Output("complexity", "FP32", lambda r, _: r["complexity"]),
+        Output("pressure", "FP32", lambda r, _: r["pressure"]),
+        Output("reason", "BYTES", lambda r, _: r["reason"]),
+        Output("truncated", "BOOL", lambda r, _: r["truncated"]),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,10 @@ class Wanted:
 
 def metadata(labels: list[str]) -> list[dict]:
     """The outputs as model metadata tensors (-1: the batch dimension)."""
-    return [{"name": o.name, "datatype": o.datatype, "shape": [-1, len(labels)] if o.per_label else [-1]}
-            for o in OUTPUTS.values()]
+    return [
+        {"name": o.name, "datatype": o.datatype, "shape": [-1, len(labels)] if o.per_label else [-1]}
+        for o in OUTPUTS.values()
+    ]
 
 
 def tensors(results: list[dict], labels: list[str], wanted: list[Wanted]) -> list[tuple[dict, bytes | None]]:

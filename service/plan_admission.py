@@ -32,9 +32,16 @@ class PlanAdmission:
     """Thread-safe. names[i] and evidence[i] for each candidate plan; index 0 is the full model
     (evidence None: always served)."""
 
-    def __init__(self, names: list[str], evidence: list[Evidence | None], max_accuracy_loss: float,
-                 store: Path | None = None, bundle_id: str = "", window: int = LIVE_WINDOW,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        names: list[str],
+        evidence: list[Evidence | None],
+        max_accuracy_loss: float,
+        store: Path | None = None,
+        bundle_id: str = "",
+        window: int = LIVE_WINDOW,
+        clock=time.monotonic,
+    ):
         assert evidence and evidence[0] is None and len(names) == len(evidence)
         self.names, self.max_accuracy_loss = list(names), max_accuracy_loss
         self._calib, self._store, self._bundle_id, self._clock = list(evidence), store, bundle_id, clock
@@ -70,9 +77,16 @@ class PlanAdmission:
                 self._save()
         for k in changed:
             e = self.evidence(k)
-            log.warning("plan %s %s: loss bound %.4f on %d texts (%d live, %d disagreeing), max_accuracy_loss %g",
-                        self.names[k], "admitted" if self._admitted[k] else "withdrawn", e.bound, e.texts, e.live_n,
-                        e.live_disagree, self.max_accuracy_loss)
+            log.warning(
+                "plan %s %s: loss bound %.4f on %d texts (%d live, %d disagreeing), max_accuracy_loss %g",
+                self.names[k],
+                "admitted" if self._admitted[k] else "withdrawn",
+                e.bound,
+                e.texts,
+                e.live_n,
+                e.live_disagree,
+                self.max_accuracy_loss,
+            )
         return changed
 
     def report(self) -> dict:
@@ -80,25 +94,35 @@ class PlanAdmission:
         plans = []
         for i, name in enumerate(self.names):
             e = self.evidence(i)
-            plans.append({"plan": name, "admitted": True, "reason": "the full model"} if e is None else
-                         {"plan": name, **e.report(self.max_accuracy_loss)})
-        return {"max_accuracy_loss": self.max_accuracy_loss, "confidence": CONFIDENCE,
-                "texts_needed_if_all_agree": texts_needed(self.max_accuracy_loss),
-                "rule": "a plan is served while the one-sided 95% upper bound on its accuracy loss against the full "
-                        "model (calibration texts only the full model gets right, plus live texts it answered "
-                        "differently, over all those texts) is within max_accuracy_loss",
-                "plans": plans}
+            plans.append(
+                {"plan": name, "admitted": True, "reason": "the full model"}
+                if e is None
+                else {"plan": name, **e.report(self.max_accuracy_loss)}
+            )
+        return {
+            "max_accuracy_loss": self.max_accuracy_loss,
+            "confidence": CONFIDENCE,
+            "texts_needed_if_all_agree": texts_needed(self.max_accuracy_loss),
+            "rule": "a plan is served while the one-sided 95% upper bound on its accuracy loss against the full "
+            "model (calibration texts only the full model gets right, plus live texts it answered "
+            "differently, over all those texts) is within max_accuracy_loss",
+            "plans": plans,
+        }
 
     def summary(self) -> str:
         """One line for the start-up log."""
         parts = []
         for i in range(1, len(self.names)):
             e = self.evidence(i)
-            parts.append(f"{self.names[i]} {'in' if self._admitted[i] else 'out'} "
-                         f"(bound {e.bound:.3f} on {e.calib_n}+{e.live_n} texts)")
+            parts.append(
+                f"{self.names[i]} {'in' if self._admitted[i] else 'out'} "
+                f"(bound {e.bound:.3f} on {e.calib_n}+{e.live_n} texts)"
+            )
         need = texts_needed(self.max_accuracy_loss)
-        return (f"auto serves plans whose 95% loss bound is within {self.max_accuracy_loss:g} "
-                f"(at least {need} agreeing texts each): " + ("; ".join(parts) or "no plans: full model only"))
+        return (
+            f"auto serves plans whose 95% loss bound is within {self.max_accuracy_loss:g} "
+            f"(at least {need} agreeing texts each): " + ("; ".join(parts) or "no plans: full model only")
+        )
 
     # --- persistence ---
 
@@ -108,7 +132,9 @@ class PlanAdmission:
         try:
             saved = json.loads(self._store.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            log.warning("live agreement %s unreadable (%s): starting from the calibration split alone", self._store, e)
+            log.warning(
+                "live agreement %s unreadable (%s): starting from the calibration split alone", self._store, e
+            )
             return
         if saved.get("bundle") != self._bundle_id:
             log.warning("live agreement %s is of another bundle: not applied", self._store)
@@ -125,9 +151,15 @@ class PlanAdmission:
         self._saved_at = self._clock()
         if self._store is None or self._unwritable:
             return
-        body = {"bundle": self._bundle_id, "window": self._live[0].maxlen,
-                "plans": {name: "".join("1" if a else "0" for a in live)
-                          for name, live in zip(self.names, self._live) if live}}
+        body = {
+            "bundle": self._bundle_id,
+            "window": self._live[0].maxlen,
+            "plans": {
+                name: "".join("1" if a else "0" for a in live)
+                for name, live in zip(self.names, self._live)
+                if live
+            },
+        }
         tmp = self._store.with_name(f".{self._store.name}.{os.getpid()}.tmp")
         try:  # written whole, then renamed over: a reader never sees half a file
             tmp.write_text(json.dumps(body), encoding="utf-8")

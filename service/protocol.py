@@ -16,12 +16,16 @@ RENAMED = {"max_heads_ratio": "max_flops_ratio", "min_heads_ratio": "min_flops_r
 
 class Budget(Strict):
     mode: Literal["auto", "fixed", "dense"] = Field(
-        "auto", description="auto: from input complexity and load; fixed: the largest level within "
-        "max_flops_ratio; dense: the full model")
-    max_flops_ratio: float = Field(1.0, ge=0.0, le=1.0, description="never spend more than this share of the full "
-                                   "model's FLOPs")
-    min_flops_ratio: float = Field(0.0, ge=0.0, le=1.0, description="never spend less than this share of the full "
-                                   "model's FLOPs")
+        "auto",
+        description="auto: from input complexity and load; fixed: the largest level within "
+        "max_flops_ratio; dense: the full model",
+    )
+    max_flops_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="never spend more than this share of the full model's FLOPs"
+    )
+    min_flops_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="never spend less than this share of the full model's FLOPs"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -29,14 +33,18 @@ class Budget(Strict):
         """The heads-ratio controls are refused by name: a heads share no longer says what a budget costs."""
         for old, new in RENAMED.items():
             if isinstance(data, dict) and old in data:
-                raise ValueError(f"{old} was replaced by {new}: budgets cover heads and FFN neurons and are "
-                                 f"FLOPs ratios now")
+                raise ValueError(
+                    f"{old} was replaced by {new}: budgets cover heads and FFN neurons and are "
+                    f"FLOPs ratios now"
+                )
         return data
 
     @model_validator(mode="after")
     def _ordered(self):
         if self.min_flops_ratio > self.max_flops_ratio:
-            raise ValueError(f"min_flops_ratio {self.min_flops_ratio:g} is above max_flops_ratio {self.max_flops_ratio:g}")
+            raise ValueError(
+                f"min_flops_ratio {self.min_flops_ratio:g} is above max_flops_ratio {self.max_flops_ratio:g}"
+            )
         return self
 
 
@@ -74,15 +82,24 @@ class PassRun(Strict):
 class Result(Strict):
     label: str
     probabilities: dict[str, float]
-    heads: Units = Field(description="heads computed, summed over the passes run (a cascade's two passes can "
-                         "exceed the total)")
+    heads: Units = Field(
+        description="heads computed, summed over the passes run (a cascade's two passes can exceed the total)"
+    )
     neurons: Units = Field(description="FFN intermediate neurons computed, summed over the passes run")
-    flops_ratio: float = Field(description="FLOPs of every pass this input ran / the full model's, at its length")
+    flops_ratio: float = Field(
+        description="FLOPs of every pass this input ran / the full model's, at its length"
+    )
     passes: list[PassRun] = Field(description="the passes run, in order; the answer is the last one's")
-    plan: str | None = Field(description="auto: the plan the load chose (full, cascade T, single B); else null")
+    plan: str | None = Field(
+        description="auto: the plan the load chose (full, cascade T, single B); else null"
+    )
     margin: float | None = Field(description="cascade: the first pass's top-two logit margin")
-    threshold: float | None = Field(description="cascade: the live escalation threshold the margin was held against")
-    escalated: bool = Field(description="the first pass's margin was at or under the threshold: a second pass ran")
+    threshold: float | None = Field(
+        description="cascade: the live escalation threshold the margin was held against"
+    )
+    escalated: bool = Field(
+        description="the first pass's margin was at or under the threshold: a second pass ran"
+    )
     complexity: float = Field(description="input complexity in [0, 1]")
     pressure: float = Field(description="load pressure in [0, 1] when the budget was chosen")
     level: str = Field(description="budget level name, e.g. f50 = 50% of the full model's FLOPs")
@@ -98,8 +115,11 @@ class ClassifyResponse(Strict):
 class ExplainRequest(Strict):
     text: str = Field(description="one text to classify and explain")
     budget: Budget = Field(default_factory=Budget)
-    attention: bool = Field(True, description="include the attention maps of the heads that ran (T x T each: "
-                            "up to several MB for long texts at full budget)")
+    attention: bool = Field(
+        True,
+        description="include the attention maps of the heads that ran (T x T each: "
+        "up to several MB for long texts at full budget)",
+    )
 
 
 class Complexity(Strict):
@@ -115,17 +135,24 @@ class HeadExplanation(Strict):
     head: int = Field(description="the head's id in the base checkpoint")
     active: bool = Field(description="the head ran at this budget")
     input_importance: float = Field(description="|dL/dm_h| for this input (see per_input_method)")
-    input_gradient: float = Field(description="dL/dm_h for this input; > 0: dropping the head lowers the loss")
-    global_importance: dict[str, float] = Field(description="the bundle's calibration scores: michel, fisher, attention")
+    input_gradient: float = Field(
+        description="dL/dm_h for this input; > 0: dropping the head lowers the loss"
+    )
+    global_importance: dict[str, float] = Field(
+        description="the bundle's calibration scores: michel, fisher, attention"
+    )
     attention: list[list[float]] | None = Field(
         description="T x T attention weights (rows: query tokens, each sums to 1; columns: keys), rounded; "
-        "null if the head did not run or attention was not asked for")
+        "null if the head did not run or attention was not asked for"
+    )
 
 
 class LayerExplanation(Strict):
     layer: int
     active: int = Field(description="heads that ran in this layer: positions 0..active-1")
-    neurons_active: int = Field(description="FFN neurons that ran in this layer: positions 0..neurons_active-1")
+    neurons_active: int = Field(
+        description="FFN neurons that ran in this layer: positions 0..neurons_active-1"
+    )
     heads: list[HeadExplanation] = Field(description="every head of the layer, in stored order")
 
 
@@ -152,7 +179,9 @@ class ExplainResponse(Strict):
     per_input_method: str = Field(description="how input_importance was computed")
     global_methods: dict[str, str] = Field(description="how each global importance score was computed")
     order_by: str | None = Field(description="the global scorer that orders heads (stored positions)")
-    input_importance: list[list[float]] = Field(description="[layers][heads] |dL/dm| for this input, stored order")
+    input_importance: list[list[float]] = Field(
+        description="[layers][heads] |dL/dm| for this input, stored order"
+    )
     layers: list[LayerExplanation]
 
 
@@ -173,6 +202,7 @@ class V2ErrorResponse(Strict):
 
 
 # --- Open Inference Protocol v2 (KServe / Triton HTTP) ---
+
 
 class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="allow")

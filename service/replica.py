@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,8 +30,10 @@ from .settings import Settings
 
 log = logging.getLogger("dihs.replica")
 BUNDLE_HEADER = b"x-dihs-bundle"
-DRAINING = ("the replica is shutting down and takes no new requests: retry after the Retry-After delay "
-            "(another replica, or the restarted service, answers)")
+DRAINING = (
+    "the replica is shutting down and takes no new requests: retry after the Retry-After delay "
+    "(another replica, or the restarted service, answers)"
+)
 
 
 class LiveConfig(BaseModel):
@@ -40,19 +42,32 @@ class LiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle: str | None = Field(None, description="bundle folder: a new one is loaded, warmed and swapped in; "
-                               "requests already accepted finish on the old one")
+    bundle: str | None = Field(
+        None,
+        description="bundle folder: a new one is loaded, warmed and swapped in; "
+        "requests already accepted finish on the old one",
+    )
     slo_ms: float | None = Field(None, gt=0, description="latency objective of the load pressure")
     max_batch_size: int | None = Field(None, ge=1, le=256, description="texts per model batch")
-    protect: float | None = Field(None, ge=0, le=1, description="policy: share of the cut a maximally complex "
-                                  "text is spared (default: from the bundle's calibration)")
-    utilization: float | None = Field(None, gt=0, le=1, description="controller: share of a replica's time the "
-                                      "chosen plan may fill at the arrival rate")
-    hold_s: float | None = Field(None, ge=0, description="controller: how long a costlier plan must be wanted "
-                                 "before it is taken")
+    protect: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="policy: share of the cut a maximally complex "
+        "text is spared (default: from the bundle's calibration)",
+    )
+    utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="controller: share of a replica's time the chosen plan may fill at the arrival rate",
+    )
+    hold_s: float | None = Field(
+        None, ge=0, description="controller: how long a costlier plan must be wanted before it is taken"
+    )
 
     @classmethod
-    def of(cls, s: Settings) -> "LiveConfig":
+    def of(cls, s: Settings) -> LiveConfig:
         """The live fields a deployment starts with (build_app puts them in its user_config)."""
         return cls(bundle=s.bundle, slo_ms=s.slo_ms, max_batch_size=s.max_batch_size)
 
@@ -65,7 +80,7 @@ class Serving:
     engine: Engine
     batcher: Batcher
     app: object  # the FastAPI app over this engine
-    backend: "ReplicaBackend"  # the app's backend
+    backend: ReplicaBackend  # the app's backend
     bundle_id: str
     entered: int = 0  # HTTP requests inside this app, from their first byte (parsing and validation too)
 
@@ -74,7 +89,7 @@ class ReplicaBackend(EngineBackend):
     """The routes' backend: the engine's, refusing new work while the replica drains and counting the
     requests in flight (the drain waits for them)."""
 
-    def __init__(self, replica: "Replica", engine: Engine, batcher: Batcher):
+    def __init__(self, replica: Replica, engine: Engine, batcher: Batcher):
         super().__init__(engine, replica.settings.model_name, submit=batcher.submit)
         self.replica = replica
 
@@ -97,7 +112,7 @@ class ReplicaBackend(EngineBackend):
 
 
 class _Accepted:
-    def __init__(self, replica: "Replica"):
+    def __init__(self, replica: Replica):
         self.replica = replica
 
     def __enter__(self):
@@ -134,9 +149,20 @@ class Replica:
         bundle = load_bundle(path)
         bundle_id = bundle_checksum(bundle.meta)
         agreement = Path(s.agreement_file) if s.agreement_file else Path(path) / "live-agreement.json"
-        engine = Engine(bundle, s.model_name, load, self.metrics, s.device, s.dtype, policy=_policy(live),
-                        max_batch_size=batch, controller=self._controller_config(live), shadow_share=s.shadow_share,
-                        agreement_file=agreement, bundle_id=bundle_id)
+        engine = Engine(
+            bundle,
+            s.model_name,
+            load,
+            self.metrics,
+            s.device,
+            s.dtype,
+            policy=_policy(live),
+            max_batch_size=batch,
+            controller=self._controller_config(live),
+            shadow_share=s.shadow_share,
+            agreement_file=agreement,
+            bundle_id=bundle_id,
+        )
         engine.probe()
         log.warning("%s", engine.admission.summary())
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity, idle=engine.shadow)
@@ -151,8 +177,12 @@ class Replica:
 
     def _controller_config(self, live: LiveConfig) -> ControllerConfig:
         given = {k: getattr(live, k) for k in ("utilization", "hold_s") if getattr(live, k) is not None}
-        return replace(ControllerConfig(), slo_s=self._value(live, "slo_ms") / 1e3,
-                       max_accuracy_loss=self.settings.max_accuracy_loss, **given)
+        return replace(
+            ControllerConfig(),
+            slo_s=self._value(live, "slo_ms") / 1e3,
+            max_accuracy_loss=self.settings.max_accuracy_loss,
+            **given,
+        )
 
     async def reconfigure(self, config: dict | None) -> None:
         """Apply Serve's user_config: a new bundle path is loaded and swapped in (the old one answers what
@@ -162,8 +192,13 @@ class Replica:
         if str(self._value(live, "bundle")) != current.bundle_path:
             self.serving = await asyncio.to_thread(self._build, live)
             self.live = live
-            log.warning("bundle %s (%s) swapped in for %s (%s)", self.serving.bundle_path, self.serving.bundle_id,
-                        current.bundle_path, current.bundle_id)
+            log.warning(
+                "bundle %s (%s) swapped in for %s (%s)",
+                self.serving.bundle_path,
+                self.serving.bundle_id,
+                current.bundle_path,
+                current.bundle_id,
+            )
             asyncio.get_running_loop().create_task(_retire(current, self.settings.gc_freeze))
             return
         self.live = live

@@ -20,23 +20,39 @@ def v1_router(api: Api) -> APIRouter:
     router = APIRouter()
     info = api.info
 
-    @router.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one text or a list",
-                 dependencies=[Depends(api.authorized), Depends(api.counted)])
+    @router.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        summary="Classify one text or a list",
+        dependencies=[Depends(api.authorized), Depends(api.counted)],
+    )
     async def classify_route(req: ClassifyRequest):
         return await classify(api, req)
 
-    @router.post("/v1/explain", response_model=ExplainResponse, dependencies=[Depends(api.authorized)],
-                 summary="Classify one text and explain it (JSON or PNG)",
-                 responses={200: {"content": {"image/png": {}}, "description": "JSON, or a PNG with format=png"}})
-    async def explain(req: ExplainRequest,
-                      fmt: Literal["json", "png"] = Query("json", alias="format", description="json or png"),
-                      view: Literal["grid", "attention"] = Query("grid", description="png: the layers x heads grid, "
-                                                                 "or one head's attention map"),
-                      score: Literal["input", "michel", "fisher", "attention"] = Query(
-                          "input", description="grid colour: this input's importance or a global scorer"),
-                      layer: int | None = Query(None, ge=0, description="attention view: layer (default: the "
-                                                "layer of the head that mattered most for this input)"),
-                      head: int | None = Query(None, ge=0, description="attention view: original head id")):
+    @router.post(
+        "/v1/explain",
+        response_model=ExplainResponse,
+        dependencies=[Depends(api.authorized)],
+        summary="Classify one text and explain it (JSON or PNG)",
+        responses={200: {"content": {"image/png": {}}, "description": "JSON, or a PNG with format=png"}},
+    )
+    async def explain(
+        req: ExplainRequest,
+        fmt: Literal["json", "png"] = Query("json", alias="format", description="json or png"),
+        view: Literal["grid", "attention"] = Query(
+            "grid", description="png: the layers x heads grid, or one head's attention map"
+        ),
+        score: Literal["input", "michel", "fisher", "attention"] = Query(
+            "input", description="grid colour: this input's importance or a global scorer"
+        ),
+        layer: int | None = Query(
+            None,
+            ge=0,
+            description="attention view: layer (default: the "
+            "layer of the head that mattered most for this input)",
+        ),
+        head: int | None = Query(None, ge=0, description="attention view: original head id"),
+    ):
         item = api.items([req.text], req.budget)[0]
         if (layer is None) != (head is None):
             raise ApiError(422, "give both layer and head, or neither (the most important head that ran)")
@@ -50,7 +66,9 @@ def v1_router(api: Api) -> APIRouter:
             raise ApiError(422, str(e)) from None
         return Response(image, media_type="image/png")
 
-    ui_page = (files("service") / "static" / "ui.html").read_text(encoding="utf-8").replace("{{MODEL}}", info.name)
+    ui_page = (
+        (files("service") / "static" / "ui.html").read_text(encoding="utf-8").replace("{{MODEL}}", info.name)
+    )
 
     @router.get("/ui", include_in_schema=False, response_class=HTMLResponse)
     async def ui():

@@ -44,16 +44,25 @@ def v2_router(api: Api) -> APIRouter:
     def known(name: str, version: str | None) -> None:
         api.known(name)
         if version is not None and version not in VERSIONS:
-            raise ApiError(404, f"model {name!r} has no version {version!r}; its versions are {', '.join(VERSIONS)}",
-                           "not_found")
+            raise ApiError(
+                404,
+                f"model {name!r} has no version {version!r}; its versions are {', '.join(VERSIONS)}",
+                "not_found",
+            )
 
     @router.get("/v2/models/{name}", response_model=V2ModelMetadata)
-    @router.get("/v2/models/{name}/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False)
+    @router.get(
+        "/v2/models/{name}/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False
+    )
     async def model_metadata(name: str, version: str | None = None):
         known(name, version)
-        return V2ModelMetadata(name=info.name, versions=VERSIONS, platform="pytorch_dihs",
-                               inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                               outputs=metadata(info.labels))
+        return V2ModelMetadata(
+            name=info.name,
+            versions=VERSIONS,
+            platform="pytorch_dihs",
+            inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            outputs=metadata(info.labels),
+        )
 
     @router.get("/v2/models/{name}/config")
     @router.get("/v2/models/{name}/versions/{version}/config", include_in_schema=False)
@@ -63,10 +72,19 @@ def v2_router(api: Api) -> APIRouter:
         plans auto serves now, with the evidence behind each (`auto`)."""
         known(name, version)
         s = api.settings
-        return {"name": info.name, "labels": info.labels, "ladder_flops_ratios": info.ladder, "dtype": info.dtype,
-                "max_texts": s.max_texts, "max_chars": s.max_chars, "max_tokens": info.max_length,
-                "parameters": list(REQUEST_PARAMETERS), "output_parameters": list(OUTPUT_PARAMETERS),
-                "outputs": list(OUTPUTS), "auto": api.backend.auto_status()}
+        return {
+            "name": info.name,
+            "labels": info.labels,
+            "ladder_flops_ratios": info.ladder,
+            "dtype": info.dtype,
+            "max_texts": s.max_texts,
+            "max_chars": s.max_chars,
+            "max_tokens": info.max_length,
+            "parameters": list(REQUEST_PARAMETERS),
+            "output_parameters": list(OUTPUT_PARAMETERS),
+            "outputs": list(OUTPUTS),
+            "auto": api.backend.auto_status(),
+        }
 
     @router.get("/v2/models/{name}/ready")
     @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
@@ -77,12 +95,30 @@ def v2_router(api: Api) -> APIRouter:
 
     guarded = [Depends(api.authorized), Depends(api.counted)]
 
-    @router.post("/v2/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
-                 dependencies=guarded,
-                 openapi_extra={"requestBody": {"content": {"application/json": {
-                     "schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
-    @router.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False, dependencies=guarded,
-                 response_model=V2InferResponse, response_model_exclude_none=True)
+    @router.post(
+        "/v2/models/{name}/infer",
+        response_model=V2InferResponse,
+        response_model_exclude_none=True,
+        dependencies=guarded,
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": V2InferRequest.model_json_schema(
+                            ref_template="#/components/schemas/{model}"
+                        )
+                    }
+                }
+            }
+        },
+    )
+    @router.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        include_in_schema=False,
+        dependencies=guarded,
+        response_model=V2InferResponse,
+        response_model_exclude_none=True,
+    )
     async def infer(name: str, request: Request, version: str | None = None):
         known(name, version)
         call = await read_call(request)

@@ -16,11 +16,23 @@ WORDS = "the a good bad movie film great awful plot actor love hate fun dull sto
 def tiny_config(family: str):
     common = dict(vocab_size=64, max_position_embeddings=64)
     if family == "bert":
-        return BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                          hidden_act="gelu", **common)
+        return BertConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            hidden_act="gelu",
+            **common,
+        )
     if family == "roberta":
-        return RobertaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                             pad_token_id=1, **common)
+        return RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            pad_token_id=1,
+            **common,
+        )
     if family == "distilbert":
         return DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, **common)
     raise ValueError(family)
@@ -59,6 +71,7 @@ def random_heads(L: int, H: int, seed: int):
     for l, c in enumerate(heads):
         mask[l, list(range(c)) if isinstance(c, int) else c] = 1.0
     return heads, mask
+
 
 def distinct_texts(n: int, seed: int = 0) -> list[str]:
     """n different texts: a repeated text's margin equals the threshold its earlier copy set (a tie
@@ -101,8 +114,14 @@ def write_reviews_csv(path, n: int = 60, text_col: str = "text", label_col: str 
         w.writerow([text_col, label_col])
         for i in range(n):
             words = pos if i % 2 else neg
-            w.writerow([" ".join(rng.choice(words + ["the", "movie", "plot"]) for _ in range(6)) + " " + words[i % 4],
-                        "pos" if i % 2 else "neg"])
+            w.writerow(
+                [
+                    " ".join(rng.choice(words + ["the", "movie", "plot"]) for _ in range(6))
+                    + " "
+                    + words[i % 4],
+                    "pos" if i % 2 else "neg",
+                ]
+            )
     return path
 
 
@@ -117,12 +136,15 @@ def free_port() -> int:
 def tiny_calibrated_bundle(tmp_path):
     """A tiny two-class bundle with importance, ladder and complexity calibration."""
     from dihs_model.bundle import new_bundle
-    from dihs_model.data import Examples
     from dihs_model.calibrate import calibrate_bundle
+    from dihs_model.data import Examples
 
     texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
-    return calibrate_bundle(new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),
-                            Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+    return calibrate_bundle(
+        new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),
+        Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]),
+        progress=False,
+    )
 
 
 class ManualClock:
@@ -167,9 +189,7 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
     from ray import serve
 
     from dihs_model.bundle import save_bundle
-    from service.app import build_app
-
-    from service.app import ray_env
+    from service.app import build_app, ray_env
     from service.settings import Settings
 
     path = save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
@@ -178,18 +198,28 @@ def start_tiny_serve(tmp_path, **settings) -> dict:
     for k in env:  # put back by stop_serve
         _ENV_BEFORE.setdefault(k, os.environ.get(k))
     os.environ.update(env)
-    ray.init(num_cpus=4, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": env}, _system_config={"metrics_report_interval_ms": 1000})
+    ray.init(
+        num_cpus=4,
+        _metrics_export_port=metrics_port,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": env},
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
-                    logging_config={"enable_access_log": False})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False}
+        )
         args = {"bundle": str(path), "model_name": "tiny", **settings}
         serve.run(build_app(args), name="dihs", route_prefix="/")
     except BaseException:
         stop_serve()  # the next module can start its own
         raise
-    return {"base": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-            "bundle": path}
+    return {
+        "base": f"http://127.0.0.1:{http_port}",
+        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "bundle": path,
+    }
 
 
 _ENV_BEFORE: dict = {}  # what start_tiny_serve changed in os.environ, to put back

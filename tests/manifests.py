@@ -22,8 +22,11 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = tuple(sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml")))
 K8S_VERSION = "1.32.0"  # a version kubernetes-validate ships schemas for (and kubectl's here)
-CRD_FILES = {"RayService": "ray.io_rayservices.yaml", "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
-             "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+CRD_FILES = {
+    "RayService": "ray.io_rayservices.yaml",
+    "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
+    "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+}
 
 
 def load_all(path: Path) -> list[dict]:
@@ -48,8 +51,9 @@ def kustomize_cmd() -> list[str] | None:
 
 @functools.cache
 def _rendered(overlay: str) -> str:
-    out = subprocess.run([*kustomize_cmd(), str(K8S / "overlays" / overlay)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [*kustomize_cmd(), str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -57,7 +61,9 @@ def _rendered(overlay: str) -> str:
 def render(overlay: str) -> list[dict]:
     """Every object `kubectl kustomize deploy/k8s/overlays/OVERLAY` renders (a skip without kustomize)."""
     if kustomize_cmd() is None:
-        pytest.skip("neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only")
+        pytest.skip(
+            "neither kustomize nor kubectl is installed: overlays checked by test_kustomizations_resolve only"
+        )
     return [d for d in yaml.safe_load_all(_rendered(overlay)) if d]
 
 
@@ -69,8 +75,10 @@ def crds_dir() -> Path:
     env = os.environ.get("DIHS_CRDS_DIR")
     path = Path(env) if env else ROOT.parent / "shared" / "crds"
     if not all((path / f).is_file() for f in CRD_FILES.values()):
-        pytest.skip(f"no CRDs at {path} ({'DIHS_CRDS_DIR' if env else 'set DIHS_CRDS_DIR, or ../shared/crds'}): "
-                    f"needs {', '.join(CRD_FILES.values())}")
+        pytest.skip(
+            f"no CRDs at {path} ({'DIHS_CRDS_DIR' if env else 'set DIHS_CRDS_DIR, or ../shared/crds'}): "
+            f"needs {', '.join(CRD_FILES.values())}"
+        )
     return path
 
 
@@ -90,10 +98,14 @@ def structural(schema: dict, root: bool = True) -> dict:
         if key in s:
             s[key] = [structural(sub, root=False) for sub in s[key]]
     if schema.get("x-kubernetes-embedded-resource"):
-        s.setdefault("properties", {}).update({"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                               "metadata": {"type": "object"}})
-    if schema.get("type") == "object" and "additionalProperties" not in s \
-            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        s.setdefault("properties", {}).update(
+            {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
+        )
+    if (
+        schema.get("type") == "object"
+        and "additionalProperties" not in s
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         s["additionalProperties"] = False
     if root:  # the API server checks metadata itself (checked here as a core ObjectMeta)
         s["properties"]["metadata"] = {"type": "object"}
@@ -115,8 +127,10 @@ def _validator(kind: str, version: str):
 def crd_errors(doc: dict) -> list[str]:
     """What the CRD of doc's kind refuses in it (empty: valid), and what a core ObjectMeta refuses in its metadata."""
     group_version = doc["apiVersion"]
-    errors = [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-              for e in _validator(doc["kind"], group_version.split("/")[-1]).iter_errors(doc)]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in _validator(doc["kind"], group_version.split("/")[-1]).iter_errors(doc)
+    ]
     meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}
     try:
         validate_core(meta)
@@ -138,8 +152,8 @@ def validate_core(obj: dict) -> None:
 def kserve_errors(data, type_name: str = "V1beta1InferenceService", where: str = "") -> list[str]:
     """Walk data along the kserve SDK's generated models (and the kubernetes client's, for the pod
     fields they reference): every key must be an attribute of its model, every value of its type."""
-    import kubernetes.client.models as k8s
     import kserve.models as ks
+    import kubernetes.client.models as k8s
 
     if type_name.lower().startswith("list["):  # the SDKs write list[X] or List[X]
         if not isinstance(data, list):
@@ -150,7 +164,13 @@ def kserve_errors(data, type_name: str = "V1beta1InferenceService", where: str =
             return [f"{where}: a mapping expected"]
         value_type = type_name[5:-1].split(",", 1)[1].strip()
         return [e for k, v in data.items() for e in kserve_errors(v, value_type, f"{where}.{k}")]
-    primitive = {"str": str, "int": int, "bool": bool, "float": (int, float), "ResourceQuantity": (str, int, float)}
+    primitive = {
+        "str": str,
+        "int": int,
+        "bool": bool,
+        "float": (int, float),
+        "ResourceQuantity": (str, int, float),
+    }
     if type_name in primitive:
         ok = isinstance(data, primitive[type_name]) and not (type_name == "int" and isinstance(data, bool))
         return [] if ok else [f"{where}: {type(data).__name__} is not {type_name}"]
@@ -179,9 +199,25 @@ def ray_groups(rayservice: dict) -> list[tuple[str, dict]]:
     return head + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
 
 
-KSERVE_ONLY = {"minReplicas", "maxReplicas", "scaleMetric", "scaleMetricType", "scaleTarget", "labels", "annotations",
-               "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher", "deploymentStrategy",
-               "autoScaling", "storageUris", "model", "workerSpec"}
+KSERVE_ONLY = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleMetricType",
+    "scaleTarget",
+    "labels",
+    "annotations",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "deploymentStrategy",
+    "autoScaling",
+    "storageUris",
+    "model",
+    "workerSpec",
+}
 
 
 def pods(docs: list[dict]) -> list[tuple[str, dict]]:
@@ -196,24 +232,46 @@ def pods(docs: list[dict]) -> list[tuple[str, dict]]:
                 t = copy.deepcopy(g["template"])
                 if group == "head" and cluster.get("enableInTreeAutoscaling"):
                     opts = cluster.get("autoscalerOptions", {})
-                    sidecar = {"name": "autoscaler", "image": t["spec"]["containers"][0]["image"],
-                               **{k: opts[k] for k in ("resources", "securityContext", "env", "envFrom", "volumeMounts")
-                                  if k in opts}}
+                    sidecar = {
+                        "name": "autoscaler",
+                        "image": t["spec"]["containers"][0]["image"],
+                        **{
+                            k: opts[k]
+                            for k in ("resources", "securityContext", "env", "envFrom", "volumeMounts")
+                            if k in opts
+                        },
+                    }
                     t["spec"]["containers"].append(sidecar)
                 meta = {**t.get("metadata", {}), "name": f"{name}-{group}"}
-                out.append((f"RayService {name} {group} group", {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                                                                   "spec": t["spec"]}))
+                out.append(
+                    (
+                        f"RayService {name} {group} group",
+                        {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]},
+                    )
+                )
         elif d["kind"] == "InferenceService":
             p = d["spec"]["predictor"]
             spec = {k: v for k, v in p.items() if k not in KSERVE_ONLY}
             meta = {"name": f"{name}-predictor", "labels": p.get("labels", {})}
-            out.append((f"InferenceService {name} predictor", {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                                                                "spec": spec}))
+            out.append(
+                (
+                    f"InferenceService {name} predictor",
+                    {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec},
+                )
+            )
     return out
 
 
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
-                      "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(spec: dict) -> list[str]:
@@ -231,8 +289,14 @@ def restricted_violations(spec: dict) -> list[str]:
             bad.append(f"volume {v['name']}: {sorted(kinds - RESTRICTED_VOLUMES)} not allowed")
     if pod_sc.get("sysctls"):
         bad.append("sysctls set")
-    if pod_sc.get("seLinuxOptions", {}).get("type") not in (None, "", "container_t", "container_init_t",
-                                                             "container_kvm_t", "container_engine_t"):
+    if pod_sc.get("seLinuxOptions", {}).get("type") not in (
+        None,
+        "",
+        "container_t",
+        "container_init_t",
+        "container_kvm_t",
+        "container_engine_t",
+    ):
         bad.append("pod seLinuxOptions.type")
     if pod_sc.get("runAsUser") == 0:
         bad.append("pod runAsUser 0")
@@ -261,7 +325,9 @@ def restricted_violations(spec: dict) -> list[str]:
             bad.append(f"{who}: runAsNonRoot is not true (container or Pod)")
         seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
         if seccomp not in ("RuntimeDefault", "Localhost"):
-            bad.append(f"{who}: seccompProfile is {seccomp} (RuntimeDefault or Localhost needed, container or Pod)")
+            bad.append(
+                f"{who}: seccompProfile is {seccomp} (RuntimeDefault or Localhost needed, container or Pod)"
+            )
         if sc.get("appArmorProfile", {}).get("type") == "Unconfined":
             bad.append(f"{who}: appArmorProfile Unconfined")
     return bad

@@ -106,7 +106,9 @@ def replica(tmp_path_factory):
         return engine.run(items, timing)
 
     batcher = Batcher(run, max_batch_size=16, wait_s=0.002, capacity=64)
-    app = build_http_app(Settings(model_name="tiny", max_texts=32), EngineBackend(engine, "tiny", batcher.submit), metrics)
+    app = build_http_app(
+        Settings(model_name="tiny", max_texts=32), EngineBackend(engine, "tiny", batcher.submit), metrics
+    )
     with TestClient(app) as client:  # one event loop for the batcher's worker, as in a replica
         yield client, calls, engine
 
@@ -124,15 +126,20 @@ def test_a_16_text_request_is_one_model_batch_and_answers_in_the_protocol_shape(
     direct = engine.run([Item(t) for t in texts])
     assert [x.label for x in body.results] == [d["label"] for d in direct]
     timing = dict(p.split(";dur=") for p in r.headers["server-timing"].split(", "))
-    assert set(timing) == {"queue", *PHASES, "serialize", "app"} and all(float(v) >= 0 for v in timing.values())
+    assert set(timing) == {"queue", *PHASES, "serialize", "app"} and all(
+        float(v) >= 0 for v in timing.values()
+    )
     assert r.headers["x-request-id"]
 
 
 def test_v2_infer_through_the_batcher_has_the_oip_shape(replica):
     client, calls, _ = replica
     calls.clear()
-    infer = {"id": "q1", "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a b", "c d", "e"]}],
-             "outputs": [{"name": "label"}, {"name": "level"}]}
+    infer = {
+        "id": "q1",
+        "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a b", "c d", "e"]}],
+        "outputs": [{"name": "label"}, {"name": "level"}],
+    }
     r = client.post("/v2/models/tiny/infer", json=infer)
     assert r.status_code == 200, r.text
     body = V2InferResponse.model_validate_json(r.content)

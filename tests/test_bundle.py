@@ -27,7 +27,10 @@ def test_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
     ids, mask = tiny_bundle.encode(["good movie", "the plot was awful and dull"])
     with torch.no_grad():
         assert torch.equal(loaded.model(ids, mask).logits, tiny_bundle.model.eval()(ids, mask).logits)
-    assert loaded.labels == ["neg", "pos"] and set(loaded.meta["files"]) >= {"model.safetensors", "config.json"}
+    assert loaded.labels == ["neg", "pos"] and set(loaded.meta["files"]) >= {
+        "model.safetensors",
+        "config.json",
+    }
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]  # no temp folders left
 
 
@@ -57,15 +60,21 @@ def _rewrite_meta(path, change):
     (path / "dihs.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m.pop("labels"), "labels: Field required"),
-    (lambda m: m.update(labels="pos"), "labels: Input should be a valid list"),
-    (lambda m: m["levels"][1].update(neurons=[1, 2]), "has 3 head counts and 2 neuron counts"),
-    (lambda m: m["levels"][1].update(heads=[1, 1, 1, 1], neurons=[1, 1, 1, 1]), "has 4 layers; the model has 3"),
-    (lambda m: m["levels"][1].update(heads=[9, 9, 9]), "keeps more heads or neurons than the model has"),
-    (lambda m: m["levels"].pop(0), "levels must start with the full model"),
-    (lambda m: m["cascade"]["plans"][0].pop("first"), "cascade.plans.0.first: Field required"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.pop("labels"), "labels: Field required"),
+        (lambda m: m.update(labels="pos"), "labels: Input should be a valid list"),
+        (lambda m: m["levels"][1].update(neurons=[1, 2]), "has 3 head counts and 2 neuron counts"),
+        (
+            lambda m: m["levels"][1].update(heads=[1, 1, 1, 1], neurons=[1, 1, 1, 1]),
+            "has 4 layers; the model has 3",
+        ),
+        (lambda m: m["levels"][1].update(heads=[9, 9, 9]), "keeps more heads or neurons than the model has"),
+        (lambda m: m["levels"].pop(0), "levels must start with the full model"),
+        (lambda m: m["cascade"]["plans"][0].pop("first"), "cascade.plans.0.first: Field required"),
+    ],
+)
 def test_a_malformed_dihs_json_is_refused_with_one_line(tiny_bundle, tmp_path, change, message):
     out = save_bundle(calibrate_bundle(tiny_bundle, _examples(), progress=False), tmp_path / "b")
     _rewrite_meta(out, change)
@@ -78,11 +87,16 @@ def test_a_format_1_bundle_is_refused_by_name_and_upgraded_by_calibrate(tiny_bun
     out = save_bundle(tiny_bundle, tmp_path / "b")
 
     def to_v1(m):  # what a format-1 bundle looked like: heads-only levels, no neuron order
-        m.update(format_version=1, levels=[{"name": "h100", "target_ratio": 1.0, "heads": [4, 4, 4], "heads_ratio": 1.0}])
+        m.update(
+            format_version=1,
+            levels=[{"name": "h100", "target_ratio": 1.0, "heads": [4, 4, 4], "heads_ratio": 1.0}],
+        )
         m.pop("neuron_order")
 
     _rewrite_meta(out, to_v1)
-    with pytest.raises(BundleError, match=r"bundle format 1; this version reads 2: upgrade it with `dihs calibrate"):
+    with pytest.raises(
+        BundleError, match=r"bundle format 1; this version reads 2: upgrade it with `dihs calibrate"
+    ):
         load_bundle(out, verify=False)
     old = load_bundle(out, verify=False, upgrade=True)
     assert old.meta["format_version"] == 2 and "levels" not in old.meta

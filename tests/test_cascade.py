@@ -8,8 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dihs_model.budget import Allocator, Budget
-from dihs_model.cascade import (TRACK_WARMUP, CascadePlan, EscalationTracker, cascade_flops, fit_plans, plan_from_meta,
-                                run_cascade)
+from dihs_model.cascade import (
+    TRACK_WARMUP,
+    CascadePlan,
+    EscalationTracker,
+    cascade_flops,
+    fit_plans,
+    plan_from_meta,
+    run_cascade,
+)
 from dihs_model.passes import Passes, run_pass
 from tests.conftest import random_batch, tiny_classifier
 
@@ -87,7 +94,13 @@ def test_cascade_flops_count_what_each_input_ran_at_its_length():
     full = Budget.full(shape)
     tokens, esc = [4, 40], [False, True]
     spent = SMALL.flops(shape, 4) + SMALL.flops(shape, 40) + full.flops(shape, 40)
-    assert abs(cascade_flops(shape, SMALL, None, tokens, esc) - spent / (full.flops(shape, 4) + full.flops(shape, 40))) < 1e-12
+    assert (
+        abs(
+            cascade_flops(shape, SMALL, None, tokens, esc)
+            - spent / (full.flops(shape, 4) + full.flops(shape, 40))
+        )
+        < 1e-12
+    )
 
 
 def test_plans_round_trip_through_meta_and_load_only_for_the_current_confidence():
@@ -95,7 +108,9 @@ def test_plans_round_trip_through_meta_and_load_only_for_the_current_confidence(
     meta = {"cascade": {"confidence": "logit_margin", "plans": [plan.to_meta()]}}
     assert plan_from_meta(meta, 0.5) == plan
     assert plan_from_meta(meta, 0.3) is None
-    assert plan_from_meta({"cascade": {"plans": [plan.to_meta()]}}, 0.5) is None  # other confidence: recalibrate
+    assert (
+        plan_from_meta({"cascade": {"plans": [plan.to_meta()]}}, 0.5) is None
+    )  # other confidence: recalibrate
 
 
 def test_tied_confidences_never_give_a_plan_off_its_target():
@@ -125,7 +140,9 @@ def test_each_budget_runs_once_however_often_it_is_asked_for():
 
 
 def _plan(target, first, second, threshold):
-    return CascadePlan(target, SMALL, first, threshold, calib_escalated=0.0, calib_accuracy=0.0, second_ratio=second)
+    return CascadePlan(
+        target, SMALL, first, threshold, calib_escalated=0.0, calib_accuracy=0.0, second_ratio=second
+    )
 
 
 def test_the_tracker_holds_the_escalated_share_when_traffic_is_less_confident_than_calibration():
@@ -142,8 +159,12 @@ def test_the_tracker_holds_the_escalated_share_when_traffic_is_less_confident_th
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-20, 20), min_size=1, max_size=300), st.integers(0, 299),
-       st.floats(0.08, 0.5), st.floats(0.0, 1.0))
+@given(
+    st.lists(st.floats(-20, 20), min_size=1, max_size=300),
+    st.integers(0, 299),
+    st.floats(0.08, 0.5),
+    st.floats(0.0, 1.0),
+)
 def test_a_tracked_decision_depends_only_on_inputs_before_it(confs, cut, first, share):
     """No look-ahead: changing what comes later never changes an earlier decision."""
     plan = _plan(first + share * 1.0, first, 1.0, threshold=0.0)
@@ -162,10 +183,15 @@ def test_tracked_runs_spend_the_target_on_the_inputs_they_see():
         shifted = CascadePlan(**{**p.__dict__, "threshold": p.threshold + 100.0})  # calibrated elsewhere
         fixed = run_cascade(model, batches, shifted, len(labels), track=False)
         tracked = run_cascade(model, batches, shifted, len(labels))
-        assert abs(fixed.flops_ratio - (p.first_ratio + p.second_ratio)) < 1e-6  # the stale threshold escalates all
+        assert (
+            abs(fixed.flops_ratio - (p.first_ratio + p.second_ratio)) < 1e-6
+        )  # the stale threshold escalates all
         # the first TRACK_WARMUP of the 200 inputs follow the stale threshold; the rest hold the share
         share = (p.target_flops_ratio - p.first_ratio) / p.second_ratio
-        expected = p.first_ratio + (TRACK_WARMUP + share * (len(labels) - TRACK_WARMUP)) / len(labels) * p.second_ratio
+        expected = (
+            p.first_ratio
+            + (TRACK_WARMUP + share * (len(labels) - TRACK_WARMUP)) / len(labels) * p.second_ratio
+        )
         assert abs(tracked.flops_ratio - expected) <= 0.03
 
 
@@ -182,7 +208,9 @@ def test_candidate_plans_carry_their_paired_calibration_counts(tmp_path):
     plans = candidate_plans(meta)
     single = plans[-1]
     assert plans[0] is None and single.threshold == float("-inf")
-    assert single.calib_accuracy == meta["cascade"]["level_accuracy"][single.first.name]  # recorded at calibration
+    assert (
+        single.calib_accuracy == meta["cascade"]["level_accuracy"][single.first.name]
+    )  # recorded at calibration
     targets = [p.target_flops_ratio for p in plans[1:-1]]
     assert targets == sorted(targets, reverse=True) and len(targets) == len(meta["cascade"]["plans"])
     n = meta["cascade"]["calibration_examples"]
@@ -192,7 +220,9 @@ def test_candidate_plans_carry_their_paired_calibration_counts(tmp_path):
         assert e.calib_n == n and 0 <= e.calib_worse + e.calib_better <= n
         # the counts are the accuracy gap: (only full right) - (only plan right) = n * (full - plan)
         assert e.calib_worse - e.calib_better == round(n * (full_acc - p.calib_accuracy))
-        assert e.calib_worse + e.calib_better <= round(n * (1 - p.calib_agreement))  # discordant answers differ
+        assert e.calib_worse + e.calib_better <= round(
+            n * (1 - p.calib_agreement)
+        )  # discordant answers differ
     # a bundle calibrated before the counts were stored: its disagreements bound the loss instead;
     # a single pass with no comparison stored has no evidence
     for p in meta["cascade"]["plans"]:
@@ -201,4 +231,3 @@ def test_candidate_plans_carry_their_paired_calibration_counts(tmp_path):
     old = candidate_plans(meta)
     assert all(plan_evidence(meta, p).calib_worse == round((1 - p.calib_agreement) * n) for p in old[1:-1])
     assert plan_evidence(meta, old[-1]).texts == 0 and not plan_evidence(meta, old[-1]).admitted(0.5)
-

@@ -17,7 +17,10 @@ from tests.conftest import tiny_calibrated_bundle
 
 BODIES = {
     "one": {"text": "good fun movie"},
-    "many_fixed": {"texts": ["good", "bad awful dull plot"], "budget": {"mode": "fixed", "max_flops_ratio": 0.5}},
+    "many_fixed": {
+        "texts": ["good", "bad awful dull plot"],
+        "budget": {"mode": "fixed", "max_flops_ratio": 0.5},
+    },
     "no_texts": {"texts": []},  # refused after validation (Api.items)
     "both": {"text": "a", "texts": ["b"]},  # refused by the request model
     "old_field": {"text": "a", "budget": {"max_heads_ratio": 0.5}},
@@ -96,31 +99,47 @@ def test_served_requests_take_the_fast_path(monkeypatch, engine):
     client, _ = _client(engine)
     assert client.post("/v1/classify", json=BODIES["one"]).status_code == 200
     assert len(seen) == 1
-    assert client.post("/v1/classify", content=b"text=hi", headers={"content-type": "text/plain"}).status_code == 422
+    assert (
+        client.post("/v1/classify", content=b"text=hi", headers={"content-type": "text/plain"}).status_code
+        == 422
+    )
     assert len(seen) == 1  # not JSON: straight to the route
 
 
 def test_key_refusal_and_bad_bodies_are_the_routes(monkeypatch, engine):
-    for send in (lambda c: c.post("/v1/classify", json=BODIES["one"]),
-                 lambda c: c.post("/v1/classify", json=BODIES["one"], headers={"Authorization": "Bearer no"})):
+    for send in (
+        lambda c: c.post("/v1/classify", json=BODIES["one"]),
+        lambda c: c.post("/v1/classify", json=BODIES["one"], headers={"Authorization": "Bearer no"}),
+    ):
         fast, route = _both_paths(monkeypatch, engine, send, api_key="k3y")
         _same(fast, route)
         assert fast[0].status_code == 401
-    fast, route = _both_paths(monkeypatch, engine, lambda c: c.post(
-        "/v1/classify", json=BODIES["one"], headers={"Authorization": "Bearer k3y"}), api_key="k3y")
+    fast, route = _both_paths(
+        monkeypatch,
+        engine,
+        lambda c: c.post("/v1/classify", json=BODIES["one"], headers={"Authorization": "Bearer k3y"}),
+        api_key="k3y",
+    )
     _same(fast, route)
     assert fast[0].status_code == 200
     for raw in (b'{"text": ', b'{"text": "\xff\xfe"}', b""):
-        fast, route = _both_paths(monkeypatch, engine, lambda c: c.post(
-            "/v1/classify", content=raw, headers={"content-type": "application/json"}))
+        fast, route = _both_paths(
+            monkeypatch,
+            engine,
+            lambda c: c.post("/v1/classify", content=raw, headers={"content-type": "application/json"}),
+        )
         _same(fast, route)
         assert fast[0].status_code in (400, 422)
 
 
-@pytest.mark.parametrize("exc, status, kind", [(Overloaded(), 503, "rejected"), (RuntimeError("boom"), 500, "server_error")])
+@pytest.mark.parametrize(
+    "exc, status, kind", [(Overloaded(), 503, "rejected"), (RuntimeError("boom"), 500, "server_error")]
+)
 def test_errors_after_validation_are_answered_alike(monkeypatch, engine, exc, status, kind):
     backend = FailingBackend(engine, exc)
-    fast, route = _both_paths(monkeypatch, engine, lambda c: c.post("/v1/classify", json=BODIES["one"]), backend)
+    fast, route = _both_paths(
+        monkeypatch, engine, lambda c: c.post("/v1/classify", json=BODIES["one"]), backend
+    )
     assert fast[0].status_code == status and fast[1] == [kind]
     if status == 500:  # the message names the request id, different per request
         assert fast[0].json()["error"]["type"] == route[0].json()["error"]["type"] == "internal"

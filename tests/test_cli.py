@@ -18,9 +18,31 @@ FIX = Path(__file__).parent / "fixtures"
 def trained(tiny_checkpoint, tmp_path):
     data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
     out = tmp_path / "bundle"
-    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out),
-                 "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "4",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--quiet",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return out, data
 
 
@@ -34,23 +56,48 @@ def test_train_eval_bench_end_to_end(trained, tmp_path, capsys):
     assert len(meta["kwon"]["levels"]) == 5 and (bundle / "kwon.safetensors").is_file()
     assert meta["eval"]["n"] == 16 and meta["eval"]["dense_accuracy"] >= 0.9  # the words give the label away
 
-    assert main(["eval", str(bundle), "--data", str(data), "--json", str(tmp_path / "e.json"),
-                 "--plot", str(tmp_path / "e.png"), "--quiet", "--device", "auto"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(bundle),
+                "--data",
+                str(data),
+                "--json",
+                str(tmp_path / "e.json"),
+                "--plot",
+                str(tmp_path / "e.png"),
+                "--quiet",
+                "--device",
+                "auto",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n"] == 80 and res["task"] == "reviews"
     policies = {r["policy"] for r in res["rows"]}
     assert policies == {"dense", "static-heads", "static-width", "uniform-width", "kwon", "dihs"}
     for r in res["rows"]:
         compared = {"vs_dense"} | ({"vs_static"} if r["policy"] == "dihs" else set())
-        assert set(r) == {"policy", "target_flops_ratio", "flops_ratio", "heads_ratio", "neurons_ratio", "accuracy",
-                          "macro_f1"} | (compared if r["target_flops_ratio"] < 1.0 else set())
+        assert set(r) == {
+            "policy",
+            "target_flops_ratio",
+            "flops_ratio",
+            "heads_ratio",
+            "neurons_ratio",
+            "accuracy",
+            "macro_f1",
+        } | (compared if r["target_flops_ratio"] < 1.0 else set())
         if r["policy"] == "static-heads":  # heads only: far more FLOPs than the target, said so
             assert r["neurons_ratio"] == 1.0 and r["flops_ratio"] >= r["target_flops_ratio"]
         elif r["policy"] != "dihs":  # the width levels spend their target (at these short lengths, roughly)
             assert abs(r["flops_ratio"] - r["target_flops_ratio"]) <= 0.1
         assert 0 < r["flops_ratio"] <= 1.0 + 1e-9 or r["policy"] == "dihs"
     assert (tmp_path / "e.png").stat().st_size > 1000
-    adm = res["auto_admission"]  # what dihs serve admits at its default max_accuracy_loss, and on how many texts
+    adm = res[
+        "auto_admission"
+    ]  # what dihs serve admits at its default max_accuracy_loss, and on how many texts
     assert adm["max_accuracy_loss"] == 0.005 and adm["plans"]
     n_calib = meta["cascade"]["calibration_examples"]
     for p in adm["plans"]:
@@ -59,14 +106,52 @@ def test_train_eval_bench_end_to_end(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "auto at max_accuracy_loss 0.005" in out and f"on {n_calib} calibration texts" in out
 
-    assert main(["bench", str(bundle), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
-                 "--quick", "--warmup", "1", "--repeats", "3", "--quiet", "--replay", str(data), "--replay-max", "20"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(bundle),
+                "--json",
+                str(tmp_path / "b.json"),
+                "--plot",
+                str(tmp_path / "b.png"),
+                "--quick",
+                "--warmup",
+                "1",
+                "--repeats",
+                "3",
+                "--quiet",
+                "--replay",
+                str(data),
+                "--replay-max",
+                "20",
+            ]
+        )
+        == 0
+    )
     b = json.loads((tmp_path / "b.json").read_text())
     rp = b["replay"]  # the cascade one text at a time against dense, both passes counted
-    assert rp["n"] == 20 and rp["dense_total_s"] > 0 and rp["cascade_total_s"] > 0 and 0 <= rp["escalated"] <= 1
+    assert (
+        rp["n"] == 20 and rp["dense_total_s"] > 0 and rp["cascade_total_s"] > 0 and 0 <= rp["escalated"] <= 1
+    )
     assert rp["time_ratio"] > 0 and 0 < rp["flops_ratio"] < 2
-    assert main(["bench", str(bundle), "--json", str(tmp_path / "b2.json"), "--quick", "--quiet", "--replay", str(data),
-                 "--replay-target", "0.33"]) == 2  # no plan for that target: one line, nothing written
+    assert (
+        main(
+            [
+                "bench",
+                str(bundle),
+                "--json",
+                str(tmp_path / "b2.json"),
+                "--quick",
+                "--quiet",
+                "--replay",
+                str(data),
+                "--replay-target",
+                "0.33",
+            ]
+        )
+        == 2
+    )  # no plan for that target: one line, nothing written
     assert not (tmp_path / "b2.json").exists()
     assert b["threads"] == 1 and b["device"] == "cpu" and b["dtypes"] == ["float32"] and b["stacking"] == []
     modes = {(r["mode"], r["level"]) for r in b["rows"]}
@@ -81,13 +166,47 @@ def test_train_eval_bench_end_to_end(trained, tmp_path, capsys):
 
 def test_int8_eval_and_bench_rows_beside_float32(trained, tmp_path):
     bundle, data = trained
-    assert main(["eval", str(bundle), "--data", str(data), "--json", str(tmp_path / "e8.json"), "--dtype", "int8",
-                 "--policies", "dense", "dihs", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(bundle),
+                "--data",
+                str(data),
+                "--json",
+                str(tmp_path / "e8.json"),
+                "--dtype",
+                "int8",
+                "--policies",
+                "dense",
+                "dihs",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     e8 = json.loads((tmp_path / "e8.json").read_text())
     assert e8["dtype"] == "int8" and {r["policy"] for r in e8["rows"]} == {"dense", "dihs"}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in e8["rows"])
-    assert main(["bench", str(bundle), "--json", str(tmp_path / "b8.json"), "--quick", "--warmup", "1", "--repeats",
-                 "3", "--quiet", "--dtype", "int8"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(bundle),
+                "--json",
+                str(tmp_path / "b8.json"),
+                "--quick",
+                "--warmup",
+                "1",
+                "--repeats",
+                "3",
+                "--quiet",
+                "--dtype",
+                "int8",
+            ]
+        )
+        == 0
+    )
     b = json.loads((tmp_path / "b8.json").read_text())
     assert b["dtypes"] == ["float32", "int8"] and b["baseline"] == "float32"
     rows = {(r["dtype"], r["mode"], r["level"], r["seq_len"]) for r in b["rows"]}
@@ -97,7 +216,9 @@ def test_int8_eval_and_bench_rows_beside_float32(trained, tmp_path):
     for (d, mode, level, seq), r in by.items():  # int8: a byte a weight (plus scales), float32 four
         if d == "int8" and mode == "sliced":
             assert r["weight_bytes"] < 0.5 * by[("float32", mode, level, seq)]["weight_bytes"]
-    assert {(s["level"], s["seq_len"]) for s in b["stacking"]} == {k[2:] for k in rows if k[:2] == ("int8", "sliced")}
+    assert {(s["level"], s["seq_len"]) for s in b["stacking"]} == {
+        k[2:] for k in rows if k[:2] == ("int8", "sliced")
+    }
 
 
 def test_calibrate_rewrites_the_bundle_in_place(trained):
@@ -111,17 +232,29 @@ def test_calibrate_rewrites_the_bundle_in_place(trained):
     assert (bundle / "kwon.safetensors").is_file() and "kwon.safetensors" in after["files"]  # kept
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--data", "nope", "--out", "{tmp}/o"], "unknown task 'nope'"),
-    (["train", "--data", "{tmp}/missing.csv", "--out", "{tmp}/o"], "data file not found"),
-    (["train", "--data", str(FIX / "tiny.csv"), "--text-column", "body", "--out", "{tmp}/o"], "no column 'body'"),
-    (["train", "--data", str(FIX / "one_class.csv"), "--out", "{tmp}/o"], "single class"),
-    (["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}", "--epochs", "1"], "exists; pass --force"),
-    (["train", "--data", str(FIX / "tiny.csv"), "--model", str(FIX), "--out", "{tmp}/o"], "only safetensors"),
-    (["eval", "{tmp}", "--json", "{tmp}/e.json"], "not a DIHS bundle"),
-    (["bench", "{tmp}/none", "--json", "{tmp}/b.json"], "not a DIHS bundle"),
-    (["eval", "{tmp}", "--json", "{tmp}/e.json", "--device", "tpu"], "unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--data", "nope", "--out", "{tmp}/o"], "unknown task 'nope'"),
+        (["train", "--data", "{tmp}/missing.csv", "--out", "{tmp}/o"], "data file not found"),
+        (
+            ["train", "--data", str(FIX / "tiny.csv"), "--text-column", "body", "--out", "{tmp}/o"],
+            "no column 'body'",
+        ),
+        (["train", "--data", str(FIX / "one_class.csv"), "--out", "{tmp}/o"], "single class"),
+        (
+            ["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}", "--epochs", "1"],
+            "exists; pass --force",
+        ),
+        (
+            ["train", "--data", str(FIX / "tiny.csv"), "--model", str(FIX), "--out", "{tmp}/o"],
+            "only safetensors",
+        ),
+        (["eval", "{tmp}", "--json", "{tmp}/e.json"], "not a DIHS bundle"),
+        (["bench", "{tmp}/none", "--json", "{tmp}/b.json"], "not a DIHS bundle"),
+        (["eval", "{tmp}", "--json", "{tmp}/e.json", "--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(args) == 2
@@ -131,12 +264,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-@pytest.mark.parametrize("args", [
-    ["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}/o"],
-    ["calibrate", "{tmp}"],
-    ["eval", "{tmp}", "--json", "{tmp}/e.json"],
-    ["bench", "{tmp}", "--json", "{tmp}/b.json", "--dtype", "bfloat16"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", str(FIX / "tiny.csv"), "--out", "{tmp}/o"],
+        ["calibrate", "{tmp}"],
+        ["eval", "{tmp}", "--json", "{tmp}/e.json"],
+        ["bench", "{tmp}", "--json", "{tmp}/b.json", "--dtype", "bfloat16"],
+    ],
+)
 def test_cuda_without_a_gpu_is_one_line_and_exit_2(args, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in args] + ["--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -152,21 +288,77 @@ def test_console_script_usage_error_exits_2():
 def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(tiny_checkpoint, tmp_path):
     data = write_reviews_csv(tmp_path / "reviews.csv", n=60)
     out = tmp_path / "robust"
-    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out), "--epochs", "2",
-                 "--batch-size", "8", "--lr", "3e-3", "--quiet", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "dihs.json").read_text())
     robust = meta["budget_robust"]
     names = [lv["name"] for lv in meta["levels"]]
     assert list(robust["held_out_accuracy_before"]) == names == list(robust["held_out_accuracy_after"])
     assert 1 <= robust["epochs"] == len(robust["per_epoch"]) <= robust["max_epochs"]
     assert robust["trained_flops_ratios"] == sorted(robust["trained_flops_ratios"], reverse=True)
-    assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "x"),
-                 "--budget-robust", "--no-calibrate", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "x"),
+                "--budget-robust",
+                "--no-calibrate",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists()
     for flag in ("--no-budget-robust", "--no-calibrate"):  # either turns the extra epoch off
         plain = tmp_path / flag.strip("-")
-        assert main(["train", "--model", str(tiny_checkpoint), "--data", str(data), "--out", str(plain),
-                     "--epochs", "1", "--batch-size", "8", flag, "--quiet", "--threads", "1"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    str(tiny_checkpoint),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(plain),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    flag,
+                    "--quiet",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
         assert "budget_robust" not in json.loads((plain / "dihs.json").read_text())
 
 
@@ -177,8 +369,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["serve", "--help"]])
 def test_help_and_version_import_no_torch(args):
-    code = ("import sys\nfrom dihs_cli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    code = (
+        "import sys\nfrom dihs_cli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    assert e.code == 0, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
@@ -209,8 +403,11 @@ def test_every_setting_is_a_serve_flag_and_every_flag_a_setting():
 def _readme_settings_rows() -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("| ")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ")
+    ]
     assert rows and rows[0][:4] == ["setting", "env var", "`dihs serve` flag", "default"], rows[:1]
     return rows[1:]
 
@@ -241,11 +438,35 @@ def test_serve_flags_reach_the_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(service.app, "run_local", seen.append)
     monkeypatch.setenv("DIHS_MAX_TEXTS", "7")  # env applies where no flag is given; a flag wins over env
     monkeypatch.setenv("DIHS_SLO_MS", "900")
-    assert main(["serve", str(path), "--batch-wait-ms", "5", "--torch-threads", "2", "--drain-timeout-s", "3",
-                 "--max-queued-requests", "9", "--slo-ms", "120"]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                str(path),
+                "--batch-wait-ms",
+                "5",
+                "--torch-threads",
+                "2",
+                "--drain-timeout-s",
+                "3",
+                "--max-queued-requests",
+                "9",
+                "--slo-ms",
+                "120",
+            ]
+        )
+        == 0
+    )
     s = seen[0]
-    assert (s.bundle, s.batch_wait_ms, s.torch_threads, s.drain_timeout_s, s.max_queued_requests, s.slo_ms,
-            s.max_texts) == (str(path), 5.0, 2, 3.0, 9, 120.0, 7)
+    assert (
+        s.bundle,
+        s.batch_wait_ms,
+        s.torch_threads,
+        s.drain_timeout_s,
+        s.max_queued_requests,
+        s.slo_ms,
+        s.max_texts,
+    ) == (str(path), 5.0, 2, 3.0, 9, 120.0, 7)
 
 
 def test_bad_serve_flag_is_one_line_naming_flag_and_env(tmp_path, capsys):

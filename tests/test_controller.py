@@ -108,9 +108,12 @@ def test_a_plan_no_faster_than_a_more_accurate_one_is_never_picked():
 
 
 @settings(max_examples=100, deadline=None)
-@given(per_text=st.lists(st.floats(1e-4, 0.05), min_size=1, max_size=6),
-       overhead=st.lists(st.floats(0, 0.02), min_size=6, max_size=6),
-       p=st.floats(0, 1), r=st.floats(0, 5000))
+@given(
+    per_text=st.lists(st.floats(1e-4, 0.05), min_size=1, max_size=6),
+    overhead=st.lists(st.floats(0, 0.02), min_size=6, max_size=6),
+    p=st.floats(0, 1),
+    r=st.floats(0, 5000),
+)
 def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
     c = PlanController([_times(x, o) for x, o in zip(per_text, overhead)])
     caps = c.capacities()

@@ -31,7 +31,9 @@ def test_file_split_is_seeded_and_stratified(tmp_path):
     assert a.train.label_names == ["neg", "pos"]
 
 
-@pytest.mark.parametrize("task,n_train,n_test,n_labels", [("election-tweets", 5155, 1289, 2), ("reuters-r8", 5485, 2189, 8)])
+@pytest.mark.parametrize(
+    "task,n_train,n_test,n_labels", [("election-tweets", 5155, 1289, 2), ("reuters-r8", 5485, 2189, 8)]
+)
 def test_builtin_tasks_have_fixed_splits(task, n_train, n_test, n_labels):
     s = load_split(task)
     assert (len(s.train), len(s.test), len(s.train.label_names)) == (n_train, n_test, n_labels)
@@ -39,12 +41,15 @@ def test_builtin_tasks_have_fixed_splits(task, n_train, n_test, n_labels):
     assert load_split(task).test.texts[:5] == s.test.texts[:5]
 
 
-@pytest.mark.parametrize("spec,kwargs,message", [
-    ("no-such-task", {}, "unknown task 'no-such-task'"),
-    ("missing.csv", {}, "data file not found"),
-    (str(FIX / "tiny.csv"), {"text_column": "body"}, "no column 'body'"),
-    (str(FIX / "one_class.csv"), {}, "single class"),
-])
+@pytest.mark.parametrize(
+    "spec,kwargs,message",
+    [
+        ("no-such-task", {}, "unknown task 'no-such-task'"),
+        ("missing.csv", {}, "data file not found"),
+        (str(FIX / "tiny.csv"), {"text_column": "body"}, "no column 'body'"),
+        (str(FIX / "one_class.csv"), {}, "single class"),
+    ],
+)
 def test_bad_input_is_one_clear_line(spec, kwargs, message):
     with pytest.raises(DataError, match=message) as e:
         load_split(spec, **kwargs)

@@ -14,5 +14,9 @@ def test_decision_cost_reports_each_decision_beside_the_dense_forward(tmp_path):
     for r in result["rows"]:
         for key in ("dense_forward_ms", "complexity_and_policy_ms", "cascade_gate_ms"):
             assert r[key] > 0
-        assert math.isclose(r["complexity_and_policy_share"],
-                            r["complexity_and_policy_ms"] / r["dense_forward_ms"], rel_tol=1e-2, abs_tol=1e-4)
+        assert math.isclose(
+            r["complexity_and_policy_share"],
+            r["complexity_and_policy_ms"] / r["dense_forward_ms"],
+            rel_tol=1e-2,
+            abs_tol=1e-4,
+        )

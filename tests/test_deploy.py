@@ -27,8 +27,21 @@ import yaml
 from service.metrics import exported_names
 from service.settings import Settings
 from tests.conftest import need_debian_tool
-from tests.manifests import K8S, kustomize_cmd, load_all as _load_all, one as _one, ray_groups as _groups, render, \
-    validate_core
+from tests.manifests import (
+    K8S,
+    kustomize_cmd,
+    render,
+    validate_core,
+)
+from tests.manifests import (
+    load_all as _load_all,
+)
+from tests.manifests import (
+    one as _one,
+)
+from tests.manifests import (
+    ray_groups as _groups,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -74,10 +87,23 @@ def _pod_templates(docs: list[dict]) -> list[tuple[str, dict]]:
             for name, group in _groups(d):
                 t = group["template"]
                 meta = {**t.get("metadata", {}), "name": f"{d['metadata']['name']}-{name}"}
-                objs.append((f"RayService {name} group as Pod", {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                                                                  "spec": t["spec"]}))
-                objs.append((f"RayService {name} group as PodTemplate",
-                             {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": meta["name"]}, "template": t}))
+                objs.append(
+                    (
+                        f"RayService {name} group as Pod",
+                        {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]},
+                    )
+                )
+                objs.append(
+                    (
+                        f"RayService {name} group as PodTemplate",
+                        {
+                            "apiVersion": "v1",
+                            "kind": "PodTemplate",
+                            "metadata": {"name": meta["name"]},
+                            "template": t,
+                        },
+                    )
+                )
         elif d["kind"] not in CUSTOM_KINDS:
             objs.append((f"{d['kind']} {d['metadata']['name']}", d))
     return objs
@@ -107,9 +133,15 @@ def test_base_and_patch_objects_validate_strictly():
     for what, obj in _pod_templates(docs):
         validate_core(obj)
         checked.append(what)
-    assert {"ConfigMap dihs-settings", "Service dihs", "PodDisruptionBudget dihs-workers",
-            "PodDisruptionBudget dihs-predictor", "RayService head group as Pod", "RayService gpu group as Pod",
-            "RayService cpu group as PodTemplate"} <= set(checked)
+    assert {
+        "ConfigMap dihs-settings",
+        "Service dihs",
+        "PodDisruptionBudget dihs-workers",
+        "PodDisruptionBudget dihs-predictor",
+        "RayService head group as Pod",
+        "RayService gpu group as Pod",
+        "RayService cpu group as PodTemplate",
+    } <= set(checked)
 
 
 def test_kustomizations_resolve():
@@ -132,7 +164,9 @@ def test_overlays_pick_image_and_gpu(built):
     groups = _groups(rs)
     images = {_ray_container(g["template"])["image"] for _, g in groups}
     assert images == {"dihs-serve:" + {"cpu": "cpu", "gpu": "cuda"}[overlay]}
-    gpus = {name: _ray_container(g["template"])["resources"]["limits"].get("nvidia.com/gpu") for name, g in groups}
+    gpus = {
+        name: _ray_container(g["template"])["resources"]["limits"].get("nvidia.com/gpu") for name, g in groups
+    }
     deployments = {d["name"]: d for d in _serve_config(rs)["applications"][0]["deployments"]}
     num_gpus = deployments["DIHSModel"]["ray_actor_options"].get("num_gpus", 0)
     if overlay == "gpu":
@@ -151,7 +185,9 @@ def _rayservices() -> list[tuple[str, dict]]:
         patch = _one(_load_all(K8S / "overlays" / "cpu" / "rayservice-cpu.yaml"), "RayService")
         cpu = copy.deepcopy(base)
         cpu["spec"]["serveConfigV2"] = patch["spec"]["serveConfigV2"]
-        cpu["spec"]["rayClusterConfig"]["workerGroupSpecs"] = patch["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        cpu["spec"]["rayClusterConfig"]["workerGroupSpecs"] = patch["spec"]["rayClusterConfig"][
+            "workerGroupSpecs"
+        ]
         out.append(("cpu", cpu))
     return out
 
@@ -168,7 +204,9 @@ def test_rayservice_pods(which):
     workers = cluster["workerGroupSpecs"]
     assert workers, "replicas run on workers"
     for name, group in _groups(rs):
-        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), f"{name}: KubeRay wants strings"
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), (
+            f"{name}: KubeRay wants strings"
+        )
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
         spec = group["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -186,13 +224,17 @@ def test_rayservice_pods(which):
             if env["name"].startswith("DIHS_"):
                 assert env["name"][5:].lower() in Settings.model_fields, env["name"]
         if name == "head":
-            assert "readinessProbe" not in c, "KubeRay's head probe: the app is deployed only once the head is ready"
+            assert "readinessProbe" not in c, (
+                "KubeRay's head probe: the app is deployed only once the head is ready"
+            )
             continue
         probe = c["readinessProbe"]["httpGet"]
         assert probe["path"] == "/v2/health/ready" and ports[probe["port"]] == serve_port
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         selector = service["spec"]["selector"]
-        labels = group["template"]["metadata"]["labels"] | {"ray.io/node-type": "worker"}  # KubeRay adds the latter
+        labels = group["template"]["metadata"]["labels"] | {
+            "ray.io/node-type": "worker"
+        }  # KubeRay adds the latter
         assert selector.items() <= labels.items(), f"Service dihs does not select the {name} workers"
         assert service["spec"]["ports"][0]["targetPort"] in ports
     assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
@@ -210,17 +252,28 @@ def _serve_configs() -> list[tuple[str, dict]]:
 def _unknown_keys(cfg: dict) -> list[str]:
     """Keys Ray's schemas would silently ignore (they do not forbid extras): typos go unnoticed otherwise."""
     from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import DeploymentSchema, HTTPOptionsSchema, ServeApplicationSchema, ServeDeploySchema
+    from ray.serve.schema import (
+        DeploymentSchema,
+        HTTPOptionsSchema,
+        ServeApplicationSchema,
+        ServeDeploySchema,
+    )
 
     def extra(d: dict, model, where: str) -> list[str]:
         return [f"{where}.{k}" for k in d if k not in model.model_fields]
 
-    bad = extra(cfg, ServeDeploySchema, "") + extra(cfg.get("http_options", {}), HTTPOptionsSchema, "http_options")
+    bad = extra(cfg, ServeDeploySchema, "") + extra(
+        cfg.get("http_options", {}), HTTPOptionsSchema, "http_options"
+    )
     for app in cfg["applications"]:
         bad += extra(app, ServeApplicationSchema, app["name"])
         for d in app.get("deployments", []):
             bad += extra(d, DeploymentSchema, f"{app['name']}.{d['name']}")
-            bad += extra(d.get("autoscaling_config", {}), AutoscalingConfig, f"{app['name']}.{d['name']}.autoscaling_config")
+            bad += extra(
+                d.get("autoscaling_config", {}),
+                AutoscalingConfig,
+                f"{app['name']}.{d['name']}.autoscaling_config",
+            )
     return bad
 
 
@@ -237,7 +290,10 @@ def test_unknown_key_check_can_fail():
     cfg = yaml.safe_load((DEPLOY / "serve_config.yaml").read_text())
     cfg["applications"][0]["deployments"][0]["autoscaling_config"]["max_replica"] = 3
     cfg["applications"][0]["deployments"][0]["max_ongoing_request"] = 3
-    assert _unknown_keys(cfg) == ["dihs.DIHSModel.max_ongoing_request", "dihs.DIHSModel.autoscaling_config.max_replica"]
+    assert _unknown_keys(cfg) == [
+        "dihs.DIHSModel.max_ongoing_request",
+        "dihs.DIHSModel.autoscaling_config.max_replica",
+    ]
 
 
 @pytest.mark.parametrize("name,cfg", [pytest.param(n, c, id=n) for n, c in _serve_configs()])
@@ -265,11 +321,14 @@ def test_serve_config(name, cfg, monkeypatch):
     model = deployments["DIHSModel"]
     code = _build_app_options(app.args)
     (written,) = [d for d in cfg["applications"][0]["deployments"] if d["name"] == "DIHSModel"]
-    assert set(written) - set(code) <= {"name", "autoscaling_config"}, \
+    assert set(written) - set(code) <= {"name", "autoscaling_config"}, (
         f"{name}: options build_app does not set (a config must not quietly change the app): {set(written) - set(code)}"
+    )
     for key, value in written.items():
         if key == "ray_actor_options":
-            assert {k: value.get(k) for k in code[key]} == code[key], f"{name}: ray_actor_options differ from build_app's"
+            assert {k: value.get(k) for k in code[key]} == code[key], (
+                f"{name}: ray_actor_options differ from build_app's"
+            )
         elif key in code:
             assert value == code[key], f"{name}: {key} {value} but build_app sets {code[key]}"
     # the replica, not Serve's proxy, refuses a burst (in the API's shape, counted): Serve admits more
@@ -277,8 +336,9 @@ def test_serve_config(name, cfg, monkeypatch):
     assert s.max_ongoing_requests >= s.max_batch_size
     auto = model.autoscaling_config
     assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
-    assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, \
+    assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, (
         "scale out between one full batch and full load pressure"
+    )
     assert model.ray_actor_options.num_cpus == s.replica_cpus == s.torch_threads
 
 
@@ -287,10 +347,14 @@ def _build_app_options(args: dict) -> dict:
     from service.app import build_app
 
     dep = build_app(args)._bound_deployment  # Application has no public accessor for its deployment
-    return {"max_ongoing_requests": dep.max_ongoing_requests, "max_queued_requests": dep.max_queued_requests,
-            "ray_actor_options": dict(dep.ray_actor_options), "num_replicas": dep.num_replicas,
-            "graceful_shutdown_timeout_s": dep._deployment_config.graceful_shutdown_timeout_s,
-            "user_config": dep.user_config}
+    return {
+        "max_ongoing_requests": dep.max_ongoing_requests,
+        "max_queued_requests": dep.max_queued_requests,
+        "ray_actor_options": dict(dep.ray_actor_options),
+        "num_replicas": dep.num_replicas,
+        "graceful_shutdown_timeout_s": dep._deployment_config.graceful_shutdown_timeout_s,
+        "user_config": dep.user_config,
+    }
 
 
 def test_config_check_catches_a_shrunk_ingress(monkeypatch):
@@ -346,8 +410,14 @@ def _stages(cmds: list) -> dict[str, list]:
 def test_dockerfile():
     cmds = _dockerfile()
     stages = _stages(cmds)
-    assert list(stages) == ["runtime", "baked", "trained", "mounted"], "the last stage (the default) mounts its bundle"
-    args = {c.value[0].split("=")[0]: c.value[0].split("=", 1)[1] for c in cmds if c.cmd == "ARG" and "=" in c.value[0]}
+    assert list(stages) == ["runtime", "baked", "trained", "mounted"], (
+        "the last stage (the default) mounts its bundle"
+    )
+    args = {
+        c.value[0].split("=")[0]: c.value[0].split("=", 1)[1]
+        for c in cmds
+        if c.cmd == "ARG" and "=" in c.value[0]
+    }
     assert args["TORCH_VERSION"] == "2.13.0" and args["TORCH_INDEX"].endswith("/whl/cpu")
     env = " ".join(" ".join(c.value) for c in cmds if c.cmd == "ENV")
     assert f"DIHS_BUNDLE {BUNDLE_IN_IMAGE}" in env or f"DIHS_BUNDLE={BUNDLE_IN_IMAGE}" in env
@@ -371,15 +441,22 @@ def test_dockerfile_installs_dependencies_before_the_code():
 
     torch = line(lambda c: c.cmd == "RUN" and "torch==" in c.value[0], "torch install")
     pyproject = line(lambda c: c.cmd == "COPY" and c.value[0] == "pyproject.toml", "COPY pyproject.toml")
-    deps = line(lambda c: c.cmd == "RUN" and "pip install -r" in c.value[0] and "pyproject.toml" in c.value[0],
-                "install of pyproject's dependencies")
-    code = line(lambda c: c.cmd == "COPY" and c.value[0] in ("dihs_model", "dihs_cli", "service"), "COPY of the code")
-    project = line(lambda c: c.cmd == "RUN" and "pip install --no-deps /tmp/src" in c.value[0], "install of the code")
+    deps = line(
+        lambda c: c.cmd == "RUN" and "pip install -r" in c.value[0] and "pyproject.toml" in c.value[0],
+        "install of pyproject's dependencies",
+    )
+    code = line(
+        lambda c: c.cmd == "COPY" and c.value[0] in ("dihs_model", "dihs_cli", "service"), "COPY of the code"
+    )
+    project = line(
+        lambda c: c.cmd == "RUN" and "pip install --no-deps /tmp/src" in c.value[0], "install of the code"
+    )
     assert torch < pyproject < deps < code < project
     copies_before_deps = [c.value[0] for c in runtime if c.cmd == "COPY" and c.start_line < deps]
     assert copies_before_deps == ["pyproject.toml"], "only pyproject.toml may invalidate the dependency layer"
-    assert "ray" in json.dumps(_pyproject_deps()) and any(d.startswith("ray[serve]==") for d in _pyproject_deps()), \
-        "Ray is pinned in pyproject (the image installs that list)"
+    assert "ray" in json.dumps(_pyproject_deps()) and any(
+        d.startswith("ray[serve]==") for d in _pyproject_deps()
+    ), "Ray is pinned in pyproject (the image installs that list)"
 
 
 def _pyproject_deps() -> list[str]:
@@ -395,10 +472,13 @@ def test_dockerfile_runs_non_root_with_signals_reaching_dihs():
         if name == "runtime" or users:
             assert users, "the runtime stage sets its user"
             uid = users[-1].split(":")[0]
-            assert uid.isdigit() and uid != "0", f"{name}: USER {users[-1]}: numeric and not root (runAsNonRoot checks it)"
+            assert uid.isdigit() and uid != "0", (
+                f"{name}: USER {users[-1]}: numeric and not root (runAsNonRoot checks it)"
+            )
     (entry,) = [c for c in cmds if c.cmd == "ENTRYPOINT"]
-    assert entry.json and entry.value[0].endswith("/tini") and entry.value[-1] == "--", \
+    assert entry.json and entry.value[0].endswith("/tini") and entry.value[-1] == "--", (
         "exec form, tini as PID 1: it forwards SIGTERM to dihs and reaps Ray's orphans"
+    )
     (cmd,) = [c for c in cmds if c.cmd == "CMD"]
     assert cmd.json and list(cmd.value) == ["dihs", "serve"], "exec form: no shell between tini and dihs"
     (apt,) = [c for c in cmds if c.cmd == "RUN" and "apt-get install" in c.value[0]]
@@ -412,7 +492,9 @@ def _docker() -> str:
         pytest.skip("no docker CLI: the image build is checked where Docker runs (static checks above)")
     info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30)
     if info.returncode != 0:
-        pytest.skip(f"no Docker daemon answers `docker info`: {(info.stderr or info.stdout).strip().splitlines()[-1]}")
+        pytest.skip(
+            f"no Docker daemon answers `docker info`: {(info.stderr or info.stdout).strip().splitlines()[-1]}"
+        )
     return docker
 
 
@@ -421,8 +503,12 @@ def test_image_builds_runs_non_root_and_stops_on_sigterm():
     ends the container at once with SIGTERM's status (143), not after its timeout with SIGKILL's (137)."""
     docker = _docker()
     tag = "dihs-serve:test"
-    build = subprocess.run([docker, "build", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
-                           capture_output=True, text=True, timeout=3600)
+    build = subprocess.run(
+        [docker, "build", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert build.returncode == 0, build.stderr[-4000:]
 
     def run(*argv: str) -> str:
@@ -433,14 +519,16 @@ def test_image_builds_runs_non_root_and_stops_on_sigterm():
     assert run("id", "-u") == "1000"
     (pin,) = [d.split("==")[1] for d in _pyproject_deps() if d.startswith("ray[serve]==")]
     assert run("python", "-c", "import ray; print(ray.__version__)").startswith(pin.rstrip("*"))
-    cid = subprocess.run([docker, "run", "-d", tag, "sleep", "600"], capture_output=True, text=True,
-                         timeout=60).stdout.strip()
+    cid = subprocess.run(
+        [docker, "run", "-d", tag, "sleep", "600"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
     try:
         t0 = time.monotonic()
         subprocess.run([docker, "stop", "-t", "30", cid], capture_output=True, timeout=90, check=True)
         took = time.monotonic() - t0
-        code = subprocess.run([docker, "inspect", "-f", "{{.State.ExitCode}}", cid], capture_output=True, text=True,
-                              timeout=30).stdout.strip()
+        code = subprocess.run(
+            [docker, "inspect", "-f", "{{.State.ExitCode}}", cid], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
     finally:
         subprocess.run([docker, "rm", "-f", cid], capture_output=True, timeout=60)
     assert code == "143" and took < 25, f"SIGTERM lost at PID 1: exit {code} after {took:.1f} s"
@@ -451,39 +539,70 @@ def test_image_builds_runs_non_root_and_stops_on_sigterm():
 
 def test_promtool_check_config():
     promtool = need_debian_tool("promtool")
-    out = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_promtool_check_rules():
     promtool = need_debian_tool("promtool")
-    out = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_promtool_rule_unit_tests():
     """Each alert fires on a bad series and stays quiet on a healthy one (alerts_test.yml)."""
     promtool = need_debian_tool("promtool")
-    out = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_latency_alert_uses_the_configured_slo():
-    rules = {r["alert"]: r for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
-             for r in g["rules"]}
+    rules = {
+        r["alert"]: r
+        for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
     slo_s = float(_one(_base_docs(), "ConfigMap")["data"]["DIHS_SLO_MS"]) / 1000
     assert slo_s == Settings.model_fields["slo_ms"].default / 1000
-    threshold = float(re.search(r">\s*([0-9.]+)\s*$", rules["DIHSLatencyP95OverSLO"]["expr"].strip()).group(1))
+    threshold = float(
+        re.search(r">\s*([0-9.]+)\s*$", rules["DIHSLatencyP95OverSLO"]["expr"].strip()).group(1)
+    )
     assert threshold == slo_s
 
 
 # --- Metric names in PromQL -----------------------------------------------------------------------
 
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
-            "unless", "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -496,7 +615,7 @@ def promql_metric_names(expr: str) -> set[str]:
     e = re.sub(r"label_values\s*\(\s*([A-Za-z_:][\w:]*)\s*,[^)]*\)", r"\1", e)
     names = set()
     for m in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)", e):
-        if e[m.end():].lstrip().startswith("(") or m.group(1).lower() in KEYWORDS:
+        if e[m.end() :].lstrip().startswith("(") or m.group(1).lower() in KEYWORDS:
             continue  # a function or aggregation, or a keyword
         names.add(m.group(1))
     return names
@@ -514,15 +633,27 @@ def unknown_metric_names(names: set[str]) -> set[str]:
 
 
 def test_metric_name_extractor_catches_made_up_names():
-    q = ('histogram_quantile(0.95, sum by (le, level) (rate(ray_dihs_request_duration_seconds_bucket'
-         '{model=~"$model",status="server_error"}[$__rate_interval]))) / on(model) group_left '
-         'sum(rate(ray_dihs_made_up_total[5m] offset 1h)) > 1e3')
+    q = (
+        "histogram_quantile(0.95, sum by (le, level) (rate(ray_dihs_request_duration_seconds_bucket"
+        '{model=~"$model",status="server_error"}[$__rate_interval]))) / on(model) group_left '
+        "sum(rate(ray_dihs_made_up_total[5m] offset 1h)) > 1e3"
+    )
     assert promql_metric_names(q) == {"ray_dihs_request_duration_seconds_bucket", "ray_dihs_made_up_total"}
     assert unknown_metric_names(promql_metric_names(q)) == {"ray_dihs_made_up_total"}
     # a counter has no _count, a gauge no _bucket; Ray's names have the ray_ prefix and _total
-    assert unknown_metric_names({"ray_dihs_requests_count", "ray_dihs_load_pressure_bucket", "dihs_requests_total",
-                                 "ray_dihs_requests"}) == {"ray_dihs_requests_count", "ray_dihs_load_pressure_bucket",
-                                                           "dihs_requests_total", "ray_dihs_requests"}
+    assert unknown_metric_names(
+        {
+            "ray_dihs_requests_count",
+            "ray_dihs_load_pressure_bucket",
+            "dihs_requests_total",
+            "ray_dihs_requests",
+        }
+    ) == {
+        "ray_dihs_requests_count",
+        "ray_dihs_load_pressure_bucket",
+        "dihs_requests_total",
+        "ray_dihs_requests",
+    }
     assert promql_metric_names("label_values(ray_dihs_requests_total, model)") == {"ray_dihs_requests_total"}
 
 
@@ -557,8 +688,10 @@ def test_promql_uses_only_exported_metrics(source):
 def test_dashboard_shows_every_metric():
     used = set()
     for expr in _dashboard_exprs():
-        used |= {re.sub(r"_(bucket|sum|count)$", "", n) if n not in exported_names() else n
-                 for n in promql_metric_names(expr)}
+        used |= {
+            re.sub(r"_(bucket|sum|count)$", "", n) if n not in exported_names() else n
+            for n in promql_metric_names(expr)
+        }
     assert used == set(exported_names()), f"no panel for {set(exported_names()) - used}"
 
 
@@ -567,8 +700,18 @@ def test_dashboard_structure():
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     titles = {p["title"] for p in dash["panels"]}
-    for wanted in ("Requests/s by status", "Latency percentiles by budget level", "Active heads ratio", "Budget level mix",
-                   "Load pressure", "Queue depth", "Batch size", "GPU utilization", "GPU memory used", "CPU utilization"):
+    for wanted in (
+        "Requests/s by status",
+        "Latency percentiles by budget level",
+        "Active heads ratio",
+        "Budget level mix",
+        "Load pressure",
+        "Queue depth",
+        "Batch size",
+        "GPU utilization",
+        "GPU memory used",
+        "CPU utilization",
+    ):
         assert wanted in titles
     for p in dash["panels"]:
         if p["type"] == "row":

@@ -70,6 +70,7 @@ def resolve(page: Path, target: str) -> tuple[Path, str]:
 
 # --- size and count ------------------------------------------------------------------------------
 
+
 def test_docs_is_small():
     files = docs_files()
     size = sum(p.stat().st_size for p in files)
@@ -78,6 +79,7 @@ def test_docs_is_small():
 
 
 # --- links ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_points_at_a_file(page: Path):
@@ -99,10 +101,13 @@ def test_every_docs_file_is_linked():
         for target in links(page):
             if is_relative(target):
                 linked.add(resolve(page, target)[0])
-    orphans = [str(p.relative_to(ROOT)) for p in docs_files()
-               if p.resolve() not in linked and p != DOCS / "index.md"]
-    assert not orphans, ("files in docs/ that no page in docs/ and not README.md links to "
-                         "(link them from the page that quotes them, or delete them):\n" + "\n".join(orphans))
+    orphans = [
+        str(p.relative_to(ROOT)) for p in docs_files() if p.resolve() not in linked and p != DOCS / "index.md"
+    ]
+    assert not orphans, (
+        "files in docs/ that no page in docs/ and not README.md links to "
+        "(link them from the page that quotes them, or delete them):\n" + "\n".join(orphans)
+    )
 
 
 def test_index_lists_every_page():
@@ -113,13 +118,16 @@ def test_index_lists_every_page():
 
 def test_the_link_checks_can_fail(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("[a](missing.md) `[b](c.md)`\n```\n[d](e.md)\n```\n## A heading: here\n", encoding="utf-8")
+    page.write_text(
+        "[a](missing.md) `[b](c.md)`\n```\n[d](e.md)\n```\n## A heading: here\n", encoding="utf-8"
+    )
     assert links(page) == ["missing.md"]
     assert not resolve(page, links(page)[0])[0].is_file()
     assert anchors(page) == {"a-heading-here"}
 
 
 # --- the README's layout section -----------------------------------------------------------------
+
 
 def layout_section() -> str:
     text = README.read_text(encoding="utf-8")
@@ -159,9 +167,21 @@ def tracked_top_level_folders() -> set[str]:
         out = None
     if out is not None and out.returncode == 0 and out.stdout:
         return {f.split("/", 1)[0] + "/" for f in out.stdout.splitlines() if "/" in f}
-    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", "bundles", "results"}
-    return {p.name + "/" for p in ROOT.iterdir()
-            if p.is_dir() and p.name not in skip and not p.name.endswith(".egg-info")}
+    skip = {
+        ".git",
+        ".venv",
+        "__pycache__",
+        ".pytest_cache",
+        ".hypothesis",
+        ".ruff_cache",
+        "bundles",
+        "results",
+    }
+    return {
+        p.name + "/"
+        for p in ROOT.iterdir()
+        if p.is_dir() and p.name not in skip and not p.name.endswith(".egg-info")
+    }
 
 
 def modules(package: str) -> set[str]:

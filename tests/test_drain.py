@@ -36,13 +36,38 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drain")
     bundle = save_bundle(tiny_calibrated_bundle(tmp), tmp / "bundle")
     port = free_port()
-    env = {**os.environ, **SLOW_MACHINE_ENV, "RAY_AUTH_MODE": "disabled", "DIHS_BATCH_WAIT_MS": "3000",
-           "DIHS_MAX_ONGOING_REQUESTS": "640", "DIHS_MAX_QUEUED_REQUESTS": "640", "DIHS_METRICS_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        **SLOW_MACHINE_ENV,
+        "RAY_AUTH_MODE": "disabled",
+        "DIHS_BATCH_WAIT_MS": "3000",
+        "DIHS_MAX_ONGOING_REQUESTS": "640",
+        "DIHS_MAX_QUEUED_REQUESTS": "640",
+        "DIHS_METRICS_PORT": str(free_port()),
+    }
     log_path = tmp / "serve.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dihs_cli", "serve", str(bundle), "--port", str(port),
-                             "--model-name", "tiny", "--max-batch-size", "256", "--drain-timeout-s", str(DRAIN_TIMEOUT_S)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dihs_cli",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--model-name",
+            "tiny",
+            "--max-batch-size",
+            "256",
+            "--drain-timeout-s",
+            str(DRAIN_TIMEOUT_S),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -68,6 +93,7 @@ def served(tmp_path_factory):
 async def _traffic(proc, base: str) -> dict:
     texts = [f"good fun movie {i}" if i % 2 else f"bad dull plot {i}" for i in range(TEXTS)]
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=N + 10)) as client:
+
         async def one(i: int):
             try:
                 r = await client.post(f"{base}/v1/classify", json={"texts": texts})
@@ -92,14 +118,20 @@ def test_sigterm_answers_every_accepted_request_and_drops_none(served):
     try:
         rc = proc.wait(timeout=DRAIN_TIMEOUT_S + 60)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"dihs serve still running {DRAIN_TIMEOUT_S + 60} s after SIGTERM: {log_path.read_text()[-3000:]}")
+        pytest.fail(
+            f"dihs serve still running {DRAIN_TIMEOUT_S + 60} s after SIGTERM: {log_path.read_text()[-3000:]}"
+        )
     exited_after = time.monotonic() - t0
     answered = [(r, t) for r, t in out["results"] if isinstance(r, httpx.Response) and r.status_code == 200]
     refused = [(r, t) for r, t in out["results"] if isinstance(r, httpx.Response) and r.status_code == 503]
-    dropped = [r for r, _ in out["results"] if not isinstance(r, httpx.Response) or r.status_code not in (200, 503)]
+    dropped = [
+        r for r, _ in out["results"] if not isinstance(r, httpx.Response) or r.status_code not in (200, 503)
+    ]
     after = [t for _, t in answered if t > t0]
-    print(f"\n{N} requests x {TEXTS} texts, SIGTERM: {len(answered)} answered ({len(after)} after the signal), "
-          f"{len(refused)} refused, {len(dropped)} dropped; exit {rc} {exited_after:.1f} s after the signal")
+    print(
+        f"\n{N} requests x {TEXTS} texts, SIGTERM: {len(answered)} answered ({len(after)} after the signal), "
+        f"{len(refused)} refused, {len(dropped)} dropped; exit {rc} {exited_after:.1f} s after the signal"
+    )
     print(log_path.read_text()[-600:])
     assert not dropped, [repr(r) for r in dropped]
     assert len(answered) + len(refused) == N

@@ -11,7 +11,14 @@ from tests.conftest import tiny_calibrated_bundle
 
 
 def _examples() -> Examples:
-    texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot", "fun fun", "dull plot"] * 12
+    texts = [
+        "good great fun",
+        "bad awful dull",
+        "love the movie",
+        "hate the plot",
+        "fun fun",
+        "dull plot",
+    ] * 12
     return Examples(texts, [1, 0, 1, 0, 1, 0] * 12, ["neg", "pos"])
 
 
@@ -21,7 +28,9 @@ def test_each_distinct_budget_runs_once_and_rows_equal_separate_runs(tmp_path):
     n_batches = len(list(bundle.batches(ex, 64)))
     calls = []
     forward = bundle.model.forward
-    bundle.model.forward = lambda *a, **kw: calls.append(repr(kw.get("budget") and kw["budget"].key)) or forward(*a, **kw)
+    bundle.model.forward = lambda *a, **kw: (
+        calls.append(repr(kw.get("budget") and kw["budget"].key)) or forward(*a, **kw)
+    )
     policies = ("dense", "static-heads", "static-width", "uniform-width")
     res = evaluate(bundle, ex, "t", policies, progress=False)
     assert calls.count("None") == n_batches  # dense and every 1.0 row: one dense run
@@ -34,11 +43,16 @@ def test_each_distinct_budget_runs_once_and_rows_equal_separate_runs(tmp_path):
         assert r["accuracy"] == sum(int(p == y) for p, y in zip(preds, ex.labels)) / len(ex)
         assert r["flops_ratio"] == round(flops, 4)
         b = budget or Budget.full(shape)
-        assert (r["heads_ratio"], r["neurons_ratio"]) == (round(b.heads_ratio(shape), 4), round(b.neurons_ratio(shape), 4))
+        assert (r["heads_ratio"], r["neurons_ratio"]) == (
+            round(b.heads_ratio(shape), 4),
+            round(b.neurons_ratio(shape), 4),
+        )
         if r["policy"] == "static-heads":
             assert r["neurons_ratio"] == 1.0  # heads only: the old budgets
         elif r["policy"] in ("static-width", "uniform-width"):
-            assert abs(r["flops_ratio"] - r["target_flops_ratio"]) <= 0.1  # tiny lengths differ from calibration's
+            assert (
+                abs(r["flops_ratio"] - r["target_flops_ratio"]) <= 0.1
+            )  # tiny lengths differ from calibration's
 
 
 def test_rows_below_dense_are_compared_with_dense_and_dihs_with_every_baseline_on_the_same_inputs(tmp_path):
@@ -52,8 +66,11 @@ def test_rows_below_dense_are_compared_with_dense_and_dihs_with_every_baseline_o
     for r in below:  # paired against dense, and dihs against each baseline at its target
         assert r["vs_dense"]["accuracy_diff"] == pytest.approx(r["accuracy"] - dense["accuracy"])
         if r["policy"] == "dihs":
-            base = {s["policy"]: s for s in below if s["target_flops_ratio"] == r["target_flops_ratio"]
-                    and s["policy"] != "dihs"}
+            base = {
+                s["policy"]: s
+                for s in below
+                if s["target_flops_ratio"] == r["target_flops_ratio"] and s["policy"] != "dihs"
+            }
             assert set(r["vs_static"]) == set(base) == {"static-heads", "static-width", "kwon"}
             for name, s in base.items():
                 assert r["vs_static"][name]["accuracy_diff"] == pytest.approx(r["accuracy"] - s["accuracy"])

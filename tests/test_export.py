@@ -17,6 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 def _saved(tmp_path):
     return save_bundle(tiny_calibrated_bundle(tmp_path), tmp_path / "bundle")
 
+
 TEXTS = ["good great fun", "bad awful dull plot", "love the movie", "hate it", "the movie was good and fun"]
 
 
@@ -26,7 +27,10 @@ def _run(folder, texts):
     tok = AutoTokenizer.from_pretrained(folder)
     enc = tok(texts, padding=True, return_tensors="np")
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+    feed = {
+        "input_ids": enc["input_ids"].astype(np.int64),
+        "attention_mask": enc["attention_mask"].astype(np.int64),
+    }
     return sess.run(["logits"], feed)[0]
 
 

@@ -9,16 +9,22 @@ import math
 import pytest
 import torch
 
+from dihs_cli.cli import main
 from dihs_model.arch import supported_families
 from dihs_model.bundle import load_bundle, new_bundle, save_bundle
+from dihs_model.calibrate import calibrate_bundle
 from dihs_model.cascade import run_pass
-from dihs_cli.cli import main
 from dihs_model.data import Examples, load_eval
 from dihs_model.evaluate import evaluate, predict
-from dihs_model.calibrate import calibrate_bundle
 from dihs_model.robust import trained_budgets
 from dihs_model.train import TrainConfig, budget_robust_loss, fine_tune
-from tests.conftest import make_tiny_checkpoint, random_batch, random_heads, tiny_classifier, write_reviews_csv
+from tests.conftest import (
+    make_tiny_checkpoint,
+    random_batch,
+    random_heads,
+    tiny_classifier,
+    write_reviews_csv,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,8 +42,29 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu")
     ckpt, data = make_tiny_checkpoint(tmp), write_reviews_csv(tmp / "reviews.csv", n=80)
     out = tmp / "bundle"
-    assert main(["train", "--model", str(ckpt), "--data", str(data), "--out", str(out), "--epochs", "4",
-                 "--batch-size", "8", "--lr", "3e-3", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "4",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return ckpt, data, out
 
 
@@ -106,13 +133,28 @@ def test_engine_on_cuda_gives_the_cpu_labels(trained):
     from service.metrics import NullMetrics
 
     _, _, path = trained
-    texts = ["good great fun movie", "bad awful dull plot", "love the film", "hate the story", "the end was dull",
-             "a great actor"]
-    items = [Item(t, mode=m, max_ratio=r) for t in texts for m, r in (("dense", 1.0), ("fixed", 0.5), ("fixed", 0.25))]
+    texts = [
+        "good great fun movie",
+        "bad awful dull plot",
+        "love the film",
+        "hate the story",
+        "the end was dull",
+        "a great actor",
+    ]
+    items = [
+        Item(t, mode=m, max_ratio=r)
+        for t in texts
+        for m, r in (("dense", 1.0), ("fixed", 0.5), ("fixed", 0.25))
+    ]
     results = {}
     for device in ("cpu", "cuda"):
-        engine = Engine(load_bundle(path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)),
-                        NullMetrics(), device)
+        engine = Engine(
+            load_bundle(path),
+            "tiny",
+            LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)),
+            NullMetrics(),
+            device,
+        )
         results[device] = engine.run(items)
     assert engine.device == CUDA and next(engine.model.parameters()).dtype == torch.bfloat16
     for c, g in zip(results["cpu"], results["cuda"]):
@@ -139,8 +181,9 @@ def test_predict_run_pass_evaluate_and_calibrate_on_cuda_match_the_cpu(trained):
     assert torch.allclose(p_gpu.conf, p_cpu.conf, atol=1e-4)
 
     e_cpu, e_gpu = (evaluate(b, ex, "reviews", progress=False) for b in (cpu, gpu))
-    assert [(r["policy"], r["target_heads_ratio"]) for r in e_gpu["rows"]] == \
-           [(r["policy"], r["target_heads_ratio"]) for r in e_cpu["rows"]]
+    assert [(r["policy"], r["target_heads_ratio"]) for r in e_gpu["rows"]] == [
+        (r["policy"], r["target_heads_ratio"]) for r in e_cpu["rows"]
+    ]
     assert all(abs(a["accuracy"] - b["accuracy"]) <= 0.05 for a, b in zip(e_cpu["rows"], e_gpu["rows"]))
     json.dumps(e_gpu)
 
@@ -151,26 +194,92 @@ def test_predict_run_pass_evaluate_and_calibrate_on_cuda_match_the_cpu(trained):
         a, b = torch.tensor(c_cpu.meta["importance"][name]), torch.tensor(c_gpu.meta["importance"][name])
         assert torch.allclose(a, b, rtol=1e-2, atol=1e-6), name
 
-    summary = fine_tune(c_gpu, ex, TrainConfig(epochs=1, batch_size=16, lr=1e-4), progress=False,
-                        loss_fn=budget_robust_loss(*trained_budgets(c_gpu.meta)))
+    summary = fine_tune(
+        c_gpu,
+        ex,
+        TrainConfig(epochs=1, batch_size=16, lr=1e-4),
+        progress=False,
+        loss_fn=budget_robust_loss(*trained_budgets(c_gpu.meta)),
+    )
     assert math.isfinite(summary["final_loss"])
 
 
 def test_cli_train_calibrate_eval_bench_on_cuda(trained, tmp_path):
     ckpt, data, _ = trained
     out = tmp_path / "gpu-bundle"
-    assert main(["train", "--model", str(ckpt), "--data", str(data), "--out", str(out), "--epochs", "4",
-                 "--batch-size", "8", "--lr", "3e-3", "--budget-robust", "--quiet", "--device", "cuda"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "4",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--budget-robust",
+                "--quiet",
+                "--device",
+                "cuda",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "dihs.json").read_text())
     assert meta["eval"]["dense_accuracy"] >= 0.75 and len(meta["levels"]) == 5 and "budget_robust" in meta
     assert main(["calibrate", str(out), "--order-by", "fisher", "--quiet", "--device", "cuda:0"]) == 0
-    assert main(["eval", str(out), "--data", str(data), "--json", str(tmp_path / "e.json"), "--quiet",
-                 "--device", "auto"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--data",
+                str(data),
+                "--json",
+                str(tmp_path / "e.json"),
+                "--quiet",
+                "--device",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert {r["policy"] for r in json.loads((tmp_path / "e.json").read_text())["rows"]} >= {"dense", "dihs"}
     for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16")):
         b_json = tmp_path / f"b-{dtype}.json"
-        assert main(["bench", str(out), "--json", str(b_json), "--plot", str(tmp_path / "b.png"), "--quick",
-                     "--warmup", "2", "--repeats", "5", "--quiet", "--device", "cuda", "--dtype", dtype]) == 0
+        assert (
+            main(
+                [
+                    "bench",
+                    str(out),
+                    "--json",
+                    str(b_json),
+                    "--plot",
+                    str(tmp_path / "b.png"),
+                    "--quick",
+                    "--warmup",
+                    "2",
+                    "--repeats",
+                    "5",
+                    "--quiet",
+                    "--device",
+                    "cuda",
+                    "--dtype",
+                    dtype,
+                ]
+            )
+            == 0
+        )
         b = json.loads(b_json.read_text())
-        assert b["device"] == "cuda:0" and b["dtype"] == name and b["device_name"] == torch.cuda.get_device_name(0)
+        assert (
+            b["device"] == "cuda:0"
+            and b["dtype"] == name
+            and b["device_name"] == torch.cuda.get_device_name(0)
+        )
         assert all(r["median_ms"] > 0 and r["speedup"] > 0 for r in b["rows"])

@@ -34,13 +34,22 @@ def test_the_wrapped_child_dies_with_its_parent(tmp_path):
     sleeper = guarded_haproxy("/bin/sleep", tmp_path)
     assert os.access(sleeper, os.X_OK) and "/bin/sleep" in sleeper.read_text()
     for wrapped, survives in ((str(sleeper), False), ("/bin/sleep", True)):
-        parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, time; p = subprocess.Popen([{wrapped!r}, "
-                                   "'300']); print(p.pid, flush=True); time.sleep(300)"], stdout=subprocess.PIPE)
+        parent = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import subprocess, time; p = subprocess.Popen([{wrapped!r}, "
+                "'300']); print(p.pid, flush=True); time.sleep(300)",
+            ],
+            stdout=subprocess.PIPE,
+        )
         child = int(parent.stdout.readline())
         assert _wait_for(lambda: psutil.Process(child).name() == "sleep", 10)  # exec'd: the wrapper is gone
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        gone = _wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie", 10)
+        gone = _wait_for(
+            lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie", 10
+        )
         assert gone != survives, (wrapped, "survived" if survives else "was not killed")
         if survives:
             os.kill(child, signal.SIGKILL)
@@ -50,7 +59,9 @@ def test_the_wrapper_runs_the_real_haproxy(tmp_path):
     binary = haproxy_binary()
     if binary is None:
         pytest.skip("no HAProxy binary here")
-    out = subprocess.run([str(guarded_haproxy(binary, tmp_path)), "-v"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [str(guarded_haproxy(binary, tmp_path)), "-v"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0 and "HAProxy version" in out.stdout
     assert wrapper_text(binary).startswith("#!/bin/sh")
 
@@ -64,9 +75,23 @@ def _listener(port: int):
 
 def _serve(bundle, port: int) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "dihs"), "serve", str(bundle), "--port",
-                             str(port), "--metrics-port", str(free_port()), "--model-name", "tiny"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "dihs"),
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(free_port()),
+            "--model-name",
+            "tiny",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _ready(port: int) -> bool:
@@ -90,8 +115,12 @@ def test_kill_9_of_dihs_serve_frees_its_port_for_the_next_start(tmp_path):
     first = _serve(bundle, port)
     try:
         assert _wait_for(lambda: _ready(port), 180, 1.0), "dihs serve did not become ready"
-        haproxies = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "haproxy"
-                     and any(str(port) in open(a).read() for a in p.info["cmdline"] if a.endswith(".cfg"))]
+        haproxies = [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "haproxy"
+            and any(str(port) in open(a).read() for a in p.info["cmdline"] if a.endswith(".cfg"))
+        ]
         assert haproxies, "HAProxy serves the port"
         # a hard stop: the CLI and the Ray worker that started HAProxy, both SIGKILLed
         for p in [psutil.Process(first.pid), *(h.parent() for h in haproxies)]:

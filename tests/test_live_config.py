@@ -38,7 +38,9 @@ def served(tmp_path_factory):
 def _replicas(deployment: str) -> set[str]:
     import ray
 
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]}
+    return {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]
+    }
 
 
 def _bundle_id(path) -> str:
@@ -59,15 +61,20 @@ def test_rollout_through_serve_run_answers_in_flight_requests_and_switches_bundl
 
     def rollout():
         time.sleep(1)  # the requests below are waiting in the old replica's batch queue
-        serve.run(build_app({"bundle": str(served["bundle_b"]), "model_name": "tiny"}), name="dihs", route_prefix="/")
+        serve.run(
+            build_app({"bundle": str(served["bundle_b"]), "model_name": "tiny"}),
+            name="dihs",
+            route_prefix="/",
+        )
         rolled["t"] = time.monotonic()
         r = requests.post(f"{base}/v1/classify", json={"text": "good fun"}, timeout=60)
         rolled["probe"] = (r, time.monotonic())
 
     async def in_flight():
         async with httpx.AsyncClient(timeout=120) as client:
-            return await asyncio.gather(*[client.post(f"{base}/v1/classify", json={"text": f"good {i}"})
-                                          for i in range(4)])
+            return await asyncio.gather(
+                *[client.post(f"{base}/v1/classify", json={"text": f"good {i}"}) for i in range(4)]
+            )
 
     t0 = time.monotonic()
     thread = threading.Thread(target=rollout)
@@ -76,8 +83,10 @@ def test_rollout_through_serve_run_answers_in_flight_requests_and_switches_bundl
     done = time.monotonic()
     thread.join()
     probe, t_probe = rolled["probe"]
-    print(f"\nrollout: serve.run returned {rolled['t'] - t0:.1f} s, new bundle answered at {t_probe - t0:.1f} s, "
-          f"the old replica's 4 in-flight requests at {done - t0:.1f} s: {[r.status_code for r in answers]}")
+    print(
+        f"\nrollout: serve.run returned {rolled['t'] - t0:.1f} s, new bundle answered at {t_probe - t0:.1f} s, "
+        f"the old replica's 4 in-flight requests at {done - t0:.1f} s: {[r.status_code for r in answers]}"
+    )
     assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
     assert {r.headers["x-dihs-bundle"] for r in answers} == {old_id}
     assert probe.status_code == 200 and probe.headers["x-dihs-bundle"] == new_id != old_id
@@ -93,9 +102,17 @@ def test_user_config_change_reconfigures_the_running_replica_in_place(served):
 
     def deploy(user_config: dict | None):
         deployment = {"name": "DIHSModel", **({"user_config": user_config} if user_config else {})}
-        config = {"applications": [{"name": "live", "route_prefix": "/live", "import_path": "service.app:build_app",
-                                    "args": {"bundle": str(served["bundle"]), "model_name": "tiny"},
-                                    "deployments": [deployment]}]}
+        config = {
+            "applications": [
+                {
+                    "name": "live",
+                    "route_prefix": "/live",
+                    "import_path": "service.app:build_app",
+                    "args": {"bundle": str(served["bundle"]), "model_name": "tiny"},
+                    "deployments": [deployment],
+                }
+            ]
+        }
         # what `serve deploy` sends: the config schema, applied by the controller
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
 
@@ -115,7 +132,9 @@ def test_user_config_change_reconfigures_the_running_replica_in_place(served):
         time.sleep(0.5)
     assert r.status_code == 200 and r.headers["x-dihs-bundle"] == _bundle_id(served["bundle_b"])
     assert r.json()["results"][0]["label"] in ("negative", "positive")
-    assert _replicas("DIHSModel") - _replicas_of_app("dihs") == replicas, "reconfigured in place, not restarted"
+    assert _replicas("DIHSModel") - _replicas_of_app("dihs") == replicas, (
+        "reconfigured in place, not restarted"
+    )
 
 
 def _replicas_of_app(app: str) -> set[str]:
@@ -133,8 +152,13 @@ def test_a_replica_whose_model_gives_non_finite_scores_is_replaced(served):
             with torch.no_grad():
                 next(self.replica.serving.engine.model.parameters()).fill_(math.nan)
 
-    app = serve.deployment(Poisonable, name="Poisonable", health_check_period_s=1, health_check_timeout_s=10,
-                           ray_actor_options={"num_cpus": 1}).bind({"bundle": str(served["bundle"]), "model_name": "tiny"})
+    app = serve.deployment(
+        Poisonable,
+        name="Poisonable",
+        health_check_period_s=1,
+        health_check_timeout_s=10,
+        ray_actor_options={"num_cpus": 1},
+    ).bind({"bundle": str(served["bundle"]), "model_name": "tiny"})
     handle = serve.run(app, name="poison", route_prefix="/poison")
     (first,) = _replicas("Poisonable")
     handle.poison.remote().result()

@@ -15,14 +15,24 @@ from pathlib import Path
 import pytest
 
 from dihs_cli.cli import main
+from loadtests.open_loop import (
+    Segment,
+    arrivals,
+    capacity,
+    grid_segments,
+    read_trace,
+    segment_rows,
+    trace_segments,
+)
+from loadtests.report import findings, trace_totals
 from loadtests.shapes import make_plan, parse_users
 from loadtests.stats import EVENT_FIELDS, combine, locust_totals, read_locust_stats, stage_rows, versus_dense
-from loadtests.open_loop import Segment, arrivals, capacity, grid_segments, read_trace, segment_rows, trace_segments
-from loadtests.report import findings, trace_totals
 from loadtests.sweep import LOCUSTFILE
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")
+needs_locust = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None, reason="locust is not installed"
+)
 
 
 def ticks(plan, times):
@@ -31,10 +41,20 @@ def ticks(plan, times):
 
 # --- shapes: pure tick() sequences ---
 
+
 def test_step_holds_each_count_for_its_stage_then_stops():
     plan = make_plan("step", [2, 4, 8], stage_seconds=10)
     assert ticks(plan, [0, 5, 9.99, 10, 19.9, 20, 29.99, 30, 100]) == [
-        (2, 2.0), (2, 2.0), (2, 2.0), (4, 2.0), (4, 2.0), (8, 4.0), (8, 4.0), None, None]
+        (2, 2.0),
+        (2, 2.0),
+        (2, 2.0),
+        (4, 2.0),
+        (4, 2.0),
+        (8, 4.0),
+        (8, 4.0),
+        None,
+        None,
+    ]
     assert [(s.users, s.start, s.end) for s in plan.stages] == [(2, 0, 10), (4, 10, 20), (8, 20, 30)]
     assert plan.duration == 30
 
@@ -45,7 +65,14 @@ def test_steady_and_spike():
     spike = make_plan("spike", [4, 32], stage_seconds=5)
     # the peak arrives and leaves within one tick: spawn rate = the whole jump
     assert ticks(spike, [0, 4.9, 5, 9.9, 10, 14.9, 15]) == [
-        (4, 4.0), (4, 4.0), (32, 28.0), (32, 28.0), (4, 28.0), (4, 28.0), None]
+        (4, 4.0),
+        (4, 4.0),
+        (32, 28.0),
+        (32, 28.0),
+        (4, 28.0),
+        (4, 28.0),
+        None,
+    ]
 
 
 def test_default_users_per_shape():
@@ -53,13 +80,16 @@ def test_default_users_per_shape():
     assert [s.users for s in make_plan("spike").stages] == [4, 32, 4]
 
 
-@pytest.mark.parametrize("name, users, seconds, message", [
-    ("ramp", None, 10, "unknown load shape"),
-    ("step", [2, 0], 10, "1 or more"),
-    ("step", [2], 0, "above 0"),
-    ("steady", [2, 4], 10, "one user count"),
-    ("spike", [8, 4], 10, "PEAK above BASE"),
-])
+@pytest.mark.parametrize(
+    "name, users, seconds, message",
+    [
+        ("ramp", None, 10, "unknown load shape"),
+        ("step", [2, 0], 10, "1 or more"),
+        ("step", [2], 0, "above 0"),
+        ("steady", [2, 4], 10, "one user count"),
+        ("spike", [8, 4], 10, "PEAK above BASE"),
+    ],
+)
 def test_bad_shape_parameters_say_what_is_wrong(name, users, seconds, message):
     with pytest.raises(ValueError, match=message):
         make_plan(name, users, seconds)
@@ -73,10 +103,21 @@ def test_parse_users():
 
 # --- aggregation: fake per-request events -> sweep rows ---
 
+
 def ev(t, ok=1, status=200, latency=100.0, correct=1, heads=1.0, pressure=0.0):
-    row = {"t": t, "users": 2, "route": "v1", "budget": "adaptive", "status": status, "ok": ok,
-           "latency_ms": latency, "correct": correct if ok else "", "flops_ratio": heads if ok else "",
-           "pressure": pressure if ok else "", "example": 0}
+    row = {
+        "t": t,
+        "users": 2,
+        "route": "v1",
+        "budget": "adaptive",
+        "status": status,
+        "ok": ok,
+        "latency_ms": latency,
+        "correct": correct if ok else "",
+        "flops_ratio": heads if ok else "",
+        "pressure": pressure if ok else "",
+        "example": 0,
+    }
     assert set(row) <= set(EVENT_FIELDS)
     return {k: str(v) for k, v in row.items()}  # as csv.DictReader gives them
 
@@ -105,13 +146,35 @@ def test_stage_rows_count_only_the_settled_window():
 
 def test_an_empty_stage_has_zero_throughput_and_no_percentiles():
     (row,) = stage_rows([], make_plan("steady", [3], 10), settle_s=1)
-    assert row["rps"] == 0 and row["error_rate"] == 0 and math.isnan(row["p95_ms"]) and math.isnan(row["accuracy"])
+    assert (
+        row["rps"] == 0
+        and row["error_rate"] == 0
+        and math.isnan(row["p95_ms"])
+        and math.isnan(row["accuracy"])
+    )
 
 
 def test_combine_rounds_gives_median_and_spread():
-    rows = [{"mode": "dense", "round": r, "stage": 0, "users": 2, "offered_rps": 4.0, "requests": 10, "rps": rps,
-             "p50_ms": 50, "p95_ms": p95, "p99_ms": 90, "error_rate": 0, "rejected_rate": 0, "accuracy": 0.9,
-             "flops_ratio": 1.0, "pressure": 0.0} for r, rps, p95 in ((1, 4.0, 80), (2, 3.0, 120), (3, 3.5, 100))]
+    rows = [
+        {
+            "mode": "dense",
+            "round": r,
+            "stage": 0,
+            "users": 2,
+            "offered_rps": 4.0,
+            "requests": 10,
+            "rps": rps,
+            "p50_ms": 50,
+            "p95_ms": p95,
+            "p99_ms": 90,
+            "error_rate": 0,
+            "rejected_rate": 0,
+            "accuracy": 0.9,
+            "flops_ratio": 1.0,
+            "pressure": 0.0,
+        }
+        for r, rps, p95 in ((1, 4.0, 80), (2, 3.0, 120), (3, 3.5, 100))
+    ]
     (c,) = combine(rows)
     assert (c["rounds"], c["requests"], c["rps"], c["rps_min"], c["rps_max"]) == (3, 30, 3.5, 3.0, 4.0)
     assert (c["p95_ms"], c["p95_ms_min"], c["p95_ms_max"]) == (100, 80, 120)
@@ -119,10 +182,21 @@ def test_combine_rounds_gives_median_and_spread():
 
 def test_versus_dense_pairs_rows_of_the_same_round_and_stage():
     row = lambda mode, rnd, rps, acc: {"mode": mode, "round": rnd, "stage": 0, "rps": rps, "accuracy": acc}  # noqa: E731
-    rows = versus_dense([row("dense", 1, 20.0, 0.96), row("adaptive", 1, 25.0, 0.95),
-                         row("dense", 2, 10.0, 0.96), row("adaptive", 2, 11.0, 0.96), row("static", 3, 5.0, 0.9)])
-    assert [(r["rps_vs_dense"], r["accuracy_vs_dense"]) for r in rows[:4]] == [(1.0, 0.0), (1.25, -1.0), (1.0, 0.0),
-                                                                              (1.1, 0.0)]
+    rows = versus_dense(
+        [
+            row("dense", 1, 20.0, 0.96),
+            row("adaptive", 1, 25.0, 0.95),
+            row("dense", 2, 10.0, 0.96),
+            row("adaptive", 2, 11.0, 0.96),
+            row("static", 3, 5.0, 0.9),
+        ]
+    )
+    assert [(r["rps_vs_dense"], r["accuracy_vs_dense"]) for r in rows[:4]] == [
+        (1.0, 0.0),
+        (1.25, -1.0),
+        (1.0, 0.0),
+        (1.1, 0.0),
+    ]
     assert math.isnan(rows[4]["rps_vs_dense"])  # no dense run in round 3
 
 
@@ -145,6 +219,7 @@ def test_locust_stats_csv_totals(tmp_path):
 
 
 # --- open loop: schedules, traces, per-segment rows ---
+
 
 def test_poisson_and_constant_arrivals_hold_the_offered_rate():
     segs = grid_segments([10, 40], seconds=50, gap=5)
@@ -175,27 +250,52 @@ def test_traces_scale_to_a_mean_rate_and_keep_their_shape(tmp_path):
 
 
 def oev(t, segment, latency=100.0, lag=0.0, ok=1, status=200, correct=1, flops=1.0, retry_after=""):
-    return {"t": str(t), "segment": str(segment), "latency_ms": str(latency), "lag_ms": str(lag), "ok": str(ok),
-            "status": str(status), "correct": str(correct) if ok else "", "flops_ratio": str(flops) if ok else "",
-            "heads_ratio": str(flops) if ok else "", "retry_after": retry_after}
+    return {
+        "t": str(t),
+        "segment": str(segment),
+        "latency_ms": str(latency),
+        "lag_ms": str(lag),
+        "ok": str(ok),
+        "status": str(status),
+        "correct": str(correct) if ok else "",
+        "flops_ratio": str(flops) if ok else "",
+        "heads_ratio": str(flops) if ok else "",
+        "retry_after": retry_after,
+    }
 
 
 def test_segment_rows_count_misses_from_the_scheduled_start():
     segs = [Segment(0, 10, 1.0), Segment(12, 22, 0.6)]
-    events = [oev(1, 0), oev(2, 0, latency=200, lag=60),  # 260 ms from its scheduled start: a miss
-              oev(3, 0, ok=0, status=503, retry_after="1"), oev(4, 0, ok=0, status=503),
-              oev(5, 0, ok=0, status=0), oev(15, 1, latency=30000, flops=0.5, correct=0)]
+    events = [
+        oev(1, 0),
+        oev(2, 0, latency=200, lag=60),  # 260 ms from its scheduled start: a miss
+        oev(3, 0, ok=0, status=503, retry_after="1"),
+        oev(4, 0, ok=0, status=503),
+        oev(5, 0, ok=0, status=0),
+        oev(15, 1, latency=30000, flops=0.5, correct=0),
+    ]
     r0, r1 = segment_rows(events, segs, slo_ms=250, scheduled=[6, 2])
     assert (r0["requests"], r0["sent_rps"], r0["slo_attainment"]) == (6, 0.6, round(1 / 6, 4))
-    assert (r0["error_rate"], r0["rejected_rate"], r0["rejected_no_retry_after"]) == (round(4 / 6, 4), round(2 / 6, 4), 1)
+    assert (r0["error_rate"], r0["rejected_rate"], r0["rejected_no_retry_after"]) == (
+        round(4 / 6, 4),
+        round(2 / 6, 4),
+        1,
+    )
     assert r0["unanswered"] == 2  # the connection error and the one that left no event
     assert r0["p50_ms"] == 180.0 and r0["achieved_rps"] == 0.2
-    assert (r1["slo_attainment"], r1["accuracy"], r1["flops_ratio"], r1["heads_ratio"]) == (0.0, 0.0, 0.5, 0.5)
+    assert (r1["slo_attainment"], r1["accuracy"], r1["flops_ratio"], r1["heads_ratio"]) == (
+        0.0,
+        0.0,
+        0.5,
+        0.5,
+    )
     assert r1["achieved_rps"] == round(1 / 33, 3)  # answered 33 s after the segment began: a drained queue
 
 
 def test_capacity_is_the_last_rate_before_the_first_miss():
-    rows = [{"offered_rps": r, "slo_attainment": a} for r, a in ((10, 1.0), (20, 0.995), (30, 0.9), (40, 1.0))]
+    rows = [
+        {"offered_rps": r, "slo_attainment": a} for r, a in ((10, 1.0), (20, 0.995), (30, 0.9), (40, 1.0))
+    ]
     assert capacity(rows)["offered_rps"] == 20
     assert capacity([{"offered_rps": 5, "slo_attainment": 0.5}]) is None
 
@@ -211,43 +311,94 @@ def test_the_probe_passes_over_one_missing_rate_between_two_that_hold():
 
 
 def _g(mode, rate, att, acc=0.9, trace="grid", seg=0):
-    return {"mode": mode, "trace": trace, "segment": seg, "offered_rps": rate, "slo_attainment": att, "accuracy": acc,
-            "flops_ratio": 1.0 if mode == "dense" else 0.4}
+    return {
+        "mode": mode,
+        "trace": trace,
+        "segment": seg,
+        "offered_rps": rate,
+        "slo_attainment": att,
+        "accuracy": acc,
+        "flops_ratio": 1.0 if mode == "dense" else 0.4,
+    }
 
 
 def test_findings_compare_modes_at_1_5x_dense_capacity():
-    comb = [_g("dense", 10, 1.0, 0.92), _g("dense", 20, 0.995), _g("dense", 30, 0.4),
-            _g("auto", 10, 1.0, 0.918), _g("auto", 20, 1.0), _g("auto", 30, 0.99, 0.91), _g("auto", 40, 0.7)]
+    comb = [
+        _g("dense", 10, 1.0, 0.92),
+        _g("dense", 20, 0.995),
+        _g("dense", 30, 0.4),
+        _g("auto", 10, 1.0, 0.918),
+        _g("auto", 20, 1.0),
+        _g("auto", 30, 0.99, 0.91),
+        _g("auto", 40, 0.7),
+    ]
     f = findings(comb)
     assert f["compare_rps_wanted"] == 30
     d, a = f["modes"]["dense"], f["modes"]["auto"]
-    assert (d["capacity_rps"], a["capacity_rps"], a["x_dense"], a["accuracy_at_capacity"]) == (20, 30, 1.5, 0.91)
+    assert (d["capacity_rps"], a["capacity_rps"], a["x_dense"], a["accuracy_at_capacity"]) == (
+        20,
+        30,
+        1.5,
+        0.91,
+    )
     assert (d["at_compare"]["slo_attainment"], a["at_compare"]["slo_attainment"]) == (0.4, 0.99)
     assert a["low_load_accuracy"] == 0.918
 
 
 def test_trace_totals_separate_documented_503s_from_failures():
-    row = {"mode": "auto", "trace": "spike", "requests": 10, "slo_attainment": 0.5, "rejected_rate": 0.3,
-           "rejected_no_retry_after": 0, "error_rate": 0.4, "unanswered": 1, "offered_rps": 50}
+    row = {
+        "mode": "auto",
+        "trace": "spike",
+        "requests": 10,
+        "slo_attainment": 0.5,
+        "rejected_rate": 0.3,
+        "rejected_no_retry_after": 0,
+        "error_rate": 0.4,
+        "unanswered": 1,
+        "offered_rps": 50,
+    }
     (t,) = trace_totals([row, {**row, "trace": "grid"}])
-    assert (t["requests"], t["within_slo"], t["rejected"], t["other_failures"], t["unanswered"]) == (10, 5, 3, 1, 1)
+    assert (t["requests"], t["within_slo"], t["rejected"], t["other_failures"], t["unanswered"]) == (
+        10,
+        5,
+        3,
+        1,
+        1,
+    )
+
 
 # --- the command's contract ---
 
+
 @needs_locust
-@pytest.mark.parametrize("args, message", [
-    (["--grid", "0.5,x"], "comma-separated"),
-    (["--segment-seconds", "0"], "--segment-seconds"),
-    (["--trace", "nope.csv"], "trace file not found"),
-    (["--modes", "auto"], "must include dense"),
-    (["--data", "no-such-task"], "unknown task"),
-    (["--data", "missing.csv"], "data file not found"),
-    (["--rounds", "0"], "--rounds"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "0.5,x"], "comma-separated"),
+        (["--segment-seconds", "0"], "--segment-seconds"),
+        (["--trace", "nope.csv"], "trace file not found"),
+        (["--modes", "auto"], "must include dense"),
+        (["--data", "no-such-task"], "unknown task"),
+        (["--data", "missing.csv"], "data file not found"),
+        (["--rounds", "0"], "--rounds"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    assert main(["loadtest", str(ROOT / "bundles" / "none"), "--url", "http://127.0.0.1:9", "--out", str(out),
-                 *args]) == 2
+    assert (
+        main(
+            [
+                "loadtest",
+                str(ROOT / "bundles" / "none"),
+                "--url",
+                "http://127.0.0.1:9",
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dihs: error:") and message in err[0], err
     assert not out.exists()  # nothing written
@@ -264,16 +415,33 @@ def test_missing_bundle_and_file_as_out(tmp_path, capsys):
 
 @needs_locust
 def test_locustfile_loads_and_refuses_bad_data_in_one_line(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *a],  # noqa: E731
-                                    capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *a],  # noqa: E731
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     listed = run("--list")
-    assert listed.returncode == 0 and "ClassifyUser" in listed.stdout and "InferUser" in listed.stdout, listed.stderr
+    assert listed.returncode == 0 and "ClassifyUser" in listed.stdout and "InferUser" in listed.stdout, (
+        listed.stderr
+    )
     # the open-loop user runs its schedule and nothing else (a task inherited from ClassifyUser once sent
     # unscheduled requests, and shifted the examples a mode was sent against the other modes')
-    tasks = subprocess.run([sys.executable, "-c", "import loadtests.locustfile as f; "
-                            "print([t.__qualname__ for t in f.OpenLoopUser.tasks])"],
-                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
-    assert tasks.returncode == 0 and tasks.stdout.strip() == "['OpenLoopUser.classify']", tasks.stdout + tasks.stderr
+    tasks = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import loadtests.locustfile as f; print([t.__qualname__ for t in f.OpenLoopUser.tasks])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert tasks.returncode == 0 and tasks.stdout.strip() == "['OpenLoopUser.classify']", (
+        tasks.stdout + tasks.stderr
+    )
     bad = run("--headless", "--host", "http://127.0.0.1:9", "--data", str(tmp_path / "missing.csv"))
     assert bad.returncode != 0 and "locustfile: error: data file not found" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -285,23 +453,57 @@ def test_quick_sweep_end_to_end(tmp_path):
     """`dihs loadtest --quick` starts real services (float32 and int8) and writes every mode's rows; the open
     loop holds the offered rate at 2.5x dense's probed capacity, whatever the service does with it."""
     from dihs_model.bundle import new_bundle, save_bundle
-    from dihs_model.data import Examples
     from dihs_model.calibrate import calibrate_bundle
+    from dihs_model.data import Examples
     from tests.conftest import make_tiny_checkpoint, write_reviews_csv
 
     texts = ["good great fun", "bad awful dull", "love the movie", "hate the plot"] * 4
-    bundle = calibrate_bundle(new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),
-                              Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]), progress=False)
+    bundle = calibrate_bundle(
+        new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32),
+        Examples(texts, [1, 0, 1, 0] * 4, ["neg", "pos"]),
+        progress=False,
+    )
     path = save_bundle(bundle, tmp_path / "bundle")
     data = write_reviews_csv(tmp_path / "reviews.csv", n=80)
     out = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "dihs_cli", "loadtest", str(path), "--quick", "--data", str(data),
-                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=400, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dihs_cli",
+            "loadtest",
+            str(path),
+            "--quick",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     with (out / "sweep.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert {"mode", "trace", "offered_rps", "sent_rps", "achieved_rps", "slo_attainment", "p50_ms", "p95_ms", "p99_ms",
-            "error_rate", "rejected_rate", "accuracy", "flops_ratio", "heads_ratio"} <= set(rows[0])
+    assert {
+        "mode",
+        "trace",
+        "offered_rps",
+        "sent_rps",
+        "achieved_rps",
+        "slo_attainment",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "error_rate",
+        "rejected_rate",
+        "accuracy",
+        "flops_ratio",
+        "heads_ratio",
+    } <= set(rows[0])
     assert {r["mode"] for r in rows} == {"dense", "dense-int8", "f50", "auto", "auto-int8"}
     assert len(rows) == 5 * 3 and {r["trace"] for r in rows} == {"grid"}  # 5 modes x 3 rates
     runs = json.loads((out / "runs.json").read_text())
@@ -316,7 +518,9 @@ def test_quick_sweep_end_to_end(tmp_path):
         assert not answered or 0 <= float(row["accuracy"]) <= 1, row
     top = [r for r in rows if float(r["offered_rps"]) == max(float(x["offered_rps"]) for x in rows)]
     assert float(top[0]["offered_rps"]) >= min(2.5 * probe_cap, runs["meta"]["grid_rates"][-1]) - 0.01
-    assert all(float(r["flops_ratio"]) == 1.0 for r in rows if r["mode"].startswith("dense") and r["accuracy"])
+    assert all(
+        float(r["flops_ratio"]) == 1.0 for r in rows if r["mode"].startswith("dense") and r["accuracy"]
+    )
     assert all(float(r["flops_ratio"]) <= 0.5 for r in rows if r["mode"] == "f50" and r["accuracy"])
     assert (out / "sweep.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
@@ -332,10 +536,14 @@ def test_burst_accuracy_is_paired_on_the_examples_both_modes_answered():
 
     dense = [{"status": 200, "example": k, "correct": k != 3} for k in range(5)]
     dense.append({"status": 503, "example": 5})  # refused: not an answer
-    auto = [{"status": 200, "example": k % 7, "correct": k not in (1, 8)} for k in range(10)]  # 1 wrong, then right
+    auto = [
+        {"status": 200, "example": k % 7, "correct": k not in (1, 8)} for k in range(10)
+    ]  # 1 wrong, then right
     got = paired_burst_accuracy(dense, auto)
     assert got["examples"] == 5  # examples 0-4: 5 and 6 only auto answered
-    assert got["dense_accuracy"] == 0.8 and got["adaptive_accuracy"] == 0.8  # auto's first answer of example 1 counts
+    assert (
+        got["dense_accuracy"] == 0.8 and got["adaptive_accuracy"] == 0.8
+    )  # auto's first answer of example 1 counts
     assert got["adaptive_minus_dense_points"] == 0.0
     assert paired_burst_accuracy([], auto) == {"examples": 0}
 

@@ -19,8 +19,20 @@ import sys
 import pytest
 import yaml
 
-from tests.manifests import (CRD_FILES, DEPLOY, OVERLAYS, ROOT, crd_errors, kserve_errors, one, pods, ray_groups,
-                             render, restricted_violations, validate_core)
+from tests.manifests import (
+    CRD_FILES,
+    DEPLOY,
+    OVERLAYS,
+    ROOT,
+    crd_errors,
+    kserve_errors,
+    one,
+    pods,
+    ray_groups,
+    render,
+    restricted_violations,
+    validate_core,
+)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -45,8 +57,12 @@ def test_crd_check_refuses_unknown_fields_and_wrong_types():
     cluster["autoscalerOptions"]["securityContext"]["capabilites"] = {}  # deep in a core type
     bad["metadata"]["labelz"] = {}
     errors = "\n".join(crd_errors(bad))
-    for wanted in ("'rayStartParam' was unexpected", "idleTimeoutSeconds: '300' is not of type 'integer'",
-                   "'capabilites' was unexpected", "metadata:"):
+    for wanted in (
+        "'rayStartParam' was unexpected",
+        "idleTimeoutSeconds: '300' is not of type 'integer'",
+        "'capabilites' was unexpected",
+        "metadata:",
+    ):
         assert wanted in errors, errors
     monitor = copy.deepcopy(one(render("cpu"), "PodMonitor"))
     monitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
@@ -67,7 +83,9 @@ def test_rendered_core_objects_and_pods_validate(rendered):
     core = [d for d in docs if d["kind"] not in CRD_FILES and d["kind"] != "InferenceService"]
     serving = {"Service"} if overlay != "kserve" else set()
     assert {d["kind"] for d in core} == serving | {"ConfigMap", "PodDisruptionBudget"}
-    objects = [(f"{d['kind']} {d['metadata']['name']}", d) for d in core] + [(f"{w} as a Pod", p) for w, p in pods(docs)]
+    objects = [(f"{d['kind']} {d['metadata']['name']}", d) for d in core] + [
+        (f"{w} as a Pod", p) for w, p in pods(docs)
+    ]
     for what, obj in objects:
         try:
             validate_core(obj)
@@ -108,25 +126,34 @@ def test_inferenceservice_runs_this_image_as_the_service(rendered):
         pytest.skip("the InferenceService is in overlays/kserve")
     isvc = one(docs, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment", \
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment", (
         "Knative (serverless) refuses the /dev/shm emptyDir and the metrics port"
+    )
     p = isvc["spec"]["predictor"]
     assert 1 <= p["minReplicas"] <= p["maxReplicas"]
     (c,) = p["containers"]
-    assert c["image"] == "dihs-serve:cpu" and c["args"] == ["dihs", "serve"] and "command" not in c, \
+    assert c["image"] == "dihs-serve:cpu" and c["args"] == ["dihs", "serve"] and "command" not in c, (
         "the image's ENTRYPOINT (tini) stays PID 1"
+    )
     ports = [(q["name"], q["containerPort"]) for q in c["ports"]]
     assert ports[0] == ("http1", 8000), "KServe's Service targets the first port: Serve's HTTP"
     assert ("metrics", 8080) in ports
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
-    settings = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "dihs-settings"]
-    assert settings and {"configMapRef": {"name": "dihs-settings"}} in c["envFrom"], "the same DIHS_* settings"
+    settings = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "dihs-settings"
+    ]
+    assert settings and {"configMapRef": {"name": "dihs-settings"}} in c["envFrom"], (
+        "the same DIHS_* settings"
+    )
     assert {"name": "DIHS_HOST", "value": "0.0.0.0"} in c["env"]
     from service.settings import Settings
 
-    assert p["terminationGracePeriodSeconds"] > Settings.model_fields["drain_timeout_s"].default, \
+    assert p["terminationGracePeriodSeconds"] > Settings.model_fields["drain_timeout_s"].default, (
         "the drain finishes before the kubelet's SIGKILL"
+    )
 
 
 # --- Pod Security, /dev/shm -----------------------------------------------------------------------
@@ -143,10 +170,14 @@ def test_restricted_check_can_fail():
     bad["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     bad["hostNetwork"] = True
     found = restricted_violations(bad)
-    for wanted in ("hostNetwork is true", "volume host: ['hostPath'] not allowed",
-                   "container ray-head: capabilities do not drop ALL", "container ray-head: adds capabilities",
-                   "container autoscaler: allowPrivilegeEscalation is not false",
-                   "container ray-head: seccompProfile is None"):
+    for wanted in (
+        "hostNetwork is true",
+        "volume host: ['hostPath'] not allowed",
+        "container ray-head: capabilities do not drop ALL",
+        "container ray-head: adds capabilities",
+        "container autoscaler: allowPrivilegeEscalation is not false",
+        "container ray-head: seccompProfile is None",
+    ):
         assert any(f.startswith(wanted) for f in found), (wanted, found)
 
 
@@ -174,7 +205,9 @@ def test_ray_object_store_has_a_memory_shm(rendered):
     for d in docs:
         if d["kind"] == "RayService":
             for group, g in ray_groups(d):
-                bounds[f"RayService {d['metadata']['name']} {group} group"] = g["rayStartParams"].get("object-store-memory")
+                bounds[f"RayService {d['metadata']['name']} {group} group"] = g["rayStartParams"].get(
+                    "object-store-memory"
+                )
     for what, pod in pods(docs):
         spec = pod["spec"]
         ray = spec["containers"][0]
@@ -182,7 +215,9 @@ def test_ray_object_store_has_a_memory_shm(rendered):
         (vol,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
         assert vol["emptyDir"]["medium"] == "Memory", what
         size = _quantity(vol["emptyDir"]["sizeLimit"])
-        assert size <= _quantity(ray["resources"]["limits"]["memory"]) // 2, f"{what}: shm counts in the memory limit"
+        assert size <= _quantity(ray["resources"]["limits"]["memory"]) // 2, (
+            f"{what}: shm counts in the memory limit"
+        )
         if bounds.get(what):
             assert int(bounds[what]) < size, f"{what}: object-store-memory does not fit /dev/shm"
 
@@ -213,7 +248,9 @@ def test_pdb_podmonitor_and_service_select_the_serving_pods(rendered):
     sel = pdb["spec"]["selector"]["matchLabels"]
     assert pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"]
     assert all(sel.items() <= lab.items() for lab in serving), "the PDB covers every serving Pod"
-    assert not any(sel.items() <= lab.items() for lab in other), "a one-Pod head under a PDB would block every drain"
+    assert not any(sel.items() <= lab.items() for lab in other), (
+        "a one-Pod head under a PDB would block every drain"
+    )
     monitor = one(docs, "PodMonitor")
     mon = monitor["spec"]["selector"]["matchLabels"]
     assert all(mon.items() <= lab.items() for lab in serving + other), "every Ray node is scraped"
@@ -230,13 +267,22 @@ def test_pdb_podmonitor_and_service_select_the_serving_pods(rendered):
 
 def test_dashboard_configmap_is_the_dashboard_file(rendered):
     overlay, docs = rendered
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})]
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "the label Grafana's dashboard sidecar looks for"
+    (cm,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})
+    ]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", (
+        "the label Grafana's dashboard sidecar looks for"
+    )
     assert cm["metadata"]["name"] == "dihs-dashboard", "no hash suffix: the sidecar would load old copies too"
     (text,) = cm["data"].values()
     assert text == (DEPLOY / "grafana" / "dashboard.json").read_text()
-    copies = [p for p in DEPLOY.rglob("*") if p.is_file() and p.name != "dashboard.json"
-              and '"uid": "dihs-serve"' in p.read_text(errors="ignore")]
+    copies = [
+        p
+        for p in DEPLOY.rglob("*")
+        if p.is_file()
+        and p.name != "dashboard.json"
+        and '"uid": "dihs-serve"' in p.read_text(errors="ignore")
+    ]
     assert not copies, f"a second copy of the dashboard: {copies}"
     assert json.loads(text)["uid"] == "dihs-serve"
 
@@ -250,6 +296,10 @@ def test_prometheusrule_is_alerts_yml(rendered):
 
 
 def test_prometheusrule_file_is_generated():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "prometheusrule.py"), "--check"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

@@ -17,8 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.serve
 
 REPORT_INTERVAL_S = 1.0  # tests.conftest.start_tiny_serve's metrics_report_interval_ms
-IDLE_GAUGES = ("ray_dihs_load_pressure", "ray_dihs_queue_depth", "ray_dihs_plan_flops_target",
-               "ray_dihs_plan_cost_seconds", "ray_dihs_cpu_utilization_ratio", "ray_dihs_build_info")
+IDLE_GAUGES = (
+    "ray_dihs_load_pressure",
+    "ray_dihs_queue_depth",
+    "ray_dihs_plan_flops_target",
+    "ray_dihs_plan_cost_seconds",
+    "ray_dihs_cpu_utilization_ratio",
+    "ray_dihs_build_info",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,9 @@ def test_gauges_stay_in_every_scrape_while_idle(served):
         scrapes += 1
         missing += [(round(end - time.time(), 1), name) for name in IDLE_GAUGES if not got.get(name)]
         time.sleep(0.5)
-    assert scrapes >= 10 and not missing, f"gauges missing from idle scrapes (seconds before the end, name): {missing}"
+    assert scrapes >= 10 and not missing, (
+        f"gauges missing from idle scrapes (seconds before the end, name): {missing}"
+    )
     (depth,) = got["ray_dihs_queue_depth"]
     assert depth.value == 0, "nothing waits at an idle replica"
     assert 0 <= got["ray_dihs_load_pressure"][0].value <= 1

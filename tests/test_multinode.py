@@ -39,7 +39,9 @@ def _ports(names: str) -> dict[str, int]:
 
 
 def _ray_start(args: list[str], env: dict) -> None:
-    r = subprocess.run([str(BIN / "ray"), "start", *args], env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [str(BIN / "ray"), "start", *args], env=env, capture_output=True, text=True, timeout=180
+    )
     assert r.returncode == 0, f"ray start {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
 
@@ -96,21 +98,48 @@ def cluster(tmp_path_factory):
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)  # `serve deploy` on a cluster: Ray's proxy, as the manifests
 
     def node_args(p: dict) -> list[str]:
-        return ["--num-cpus=1", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                f"--node-manager-port={p['node']}", f"--object-manager-port={p['obj']}",
-                f"--dashboard-agent-listen-port={p['agent']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",
-                f"--runtime-env-agent-port={p['runtime']}", f"--metrics-export-port={p['metrics']}",
-                "--min-worker-port=0", "--max-worker-port=0"]
+        return [
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            f"--node-manager-port={p['node']}",
+            f"--object-manager-port={p['obj']}",
+            f"--dashboard-agent-listen-port={p['agent']}",
+            f"--dashboard-agent-grpc-port={p['agent_grpc']}",
+            f"--runtime-env-agent-port={p['runtime']}",
+            f"--metrics-export-port={p['metrics']}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+        ]
 
     try:
-        _ray_start(["--head", f"--port={head['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={head['dash']}", f"--ray-client-server-port={head['client']}",
-                    '--system-config={"metrics_report_interval_ms": 1000}', *node_args(head)], env)
+        _ray_start(
+            [
+                "--head",
+                f"--port={head['gcs']}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={head['dash']}",
+                f"--ray-client-server-port={head['client']}",
+                '--system-config={"metrics_report_interval_ms": 1000}',
+                *node_args(head),
+            ],
+            env,
+        )
         join = [f"--address=127.0.0.1:{head['gcs']}", *node_args(worker)]
         _ray_start(join, env)
-        yield {"env": env, "join": join, "worker_node_port": worker["node"], "bundle": bundle, "http": f"http://127.0.0.1:{http_port}", "http_port": http_port,
-               "dashboard": f"http://127.0.0.1:{head['dash']}", "metrics_ports": [head["metrics"], worker["metrics"]],
-               "tmp": tmp}
+        yield {
+            "env": env,
+            "join": join,
+            "worker_node_port": worker["node"],
+            "bundle": bundle,
+            "http": f"http://127.0.0.1:{http_port}",
+            "http_port": http_port,
+            "dashboard": f"http://127.0.0.1:{head['dash']}",
+            "metrics_ports": [head["metrics"], worker["metrics"]],
+            "tmp": tmp,
+        }
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -118,7 +147,9 @@ def cluster(tmp_path_factory):
 
 def _running_replicas(cluster) -> list[dict]:
     try:
-        apps = requests.get(f"{cluster['dashboard']}/api/serve/applications/", timeout=10).json()["applications"]
+        apps = requests.get(f"{cluster['dashboard']}/api/serve/applications/", timeout=10).json()[
+            "applications"
+        ]
         return [r for r in apps["dihs"]["deployments"]["DIHSModel"]["replicas"] if r["state"] == "RUNNING"]
     except (requests.RequestException, KeyError, json.JSONDecodeError):
         return []
@@ -128,8 +159,14 @@ def _running_replicas(cluster) -> list[dict]:
 def deployed(cluster):
     config = cluster["tmp"] / "serve_config.yaml"
     config.write_text(yaml.safe_dump(render_config(cluster["bundle"], cluster["http_port"])))
-    r = subprocess.run([str(BIN / "serve"), "deploy", str(config), "-a", cluster["dashboard"]], env=cluster["env"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [str(BIN / "serve"), "deploy", str(config), "-a", cluster["dashboard"]],
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, f"serve deploy failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     replicas = _wait_running(cluster, 2, 240)
     assert len(replicas) == 2, f"the two replicas did not start in 240 s: {replicas}"
@@ -157,13 +194,23 @@ def prometheus(cluster):
     tmp.mkdir()
     cfg = _scrape_config(cluster["metrics_ports"][0])
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "ray"]
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in cluster["metrics_ports"]]}]  # one per node
+    job["static_configs"] = [
+        {"targets": [f"127.0.0.1:{p}" for p in cluster["metrics_ports"]]}
+    ]  # one per node
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     log = open(tmp / "prometheus.log", "w")
-    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -173,10 +220,14 @@ def prometheus(cluster):
                     break
             except requests.ConnectionError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()[-2000:]
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()[
+                -2000:
+            ]
             time.sleep(0.5)
         up = _wait_for(url, "sum(up)", lambda r: _value(r) == 2, timeout_s=60)
-        assert _value(up) == 2, f"Prometheus does not reach both nodes' metrics: {up} {(tmp / 'prometheus.log').read_text()[-2000:]}"
+        assert _value(up) == 2, (
+            f"Prometheus does not reach both nodes' metrics: {up} {(tmp / 'prometheus.log').read_text()[-2000:]}"
+        )
         yield url
     finally:
         proc.terminate()
@@ -190,8 +241,11 @@ def test_two_nodes_one_replica_each_and_metric_totals_exact(cluster, deployed, p
     texts = 0
     for i in range(N_REQUESTS):
         n = TEXTS_PER_REQUEST[i % len(TEXTS_PER_REQUEST)]
-        r = requests.post(f"{cluster['http']}/v1/classify", json={"texts": [f"good fun {i} {k}" for k in range(n)]},
-                          timeout=60)
+        r = requests.post(
+            f"{cluster['http']}/v1/classify",
+            json={"texts": [f"good fun {i} {k}" for k in range(n)]},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         texts += n
 
@@ -199,16 +253,20 @@ def test_two_nodes_one_replica_each_and_metric_totals_exact(cluster, deployed, p
     levels = _wait_for(prometheus, "sum(ray_dihs_budget_level_total)", lambda r: _value(r) == texts)
     heads = _wait_for(prometheus, "sum(ray_dihs_active_heads_count)", lambda r: _value(r) == texts)
     per_node = _query(prometheus, 'sum by (instance) (ray_dihs_requests_total{status="ok"})')
-    print(f"\n2 nodes {sorted(nodes)}: sent {N_REQUESTS} requests, {texts} texts; Prometheus: ok requests "
-          f"{_value(ok):g}, texts by level {_value(levels):g}, heads samples {_value(heads):g}; per node "
-          f"{ {x['metric']['instance']: float(x['value'][1]) for x in per_node} }")
+    print(
+        f"\n2 nodes {sorted(nodes)}: sent {N_REQUESTS} requests, {texts} texts; Prometheus: ok requests "
+        f"{_value(ok):g}, texts by level {_value(levels):g}, heads samples {_value(heads):g}; per node "
+        f"{ {x['metric']['instance']: float(x['value'][1]) for x in per_node} }"
+    )
     assert _value(ok) == N_REQUESTS and _value(levels) == texts and _value(heads) == texts
     assert len(per_node) == 2 and all(float(x["value"][1]) > 0 for x in per_node), per_node
 
     # the dashboard's aggregations over the raw counters (its rate() over the whole run) give the same totals
     totals = {}
     for expr in _dashboard_queries():
-        counter = re.fullmatch(r"sum(?: by \((\w+)\))? \(rate\((ray_dihs_\w+_total)(\{[^}]*\})\[1m\]\)\)", expr)
+        counter = re.fullmatch(
+            r"sum(?: by \((\w+)\))? \(rate\((ray_dihs_\w+_total)(\{[^}]*\})\[1m\]\)\)", expr
+        )
         if counter:
             by, name, sel = counter.groups()
             result = _query(prometheus, f"sum{f' by ({by})' if by else ''} ({name}{sel})")
@@ -225,8 +283,12 @@ def _kill_node(node_manager_port: int) -> int:
     """SIGKILL the raylet of the node with this node-manager port and every process under it."""
     import psutil
 
-    (raylet,) = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "raylet" and f"--node_manager_port={node_manager_port}" in (p.info["cmdline"] or [])]
+    (raylet,) = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "raylet"
+        and f"--node_manager_port={node_manager_port}" in (p.info["cmdline"] or [])
+    ]
     procs = [raylet, *raylet.children(recursive=True)]
     for p in procs:
         try:
@@ -249,7 +311,9 @@ def test_second_node_killed_under_traffic_nothing_hangs_and_capacity_returns(clu
             while not stop.is_set():
                 t = time.monotonic()
                 try:
-                    code = s.post(f"{cluster['http']}/v1/classify", json={"text": f"good fun {k}"}, timeout=30).status_code
+                    code = s.post(
+                        f"{cluster['http']}/v1/classify", json={"text": f"good fun {k}"}, timeout=30
+                    ).status_code
                 except requests.Timeout:
                     code = "hung"
                 except requests.RequestException:
@@ -271,14 +335,16 @@ def test_second_node_killed_under_traffic_nothing_hangs_and_capacity_returns(clu
     stop.set()
     for t in threads:
         t.join()
-    after = outcomes[len(during):]
+    after = outcomes[len(during) :]
     counts = {}
     for code, _ in outcomes:
         counts[code] = counts.get(code, 0) + 1
     slowest_failure = max((dt for code, dt in outcomes if code != 200), default=0.0)
-    print(f"\nworker node killed ({killed} processes): {len(outcomes)} requests {counts}; slowest failure "
-          f"{slowest_failure:.1f} s; back to {len(back)} replicas on {len({r['node_id'] for r in back})} nodes {rejoined_s:.0f} s after the node "
-          "was started again")
+    print(
+        f"\nworker node killed ({killed} processes): {len(outcomes)} requests {counts}; slowest failure "
+        f"{slowest_failure:.1f} s; back to {len(back)} replicas on {len({r['node_id'] for r in back})} nodes {rejoined_s:.0f} s after the node "
+        "was started again"
+    )
     assert "hung" not in counts, counts
     assert counts.get(200, 0) > 0.9 * len(outcomes), counts
     assert len(back) == 2 and len({r["node_id"] for r in back}) == 2, back

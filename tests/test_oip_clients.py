@@ -29,7 +29,9 @@ def _v1(base: str, budget: dict) -> tuple[list[str], np.ndarray]:
     r = requests.post(f"{base}/v1/classify", json={"texts": TEXTS, "budget": budget}, timeout=60)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    return [x["label"] for x in results], np.array([[x["probabilities"][k] for k in ("neg", "pos")] for x in results])
+    return [x["label"] for x in results], np.array(
+        [[x["probabilities"][k] for k in ("neg", "pos")] for x in results]
+    )
 
 
 def _text(x) -> str:
@@ -40,8 +42,9 @@ def _text(x) -> str:
 def test_tritonclient_binary_outputs_equal_v1(base, budget):
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(url=base.removeprefix("http://"), connection_timeout=60,
-                                              network_timeout=60)
+    client = httpclient.InferenceServerClient(
+        url=base.removeprefix("http://"), connection_timeout=60, network_timeout=60
+    )
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     assert client.get_model_config("tiny")["labels"] == ["neg", "pos"]
@@ -55,8 +58,12 @@ def test_tritonclient_binary_outputs_equal_v1(base, budget):
         assert [_text(x) for x in res.as_numpy("label")] == labels
         np.testing.assert_allclose(res.as_numpy("probabilities"), probs, rtol=1e-5)
         assert res.as_numpy("escalated").dtype == np.bool_
-    top = client.infer("tiny", [inp], parameters=budget,
-                       outputs=[httpclient.InferRequestedOutput("probabilities", class_count=1)])
+    top = client.infer(
+        "tiny",
+        [inp],
+        parameters=budget,
+        outputs=[httpclient.InferRequestedOutput("probabilities", class_count=1)],
+    )
     assert [_text(x[0]).split(":")[2] for x in top.as_numpy("probabilities")] == labels
     with pytest.raises(httpclient.InferenceServerException) as e:
         client.infer("tiny", [inp], parameters={"colour": "red"})
@@ -79,9 +86,13 @@ def test_kserve_rest_client_equals_v1(base, budget):
             for binary in (False, True):
                 inp = InferInput("text", [len(TEXTS)], "BYTES")
                 inp.set_data_from_numpy(np.array(TEXTS, dtype=object), binary_data=binary)
-                outputs = [RequestedOutput("label", {"binary_data": binary}),
-                           RequestedOutput("probabilities", {"binary_data": binary})]
-                req = InferRequest(model_name="tiny", infer_inputs=[inp], parameters=budget, request_outputs=outputs)
+                outputs = [
+                    RequestedOutput("label", {"binary_data": binary}),
+                    RequestedOutput("probabilities", {"binary_data": binary}),
+                ]
+                req = InferRequest(
+                    model_name="tiny", infer_inputs=[inp], parameters=budget, request_outputs=outputs
+                )
                 res = await client.infer(base, req, model_name="tiny")
                 answers.append({o.name: o.as_numpy() for o in res.outputs})
             bad = InferRequest(model_name="tiny", infer_inputs=[inp], parameters={"max_flops_ratio": 3})
@@ -94,14 +105,23 @@ def test_kserve_rest_client_equals_v1(base, budget):
     answers, err = asyncio.run(go())
     for out in answers:
         assert [_text(x) for x in out["label"]] == labels
-        np.testing.assert_allclose(np.asarray(out["probabilities"], dtype=np.float32).reshape(len(TEXTS), 2), probs,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(out["probabilities"], dtype=np.float32).reshape(len(TEXTS), 2), probs, rtol=1e-5
+        )
     assert err.response.status_code == 400 and set(err.response.json()) == {"error"}
     assert "max_flops_ratio" in err.response.json()["error"]
 
 
 def test_v2_errors_through_rays_proxy_have_the_spec_shape(base):
-    for method, path, status in [("get", "/v2/models/other", 404), ("get", "/v2/models/tiny/versions/9", 404),
-                                 ("post", "/v2/models/tiny/infer", 400), ("get", "/v2/nothing", 404)]:
-        r = getattr(requests, method)(f"{base}{path}", timeout=30, **({"json": {}} if method == "post" else {}))
-        assert r.status_code == status and set(r.json()) == {"error"} and isinstance(r.json()["error"], str), r.text
+    for method, path, status in [
+        ("get", "/v2/models/other", 404),
+        ("get", "/v2/models/tiny/versions/9", 404),
+        ("post", "/v2/models/tiny/infer", 400),
+        ("get", "/v2/nothing", 404),
+    ]:
+        r = getattr(requests, method)(
+            f"{base}{path}", timeout=30, **({"json": {}} if method == "post" else {})
+        )
+        assert (
+            r.status_code == status and set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+        ), r.text

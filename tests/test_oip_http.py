@@ -40,7 +40,10 @@ def client(engine):
 
 
 def _infer(texts=TEXTS, **extra) -> dict:
-    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}], **extra}
+    return {
+        "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}],
+        **extra,
+    }
 
 
 def _v1(client, texts=TEXTS, budget=FIXED) -> list[dict]:
@@ -56,33 +59,53 @@ def _spec_error(r, status: int, fragment: str) -> str:
     return body["error"]
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (_infer(parameters={"colour": "red"}), "unknown parameter 'colour'"),
-    (_infer(parameters={"priority": 1}), "unknown parameter 'priority'; parameters are mode, max_flops_ratio"),
-    (_infer(parameters={"max_flops_ratio": 2}), "max_flops_ratio"),
-    (_infer(parameters={"mode": "turbo"}), "mode"),
-    (_infer(parameters={"max_heads_ratio": 0.5}), "replaced by max_flops_ratio"),
-    (_infer(parameters={"max_flops_ratio": 0.1}), "no budget level"),
-    (_infer(parameters={"binary_data_output": "yes"}), "binary_data_output must be true or false"),
-    (_infer(outputs=[{"name": "logits"}]), "unknown output 'logits'"),
-    (_infer(outputs=[{"name": "label"}, {"name": "label"}]), "asked for twice"),
-    (_infer(outputs=[{"name": "label", "parameters": {"shared_memory_region": "r"}}]),
-     "unknown parameter 'shared_memory_region'"),
-    (_infer(outputs=[{"name": "label", "parameters": {"classification": 2}}]), "classification applies to"),
-    (_infer(outputs=[{"name": "probabilities", "parameters": {"classification": 0}}]), "count of classes"),
-    (_infer(outputs=[{"name": "probabilities", "parameters": {"binary_data": 1}}]), "binary_data must be"),
-    (_infer(texts=[]), "no texts"),
-    (_infer(texts=["a"] * 9), "limit is 8"),
-    (_infer(texts=["x" * 201]), "limit is 200"),
-    ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, "shape"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "datatype BYTES"),
-    ({"inputs": [{"name": "ids", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "named 'text'"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}, "data"),
-    ({"outputs": []}, "inputs"),
-    (_infer(outputs=[{"name": ["label"]}]), "unknown output ['label']"),
-    (_infer(outputs=[{"name": "label", "parameters": [1]}]), "parameters must be an object"),
-    ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [["a"], 5]}]}, "must be strings"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (_infer(parameters={"colour": "red"}), "unknown parameter 'colour'"),
+        (
+            _infer(parameters={"priority": 1}),
+            "unknown parameter 'priority'; parameters are mode, max_flops_ratio",
+        ),
+        (_infer(parameters={"max_flops_ratio": 2}), "max_flops_ratio"),
+        (_infer(parameters={"mode": "turbo"}), "mode"),
+        (_infer(parameters={"max_heads_ratio": 0.5}), "replaced by max_flops_ratio"),
+        (_infer(parameters={"max_flops_ratio": 0.1}), "no budget level"),
+        (_infer(parameters={"binary_data_output": "yes"}), "binary_data_output must be true or false"),
+        (_infer(outputs=[{"name": "logits"}]), "unknown output 'logits'"),
+        (_infer(outputs=[{"name": "label"}, {"name": "label"}]), "asked for twice"),
+        (
+            _infer(outputs=[{"name": "label", "parameters": {"shared_memory_region": "r"}}]),
+            "unknown parameter 'shared_memory_region'",
+        ),
+        (
+            _infer(outputs=[{"name": "label", "parameters": {"classification": 2}}]),
+            "classification applies to",
+        ),
+        (
+            _infer(outputs=[{"name": "probabilities", "parameters": {"classification": 0}}]),
+            "count of classes",
+        ),
+        (
+            _infer(outputs=[{"name": "probabilities", "parameters": {"binary_data": 1}}]),
+            "binary_data must be",
+        ),
+        (_infer(texts=[]), "no texts"),
+        (_infer(texts=["a"] * 9), "limit is 8"),
+        (_infer(texts=["x" * 201]), "limit is 200"),
+        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, "shape"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "datatype BYTES"),
+        ({"inputs": [{"name": "ids", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "named 'text'"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}, "data"),
+        ({"outputs": []}, "inputs"),
+        (_infer(outputs=[{"name": ["label"]}]), "unknown output ['label']"),
+        (_infer(outputs=[{"name": "label", "parameters": [1]}]), "parameters must be an object"),
+        (
+            {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [["a"], 5]}]},
+            "must be strings",
+        ),
+    ],
+)
 def test_bad_requests_are_400s_in_the_spec_shape(client, body, fragment):
     _spec_error(client.post("/v2/models/tiny/infer", json=body), 400, fragment)
 
@@ -96,8 +119,11 @@ def test_every_v2_error_has_the_spec_shape_and_v1_keeps_its_own(engine, client):
     _spec_error(client.get("/v2/models/tiny/infer"), 405, "Method Not Allowed")
     _spec_error(client.post("/v2/models/tiny/infer", content=b"{not json"), 400, "cannot parse")
     _spec_error(client.post("/v2/models/tiny/infer", content=b"x" * 300_000), 413, "bytes")
-    _spec_error(client.post("/v2/models/tiny/infer", json=_infer(), headers={"content-encoding": "gzip"}), 400,
-                "Content-Encoding")
+    _spec_error(
+        client.post("/v2/models/tiny/infer", json=_infer(), headers={"content-encoding": "gzip"}),
+        400,
+        "Content-Encoding",
+    )
     keyed = _client(engine, api_key="k3y")
     r = keyed.post("/v2/models/tiny/infer", json=_infer())
     _spec_error(r, 401, "Authorization: Bearer")
@@ -129,14 +155,20 @@ def test_json_answer_matches_v1_and_carries_per_text_tensors_no_parameters(clien
     assert out["probabilities"]["data"] == [x["probabilities"][lab] for x in v1 for lab in ("neg", "pos")]
     assert out["passes"]["data"] == [",".join(p["budget"] for p in x["passes"]) for x in v1]
     assert out["escalated"] == {"name": "escalated", "datatype": "BOOL", "shape": [n], "data": [False] * n}
-    assert out["reason"]["data"] == [x["reason"] for x in v1] and out["plan"]["data"] == [""] * n  # fixed: no plan
+    assert (
+        out["reason"]["data"] == [x["reason"] for x in v1] and out["plan"]["data"] == [""] * n
+    )  # fixed: no plan
     assert out["flops_ratio"]["data"] == [x["flops_ratio"] for x in v1]
     assert out["neurons_ratio"]["data"] == [x["neurons"]["ratio"] for x in v1]
 
 
 def test_binary_outputs_as_tritonclient_reads_them(client):
-    wanted = [{"name": "label"}, {"name": "probabilities"}, {"name": "escalated"},
-              {"name": "flops_ratio", "parameters": {"binary_data": False}}]
+    wanted = [
+        {"name": "label"},
+        {"name": "probabilities"},
+        {"name": "escalated"},
+        {"name": "flops_ratio", "parameters": {"binary_data": False}},
+    ]
     binary = {**FIXED, "binary_data_output": True}
     r = client.post("/v2/models/tiny/infer", json=_infer(outputs=wanted, parameters=binary))
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream", r.text
@@ -150,7 +182,9 @@ def test_binary_outputs_as_tritonclient_reads_them(client):
     assert [x.decode() for x in res.as_numpy("label")] == [x["label"] for x in v1]
     probs = res.as_numpy("probabilities")
     assert probs.dtype == np.float32 and probs.shape == (3, 2)
-    np.testing.assert_allclose(probs, [[x["probabilities"]["neg"], x["probabilities"]["pos"]] for x in v1], rtol=1e-6)
+    np.testing.assert_allclose(
+        probs, [[x["probabilities"]["neg"], x["probabilities"]["pos"]] for x in v1], rtol=1e-6
+    )
     assert res.as_numpy("escalated").tolist() == [False] * 3
     np.testing.assert_allclose(res.as_numpy("flops_ratio"), [x["flops_ratio"] for x in v1], rtol=1e-6)
     # per-output binary_data alone (no request-wide default) also goes binary
@@ -169,8 +203,12 @@ def test_classification_is_tritons_top_k_strings(client):
         score, index, label = s.split(":")
         assert label == x["label"] and ["neg", "pos"][int(index)] == label
         assert score == f"{x['probabilities'][label]:f}"  # C's %f, as Triton's std::to_string prints it
-    many = client.post("/v2/models/tiny/infer", json=_infer(outputs=[
-        {"name": "probabilities", "parameters": {"classification": 5, "binary_data": True}}]))
+    many = client.post(
+        "/v2/models/tiny/infer",
+        json=_infer(
+            outputs=[{"name": "probabilities", "parameters": {"classification": 5, "binary_data": True}}]
+        ),
+    )
     n = int(many.headers["inference-header-content-length"])
     top = InferResult.from_response_body(many.content, header_length=n).as_numpy("probabilities")
     assert top.shape == (3, 2)  # k past the label count gives every class, as Triton clamps it
@@ -179,8 +217,17 @@ def test_classification_is_tritons_top_k_strings(client):
 
 def _binary_request(raw: bytes, size: int | None = None, n: int = 1) -> tuple[bytes, str]:
     """A request in the binary tensor extension: the JSON header, then `raw` as input 'text'."""
-    head = {"inputs": [{"name": "text", "shape": [n], "datatype": "BYTES",
-                        "parameters": {"binary_data_size": len(raw) if size is None else size}}], "parameters": FIXED}
+    head = {
+        "inputs": [
+            {
+                "name": "text",
+                "shape": [n],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(raw) if size is None else size},
+            }
+        ],
+        "parameters": FIXED,
+    }
     js = json.dumps(head).encode()
     return js + raw, str(len(js))
 
@@ -194,7 +241,9 @@ def test_binary_inputs_and_their_refusals(client):
     body, n = _binary_request(raw, n=3)
     r = client.post("/v2/models/tiny/infer", content=body, headers={"inference-header-content-length": n})
     assert r.status_code == 200, r.text
-    assert next(o for o in r.json()["outputs"] if o["name"] == "label")["data"] == [x["label"] for x in _v1(client)]
+    assert next(o for o in r.json()["outputs"] if o["name"] == "label")["data"] == [
+        x["label"] for x in _v1(client)
+    ]
     refusals = [
         ((body, "abc"), "Inference-Header-Content-Length"),
         ((body, str(len(body) + 1)), "Inference-Header-Content-Length"),
@@ -207,8 +256,9 @@ def test_binary_inputs_and_their_refusals(client):
         ((b'{"inputs": [{"name": "text", "parameters": [1]}]}', "49"), "inputs.0.shape: Field required"),
     ]
     for (content, header_len), fragment in refusals:
-        r = client.post("/v2/models/tiny/infer", content=content,
-                        headers={"inference-header-content-length": header_len})
+        r = client.post(
+            "/v2/models/tiny/infer", content=content, headers={"inference-header-content-length": header_len}
+        )
         _spec_error(r, 400, fragment)
 
 
@@ -219,7 +269,9 @@ def test_metadata_config_and_server_extensions(client, engine):
     assert server["extensions"] == ["binary_tensor_data", "classification", "parameters"]
     assert server["version"] == version("dihs-serve") == client.get("/openapi.json").json()["info"]["version"]
     meta = client.get("/v2/models/tiny").json()
-    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}] and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}] and meta["versions"] == [
+        "1"
+    ]
     shapes = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
     assert shapes["probabilities"] == ("FP32", [-1, 2]) and shapes["label"] == ("BYTES", [-1])
     assert shapes["escalated"] == ("BOOL", [-1]) and set(shapes) == set(OUTPUTS)
@@ -230,5 +282,7 @@ def test_metadata_config_and_server_extensions(client, engine):
     assert config["max_texts"] == 8 and "max_flops_ratio" in config["parameters"]
     assert client.get("/v2/models/tiny/versions/1/config").json() == config
     paths = client.get("/openapi.json").json()["paths"]
-    err = paths["/v2/models/{name}/infer"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
+    err = paths["/v2/models/{name}/infer"]["post"]["responses"]["400"]["content"]["application/json"][
+        "schema"
+    ]
     assert err["$ref"].endswith("/V2ErrorResponse")

@@ -24,7 +24,9 @@ def test_chunks_cover_every_row_once_at_the_least_cost(lengths, fixed):
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     cheapest = min(  # every split of the sorted rows into consecutive runs
         _cost(lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], fixed)
-        for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        for k in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), k)
+    )
     assert _cost(lengths, runs, fixed) == pytest.approx(cheapest)
 
 
@@ -46,8 +48,13 @@ def test_chunked_rows_get_the_logits_they_get_alone(ratio):
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
     shape = model.shape
-    budget = None if ratio is None else Budget("half", tuple([shape.n_heads // 2] * shape.n_layers),
-                                                       tuple([shape.ffn // 2] * shape.n_layers))
+    budget = (
+        None
+        if ratio is None
+        else Budget(
+            "half", tuple([shape.n_heads // 2] * shape.n_layers), tuple([shape.ffn // 2] * shape.n_layers)
+        )
+    )
     assert len(chunks_for(lengths, budget, shape, "cpu")) > 1  # the batch really runs in several chunks
     got = forward_grouped(model, ids, mask, [budget] * len(lengths))
     for i, n in enumerate(lengths):

@@ -35,9 +35,12 @@ def test_back_to_back_runs_do_not_wait():
 def _round(idle_ms, b1_ms, paced_ms):
     svc = {"texts_per_s": 10.0, "replica_cpu_ms_per_text": 1.0}
     model = {"texts_per_s": 10.0, "forward_only_texts_per_s": 12.0}
-    r = {"idle": {"latency_p50_ms": idle_ms}, "naive": {"texts_per_s": 5.0},
-         "service": {k: svc for k in ("full_1text", "l25_1text", "full_16text")},
-         "model": {"full_b16": model, "l25_b16": model, "full_b1": {"ms_per_batch": b1_ms}}}
+    r = {
+        "idle": {"latency_p50_ms": idle_ms},
+        "naive": {"texts_per_s": 5.0},
+        "service": {k: svc for k in ("full_1text", "l25_1text", "full_16text")},
+        "model": {"full_b16": model, "l25_b16": model, "full_b1": {"ms_per_batch": b1_ms}},
+    }
     if paced_ms is not None:
         r["model"]["full_b1_paced"] = {"ms_per_batch": paced_ms}
     return r

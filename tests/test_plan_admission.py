@@ -58,8 +58,9 @@ def test_the_window_ages_old_traffic_out(tmp_path):
 
 def test_an_unwritable_folder_keeps_counts_in_memory(tmp_path):
     store = tmp_path / "missing-dir" / "live.json"
-    a = PlanAdmission(NAMES, [None, Evidence(700, 0, 0), Evidence(80, 0, 0)], 0.005, store, "b1",
-                      clock=ManualClock())
+    a = PlanAdmission(
+        NAMES, [None, Evidence(700, 0, 0), Evidence(80, 0, 0)], 0.005, store, "b1", clock=ManualClock()
+    )
     a.record(1, [True])
     a.save()
     assert not store.exists() and a.evidence(1).live_n == 1

@@ -18,8 +18,14 @@ def eval_result(rows, targets=(0.5, 0.25)):
     dihs, michel, dense = ([r[i] for r in rows] for i in range(3))
     out = [{"policy": "dense", "target_flops_ratio": 1.0}]
     for t in targets:
-        out.append({"policy": "dihs", "target_flops_ratio": t, "vs_dense": compare(dihs, dense),
-                    "vs_static": {"static-heads": compare(dihs, michel)}})
+        out.append(
+            {
+                "policy": "dihs",
+                "target_flops_ratio": t,
+                "vs_dense": compare(dihs, dense),
+                "vs_static": {"static-heads": compare(dihs, michel)},
+            }
+        )
     return {"task": "t", "n": len(rows), "rows": out}
 
 
@@ -41,15 +47,22 @@ def test_only_what_every_set_has_is_pooled_largest_target_first():
     rows = [(True, False, True), (False, True, True), (True, True, False)]
     pooled = pool_evals([eval_result(rows, (0.5, 0.3, 0.25)), eval_result(rows, (0.25, 0.5))], ["a", "b"])
     assert [(r["target_flops_ratio"], r["against"]) for r in pooled["rows"]] == [
-        (0.5, "dense"), (0.5, "static-heads"), (0.25, "dense"), (0.25, "static-heads")]
+        (0.5, "dense"),
+        (0.5, "static-heads"),
+        (0.25, "dense"),
+        (0.25, "static-heads"),
+    ]
 
 
-@pytest.mark.parametrize("results, message", [
-    ([{"n": 3, "rows": []}], "at least two"),
-    ([{"rows": []}, {"n": 3, "rows": []}], "not a `dihs eval` result"),
-    ([{"n": 3, "rows": [{"policy": "dense", "target_flops_ratio": 1.0}]}] * 2, "--policies dense dihs"),
-    ([{"n": 3, "rows": [{"policy": "dihs", "vs_dense": {"wins": 1}}]}] * 2, "without target or counts"),
-])
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ([{"n": 3, "rows": []}], "at least two"),
+        ([{"rows": []}, {"n": 3, "rows": []}], "not a `dihs eval` result"),
+        ([{"n": 3, "rows": [{"policy": "dense", "target_flops_ratio": 1.0}]}] * 2, "--policies dense dihs"),
+        ([{"n": 3, "rows": [{"policy": "dihs", "vs_dense": {"wins": 1}}]}] * 2, "without target or counts"),
+    ],
+)
 def test_what_cannot_be_pooled_says_why(results, message):
     with pytest.raises(PoolError, match=message):
         pool_evals(results, ["a", "b"][: len(results)])
@@ -66,7 +79,12 @@ def test_cli_writes_the_pooled_json_and_bad_input_is_one_line_exit_2(tmp_path, c
     pooled = json.loads(out.read_text())
     assert [s["set"] for s in pooled["sets"]] == ["eval-movies", "eval-tweets"]
     first = pooled["rows"][0]  # dihs at 0.5 against dense: one loss per set
-    assert (first["target_flops_ratio"], first["against"], first["wins"], first["losses"]) == (0.5, "dense", 0, 2)
+    assert (first["target_flops_ratio"], first["against"], first["wins"], first["losses"]) == (
+        0.5,
+        "dense",
+        0,
+        2,
+    )
     assert capsys.readouterr().out.startswith("2 test sets, 6 inputs")
 
     (tmp_path / "broken.json").write_text("{not json")

@@ -46,7 +46,9 @@ def _scrape_config(metrics_port: int) -> dict:
     cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
     cfg["rule_files"] = [str(PROM_DIR / f) for f in cfg["rule_files"]]
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "ray"]
-    assert job["static_configs"] == [{"targets": ["127.0.0.1:8080"]}], "the local config scrapes `dihs serve`'s port"
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:8080"]}], (
+        "the local config scrapes `dihs serve`'s port"
+    )
     job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
     return cfg
 
@@ -61,15 +63,25 @@ def prometheus(served, tmp_path_factory):
     config.write_text(yaml.safe_dump(_scrape_config(metrics_port)))
     port = free_port()
     log = open(tmp / "prometheus.log", "w")
-    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}: {(tmp / 'prometheus.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"prometheus exited with {proc.returncode}: {(tmp / 'prometheus.log').read_text()[-2000:]}"
+                )
             try:
                 if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
                     break
@@ -140,14 +152,19 @@ def test_prometheus_scrapes_heads_latency_and_request_totals(served, prometheus)
     p95 = _wait_for(prometheus, p95_query, lambda r: math.isfinite(_value(r)))
     assert p95 and 0 < _value(p95) <= 10, f"p95 latency: {p95}"
 
-    ratio = _query(prometheus, "sum(ray_dihs_active_heads_ratio_sum) / sum(ray_dihs_active_heads_ratio_count)")
+    ratio = _query(
+        prometheus, "sum(ray_dihs_active_heads_ratio_sum) / sum(ray_dihs_active_heads_ratio_count)"
+    )
     assert 0 < _value(ratio) <= 1, ratio
-    print(f"\nPromQL: active heads count {_value(heads):g}, ok requests {_value(ok):g}, "
-          f"p95 latency {_value(p95):.4f} s, mean heads ratio {_value(ratio):.3f}")
+    print(
+        f"\nPromQL: active heads count {_value(heads):g}, ok requests {_value(ok):g}, "
+        f"p95 latency {_value(p95):.4f} s, mean heads ratio {_value(ratio):.3f}"
+    )
 
 
 def test_alert_rules_load_and_evaluate(prometheus):
     """alerts.yml as the server sees it: every rule loaded and evaluated without error, none firing."""
+
     def evaluated(groups):
         rules = [r for g in groups for r in g["rules"]]
         return rules and all(r.get("health") == "ok" for r in rules)
@@ -159,7 +176,11 @@ def test_alert_rules_load_and_evaluate(prometheus):
             break
         time.sleep(1)
     rules = {r["name"]: r for g in groups for r in g["rules"]}
-    expected = {r["alert"] for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    expected = {
+        r["alert"]
+        for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
     assert set(rules) == expected
     assert all(r["health"] == "ok" for r in rules.values()), {n: r.get("lastError") for n, r in rules.items()}
     assert all(r["state"] == "inactive" for r in rules.values()), {n: r["state"] for n, r in rules.items()}

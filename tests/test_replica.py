@@ -23,7 +23,9 @@ def bundles(tmp_path_factory):
     a = tiny_calibrated_bundle(tmp_path_factory.mktemp("a"))
     b = tiny_calibrated_bundle(tmp_path_factory.mktemp("b"))
     b.meta["labels"] = ["negative", "positive"]
-    return save_bundle(a, tmp_path_factory.mktemp("sa") / "a"), save_bundle(b, tmp_path_factory.mktemp("sb") / "b")
+    return save_bundle(a, tmp_path_factory.mktemp("sa") / "a"), save_bundle(
+        b, tmp_path_factory.mktemp("sb") / "b"
+    )
 
 
 def _replica(path, **settings) -> Replica:
@@ -37,20 +39,31 @@ def test_answers_name_their_bundle_and_a_draining_replica_refuses(bundles):
     client = TestClient(replica)
     r = client.post("/v1/classify", json={"texts": ["good fun", "bad plot"]})
     assert r.status_code == 200, r.text
-    assert r.headers["x-dihs-bundle"] == bundle_checksum(read_meta(bundles[0])) != bundle_checksum(read_meta(bundles[1]))
+    assert (
+        r.headers["x-dihs-bundle"]
+        == bundle_checksum(read_meta(bundles[0]))
+        != bundle_checksum(read_meta(bundles[1]))
+    )
     assert client.get("/v2/health/ready").status_code == 200 and client.get("/readyz").status_code == 200
     assert replica.inflight == 0
 
     replica.draining = True
-    for path, body in (("/v1/classify", {"text": "good"}), ("/v1/explain", {"text": "good"}),
-                       ("/v2/models/tiny/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                                              "data": ["good"]}]})):
+    for path, body in (
+        ("/v1/classify", {"text": "good"}),
+        ("/v1/explain", {"text": "good"}),
+        (
+            "/v2/models/tiny/infer",
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["good"]}]},
+        ),
+    ):
         r = client.post(path, json=body)
         assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
         assert "shutting down" in r.text, r.text
     assert client.get("/v2/health/ready").status_code == 503
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready" and r.headers["retry-after"] == "1"
+    assert (
+        r.status_code == 503 and r.json()["error"]["type"] == "not_ready" and r.headers["retry-after"] == "1"
+    )
     assert client.get("/v2/health/live").status_code == 200 and client.get("/healthz").status_code == 200
     statuses = [t["status"] for name, _, t in replica.metrics.log if name == "dihs_requests"]
     assert statuses.count("rejected") == 2  # classify and infer are counted routes; explain is not
@@ -77,7 +90,9 @@ def test_reconfigure_in_place_and_to_a_new_bundle(bundles):
     assert first.engine.ladder_policy.policy.protect == 0.2
 
     asyncio.run(replica.reconfigure({"bundle": str(bundles[1])}))
-    assert replica.serving is not first and replica.serving.bundle_id == bundle_checksum(read_meta(bundles[1]))
+    assert replica.serving is not first and replica.serving.bundle_id == bundle_checksum(
+        read_meta(bundles[1])
+    )
     assert replica.serving.batcher.max_batch_size == 16  # fields left out: the deployment's settings again
     r = TestClient(replica).post("/v1/classify", json={"text": "good fun"})
     assert r.status_code == 200 and r.headers["x-dihs-bundle"] == replica.serving.bundle_id
@@ -88,7 +103,10 @@ def test_reconfigure_in_place_and_to_a_new_bundle(bundles):
     with pytest.raises(ValueError, match="Extra inputs"):
         asyncio.run(replica.reconfigure({"batch": 4}))
     assert LiveConfig.of(Settings(bundle="x")).model_dump(exclude_none=True) == {
-        "bundle": "x", "slo_ms": 250.0, "max_batch_size": 16}
+        "bundle": "x",
+        "slo_ms": 250.0,
+        "max_batch_size": 16,
+    }
 
 
 def test_the_start_up_heap_is_frozen_and_a_swapped_out_bundle_is_still_freed(bundles):
@@ -132,11 +150,15 @@ def test_garbage_collections_are_timed_and_slow_ones_logged(monkeypatch, caplog)
         with caplog.at_level("WARNING", logger="dihs.heap"):
             gc.collect()
         pauses = heap.drain()
-        assert any(g == 2 and seconds > 0 for g, seconds in pauses), pauses  # dihs_gc_pause_seconds gets these
+        assert any(g == 2 and seconds > 0 for g, seconds in pauses), (
+            pauses
+        )  # dihs_gc_pause_seconds gets these
     finally:
         gc.callbacks.remove(heap._on_collection)  # the test process's collections go unlogged again
-    assert any("garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
-               for r in caplog.records), caplog.text
+    assert any(
+        "garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def test_a_request_inside_the_old_app_during_a_swap_is_answered_by_it(bundles):
@@ -158,10 +180,20 @@ def test_a_request_inside_the_old_app_during_a_swap_is_answered_by_it(bundles):
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
-                 "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/classify",
+            "raw_path": b"/v1/classify",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
         request = asyncio.create_task(replica(scope, receive, send))
         await asyncio.sleep(0.05)
         await replica.reconfigure({"bundle": str(bundles[1])})

@@ -55,8 +55,9 @@ def test_the_epoch_kept_is_the_one_whose_smallest_level_trailed_least(tmp_path, 
     monkeypatch.setattr(robust, "calibrate_bundle", scripted)
     bundle = tiny_calibrated_bundle(tmp_path)
     ex = Examples(TEXTS, LABELS, ["neg", "pos"])
-    bundle, record = train_budget_robust(bundle, ex, ex, TrainConfig(batch_size=8, lr=3e-3), "michel",
-                                         progress=False, max_epochs=3, gap=0.0)
+    bundle, record = train_budget_robust(
+        bundle, ex, ex, TrainConfig(batch_size=8, lr=3e-3), "michel", progress=False, max_epochs=3, gap=0.0
+    )
     assert record["epochs"] == 3 and record["kept_epoch"] == 2
     assert bundle.meta["cascade"]["level_accuracy"] == record["per_epoch"][1]["calibration_accuracy"]
     assert abs(_weight_sum(bundle.model) - sums[1]) < 1e-3 * abs(sums[1])
@@ -72,8 +73,13 @@ def test_calibration_measures_every_level_from_the_passes_it_already_ran(tmp_pat
     from dihs_model.evaluate import level_accuracies
 
     calls, run_pass = [], passes.run_pass
-    monkeypatch.setattr(passes, "run_pass", lambda model, batches, budget, n: calls.append(
-        None if budget is None else budget.key) or run_pass(model, batches, budget, n))
+    monkeypatch.setattr(
+        passes,
+        "run_pass",
+        lambda model, batches, budget, n: (
+            calls.append(None if budget is None else budget.key) or run_pass(model, batches, budget, n)
+        ),
+    )
     bundle = tiny_calibrated_bundle(tmp_path)
     assert len(calls) == len(set(calls)) and None in calls  # each budget once, the full model as None
     assert Budget.full(bundle.model.shape).key not in calls
@@ -91,9 +97,13 @@ def test_epochs_train_the_smallest_budget_always_and_sample_the_ladder_and_first
     hs = torch.rand(6, 12, generator=g).sort(dim=1, descending=True).values
     ns = torch.rand(6, 1536, generator=g).sort(dim=1, descending=True).values * 0.05
     allocator = Allocator(shape, [40] * 20, "global", hs, ns)
-    meta = {"levels": build_ladder(allocator), "order_by": "michel", "allocation": "global",
-            "importance": {"heads": {"michel": hs.tolist()}, "neurons": {"michel": ns.tolist()}},
-            "calibration": {"tokens": [40] * 20}}
+    meta = {
+        "levels": build_ladder(allocator),
+        "order_by": "michel",
+        "allocation": "global",
+        "importance": {"heads": {"michel": hs.tolist()}, "neurons": {"michel": ns.tolist()}},
+        "calibration": {"tokens": [40] * 20},
+    }
     always, others = trained_budgets(meta, shape)
     smallest = allocator(min(TRAINED_RATIOS))
     assert [b.key for b in always] == [smallest.key]
@@ -113,6 +123,6 @@ def test_each_step_trains_the_full_model_the_smallest_budget_and_one_sampled_oth
     for _ in range(12):
         loss = loss_fn(model, ids, mask, torch.tensor([0, 1, 2, 0]), rng)
         assert loss.requires_grad and torch.isfinite(loss)
-    steps = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    steps = [calls[i : i + 3] for i in range(0, len(calls), 3)]
     assert len(steps) == 12 and all(s[0] is None and s[1:-1] == always and s[-1] in others for s in steps)
     assert {s[-1] for s in steps} == set(others)  # every other budget gets sampled

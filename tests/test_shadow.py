@@ -37,8 +37,17 @@ def engine_with(tmp_path, share: float, max_loss: float, clock: ManualClock) -> 
 
     load = LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32), clock=clock)
     cfg = replace(ControllerConfig(), max_accuracy_loss=max_loss)
-    return Engine(tiny_calibrated_bundle(tmp_path), "tiny", load, NullMetrics(), controller=cfg, clock=clock,
-                  shadow_share=share, agreement_file=tmp_path / "live.json", bundle_id="tiny")
+    return Engine(
+        tiny_calibrated_bundle(tmp_path),
+        "tiny",
+        load,
+        NullMetrics(),
+        controller=cfg,
+        clock=clock,
+        shadow_share=share,
+        agreement_file=tmp_path / "live.json",
+        bundle_id="tiny",
+    )
 
 
 def serve_idle(engine: Engine, clock: ManualClock, texts: list[str]) -> None:
@@ -54,7 +63,9 @@ def test_shadow_passes_count_agreement_and_cost_at_most_their_share(tmp_path):
     e = engine_with(tmp_path, 0.5, 1.0, clock)
     serve_idle(e, clock, distinct_texts(40))
     texts = [m for m in e.metrics.log if m[0] == "dihs_plan_agreement_texts"]
-    assert texts and sum(m[1] for m in texts) == sum(e.admission.evidence(i).live_n for i in range(1, len(e.plans)))
+    assert texts and sum(m[1] for m in texts) == sum(
+        e.admission.evidence(i).live_n for i in range(1, len(e.plans))
+    )
     b = e.shadow_budget
     assert 0 < b.spent_s <= b.share * b.idle_s + b.max_balance_s
 
@@ -78,8 +89,9 @@ def answers_differently(engine: Engine, plan: int, texts: list[str]) -> list[str
     out = []
     for t in texts:
         enc = engine.tokenize([Item(t)])
-        (full,), (small,) = (forward_grouped(engine.model, enc["input_ids"], enc["attention_mask"], [b])
-                             for b in (None, first))
+        (full,), (small,) = (
+            forward_grouped(engine.model, enc["input_ids"], enc["attention_mask"], [b]) for b in (None, first)
+        )
         if int(full.argmax()) != int(small.argmax()):
             out.append(t)
     return out

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
-from dihs_model.passes import Passes
 from dihs_model.complexity import ComplexityScorer
+from dihs_model.passes import Passes
 from dihs_model.signals import _auroc, signal_report
 from tests.conftest import WORDS
 from tests.test_cascade import _allocator, _batches, _confident_tiny
@@ -23,15 +23,25 @@ def test_signal_report_scores_every_signal_with_its_cost():
     batches = _batches()
     labels = torch.cat([b[3] for b in batches])
     scores = _allocator(model)
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "##s"] + WORDS)})
+    tok = BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "##s"] + WORDS)}
+    )
     scorer = ComplexityScorer.fit(tok, [(ids, mask) for _, ids, mask, _ in batches])
     report = signal_report(Passes(model, batches, len(labels)), labels, scores, scorer)
     assert report["n"] == len(labels) and 0 < report["errors"] < len(labels)
     sig = report["signals"]
-    assert {"length", "subword_rate", "length_and_subword", "probe_after_layer_1", "probe_after_layer_2"} <= set(sig)
+    assert {
+        "length",
+        "subword_rate",
+        "length_and_subword",
+        "probe_after_layer_1",
+        "probe_after_layer_2",
+    } <= set(sig)
     assert any(k.startswith("small_pass_") for k in sig)
     for name, s in sig.items():
         assert s["auroc"] is None or 0.0 <= s["auroc"] <= 1.0, name
         assert 0.0 <= s["flops_share"] < 1.0, name
     assert sig["probe_after_layer_1"]["flops_share"] == round(1 / 3, 4)  # 1 of the tiny model's 3 layers
-    assert signal_report(Passes(model, batches, len(labels)), labels, scores, scorer) == report  # deterministic
+    assert (
+        signal_report(Passes(model, batches, len(labels)), labels, scores, scorer) == report
+    )  # deterministic

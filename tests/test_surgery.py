@@ -58,7 +58,9 @@ def test_sliced_equals_masked_for_heads_and_neurons_together(family, seed):
     with torch.no_grad():
         sliced = model(ids, am, budget=budget).logits
         masked = model(ids, am, head_mask=hm, neuron_mask=nm).logits
-        per_example = model(ids, am, head_mask=hm.expand(B, *hm.shape), neuron_mask=nm.expand(B, *nm.shape)).logits
+        per_example = model(
+            ids, am, head_mask=hm.expand(B, *hm.shape), neuron_mask=nm.expand(B, *nm.shape)
+        ).logits
     assert (sliced - masked).abs().max() < 1e-5
     assert (masked - per_example).abs().max() == 0
 
@@ -70,11 +72,22 @@ def test_prefix_slices_are_views_of_one_weight_set(family):
     w, b = qkv_rows(layer.query.weight, layer.query.bias, 2, d)
     o = output_cols(layer.output.weight, 2, d)
     w_in, b_in, w_out = ffn_slices(layer.ffn_in, layer.ffn_out, 10)
-    pairs = ((w, layer.query.weight), (b, layer.query.bias), (o, layer.output.weight), (w_in, layer.ffn_in.weight),
-             (b_in, layer.ffn_in.bias), (w_out, layer.ffn_out.weight))
+    pairs = (
+        (w, layer.query.weight),
+        (b, layer.query.bias),
+        (o, layer.output.weight),
+        (w_in, layer.ffn_in.weight),
+        (b_in, layer.ffn_in.bias),
+        (w_out, layer.ffn_out.weight),
+    )
     for sliced, full in pairs:
         assert sliced.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
-    assert w.shape == (2 * d, 32) and o.shape == (32, 2 * d) and w_in.shape == (10, 32) and w_out.shape == (32, 10)
+    assert (
+        w.shape == (2 * d, 32)
+        and o.shape == (32, 2 * d)
+        and w_in.shape == (10, 32)
+        and w_out.shape == (32, 10)
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -96,8 +109,11 @@ def test_reordering_heads_and_neurons_keeps_the_function_and_leaves_the_input_un
             hm[l, heads[l][0]] = 1.0
             nm[l, neurons[l][:5]] = 1.0
         small = Budget("s", (1, 1, 1), (5, 5, 5))
-        assert torch.allclose(moved(ids, am, budget=small).logits, model(ids, am, head_mask=hm, neuron_mask=nm).logits,
-                              atol=1e-5)
+        assert torch.allclose(
+            moved(ids, am, budget=small).logits,
+            model(ids, am, head_mask=hm, neuron_mask=nm).logits,
+            atol=1e-5,
+        )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -118,19 +134,27 @@ def test_flops_count_heads_and_neurons_and_match_at_full_budget():
     assert Budget("h", (2, 2, 2), (64,) * 3).flops(shape, 16) < full.flops(shape, 16)
     assert Budget("n", (4,) * 3, (32,) * 3).flops(shape, 16) < full.flops(shape, 16)
     assert Budget("z", (0,) * 3, (0,) * 3).flops(shape, 16) == 0
-    assert full.flops_ratio(shape, [3, 30]) == 1.0 and full.heads_ratio(shape) == full.neurons_ratio(shape) == 1.0
-
+    assert (
+        full.flops_ratio(shape, [3, 30]) == 1.0
+        and full.heads_ratio(shape) == full.neurons_ratio(shape) == 1.0
+    )
 
 
 def _minilm_shape():
     from dihs_model.arch import EncoderShape
 
-    return EncoderShape(n_layers=6, n_heads=12, head_dim=32, hidden=384, ffn=1536, attn_dropout=0.1, hidden_dropout=0.1)
+    return EncoderShape(
+        n_layers=6, n_heads=12, head_dim=32, hidden=384, ffn=1536, attn_dropout=0.1, hidden_dropout=0.1
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(target=st.floats(0.1, 1.0), method=st.sampled_from(["global", "uniform"]), seed=st.integers(0, 1000),
-       tokens=st.lists(st.integers(4, 128), min_size=1, max_size=20))
+@given(
+    target=st.floats(0.1, 1.0),
+    method=st.sampled_from(["global", "uniform"]),
+    seed=st.integers(0, 1000),
+    tokens=st.lists(st.integers(4, 128), min_size=1, max_size=20),
+)
 def test_allocation_hits_its_flops_target_and_keeps_prefixes(target, method, seed, tokens):
     shape = _minilm_shape()
     g = torch.Generator().manual_seed(seed)
@@ -151,7 +175,7 @@ def test_global_allocation_prefers_the_units_worth_more_per_flop():
 
 
 def test_unsupported_family_is_a_clear_error():
-    from transformers import GPT2Config, AutoModel
+    from transformers import AutoModel, GPT2Config
 
     with pytest.raises(ValueError, match="unsupported encoder family 'gpt2'"):
         encoder_parts(AutoModel.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2)))

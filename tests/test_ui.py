@@ -20,10 +20,14 @@ from tests.test_explain import PNG, tiny_bundle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')"
+)
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("Chromium or chromedriver not found: apt-get install chromium chromium-driver (make system-deps)",
-                allow_module_level=True)
+    pytest.skip(
+        "Chromium or chromedriver not found: apt-get install chromium chromium-driver (make system-deps)",
+        allow_module_level=True,
+    )
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -40,7 +44,9 @@ def server(tiny_checkpoint):
     from service.settings import Settings
 
     metrics = NullMetrics()
-    engine = Engine(tiny_bundle(tiny_checkpoint), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics)
+    engine = Engine(
+        tiny_bundle(tiny_checkpoint), "tiny", LoadTracker(LoadConfig(slo_s=0.25, queue_capacity=32)), metrics
+    )
     app = build_http_app(Settings(model_name="tiny"), EngineBackend(engine, "tiny"), metrics)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other processes
@@ -61,9 +67,19 @@ def server(tiny_checkpoint):
 def browser(tmp_path):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1200", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1200",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
@@ -75,8 +91,11 @@ def browser(tmp_path):
 
 
 def _classify(base: str, text: str, budget: dict) -> dict:
-    req = urllib.request.Request(f"{base}/v1/classify", data=json.dumps({"text": text, "budget": budget}).encode(),
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{base}/v1/classify",
+        data=json.dumps({"text": text, "budget": budget}).encode(),
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())["results"][0]
 
@@ -85,7 +104,8 @@ def _painted_pixels(driver) -> int:
     return driver.execute_script(
         "const c = document.getElementById('attention');"
         "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+    )
 
 
 def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
@@ -103,7 +123,9 @@ def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
 
     grid, canvas = browser.find_element(By.ID, "grid"), browser.find_element(By.ID, "attention")
     wait = WebDriverWait(browser, 30)
-    wait.until(lambda d: grid.get_attribute("data-drawn") == "true" and canvas.get_attribute("data-drawn") == "true")
+    wait.until(
+        lambda d: grid.get_attribute("data-drawn") == "true" and canvas.get_attribute("data-drawn") == "true"
+    )
 
     served = _classify(base, text, {"mode": "fixed", "max_flops_ratio": 0.5})
     L, H = engine.model.shape.n_layers, engine.model.shape.n_heads
@@ -122,8 +144,12 @@ def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
     first = (canvas.get_attribute("data-layer"), canvas.get_attribute("data-head"))
     other = next(c for c in active if c.get_attribute("data-layer") != first[0])
     other.click()
-    wait.until(lambda d: (canvas.get_attribute("data-layer"), canvas.get_attribute("data-head"))
-               == (other.get_attribute("data-layer"), other.get_attribute("data-head")))
+    wait.until(
+        lambda d: (
+            (canvas.get_attribute("data-layer"), canvas.get_attribute("data-head"))
+            == (other.get_attribute("data-layer"), other.get_attribute("data-head"))
+        )
+    )
     assert canvas.get_attribute("data-drawn") == "true" and "selected" in other.get_attribute("class")
 
     # a skipped head has no map, and the page says so
@@ -137,7 +163,11 @@ def test_ui_draws_the_grid_and_attention_maps(server, browser, tmp_path):
     assert "fisher" in browser.find_element(By.ID, "legend").text
     assert len(grid.find_elements(By.CSS_SELECTOR, "rect.cell")) == L * H
 
-    other = next(c for c in grid.find_elements(By.CSS_SELECTOR, "rect.cell") if c.get_attribute("data-active") == "true")
+    other = next(
+        c
+        for c in grid.find_elements(By.CSS_SELECTOR, "rect.cell")
+        if c.get_attribute("data-active") == "true"
+    )
     other.click()
     wait.until(lambda d: canvas.get_attribute("data-drawn") == "true")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
