@@ -67,8 +67,11 @@ pathbench: install $(BUNDLE)/dihs.json
 loadtest: install $(BUNDLE)/dihs.json
 	.venv/bin/dihs loadtest --out $(RESULTS)/loadtest
 
+# Lint and format check first (ruff, from the dev extra), then the suite.
 # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
 test: install system-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
 # Without the tests that start Ray Serve (about a minute each).

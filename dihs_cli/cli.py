@@ -50,7 +50,8 @@ def cmd_train(a) -> None:
     _threads(a.threads)
     record = train_bundle(plan, device, progress=not a.quiet, log=lambda msg: print(msg, file=sys.stderr))
     print(
-        f"held-out dense accuracy {record['dense_accuracy']:.4f} (n={record['n']}); bundle written to {plan.out}"
+        f"held-out dense accuracy {record['dense_accuracy']:.4f} (n={record['n']}); "
+        f"bundle written to {plan.out}"
     )
 
 
@@ -165,9 +166,10 @@ def _print_admission(adm: dict) -> None:
     )
     for p in adm["plans"]:
         print(
-            f"{p['plan']:>14}  {'admitted' if p['admitted'] else 'not admitted':<12}  bound {p['loss_bound95']:.4f}  "
-            f"on {p['calibration_texts']} calibration texts ({p['calibration_worse']} only the full model gets "
-            f"right, {p['calibration_better']} only the plan)"
+            f"{p['plan']:>14}  {'admitted' if p['admitted'] else 'not admitted':<12}  "
+            f"bound {p['loss_bound95']:.4f}  on {p['calibration_texts']} calibration texts "
+            f"({p['calibration_worse']} only the full model gets right, "
+            f"{p['calibration_better']} only the plan)"
         )
 
 
@@ -255,21 +257,24 @@ def cmd_bench(a) -> None:
         plot_bench(result, plot_out)
     for r in result["rows"]:
         print(
-            f"{r['dtype']:>8} {r['mode']:>11} {r['level']:>5} flops {r['flops_ratio']:.3f} batch {r['batch']} seq {r['seq_len']:>3}: "
+            f"{r['dtype']:>8} {r['mode']:>11} {r['level']:>5} flops {r['flops_ratio']:.3f} "
+            f"batch {r['batch']} seq {r['seq_len']:>3}: "
             f"{r['median_ms']:8.2f} ms  speedup {r['speedup']:.3f} (ideal {r['ideal_speedup']:.3f}, "
             f"{r['of_ideal']:.0%} of it)"
         )
     for r in result.get("decision_cost", {}).get("rows", []):
         print(
-            f"budget decision, batch 1 seq {r['seq_len']:>3}: complexity + policy {r['complexity_and_policy_ms']:.3f} ms "
+            f"budget decision, batch 1 seq {r['seq_len']:>3}: "
+            f"complexity + policy {r['complexity_and_policy_ms']:.3f} ms "
             f"({r['complexity_and_policy_share']:.2%} of dense {r['dense_forward_ms']:.2f} ms), "
             f"cascade gate {r['cascade_gate_ms']:.3f} ms ({r['cascade_gate_share']:.2%})"
         )
     if "replay" in result:
         r = result["replay"]
         print(
-            f"replay of {r['n']} texts one at a time: cascade at FLOPs target {r['target_flops_ratio']:g} took "
-            f"{r['time_ratio']:.3f}x dense's time (FLOPs ratio {r['flops_ratio']:.3f}, {r['escalated']:.1%} escalated)"
+            f"replay of {r['n']} texts one at a time: "
+            f"cascade at FLOPs target {r['target_flops_ratio']:g} took {r['time_ratio']:.3f}x dense's time "
+            f"(FLOPs ratio {r['flops_ratio']:.3f}, {r['escalated']:.1%} escalated)"
         )
 
 

@@ -140,8 +140,9 @@ def cmd_explain(a) -> None:
         png_out.write_bytes(png)
     hd, nd = exp["heads"], exp["neurons"]
     print(
-        f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']} ({exp['flops_ratio']:.2f} of "
-        f"the FLOPs): {hd['active']}/{hd['total']} heads, per layer {' '.join(map(str, hd['per_layer']))}; "
+        f"{exp['label']} (p={exp['probabilities'][exp['label']]:.4f}) at {exp['level']} "
+        f"({exp['flops_ratio']:.2f} of the FLOPs): {hd['active']}/{hd['total']} heads, "
+        f"per layer {' '.join(map(str, hd['per_layer']))}; "
         f"{nd['active']}/{nd['total']} FFN neurons, per layer {' '.join(map(str, nd['per_layer']))}"
     )
     print(f"reason: {exp['reason']}; complexity {exp['complexity']:.3f} ({len(exp['tokens'])} tokens)")
@@ -151,7 +152,7 @@ def cmd_explain(a) -> None:
     )[:5]
     print(
         "heads that mattered most for this input (layer:head |dL/dm|, * ran): "
-        + ", ".join(f"{l}:{h['head']}{'*' if h['active'] else ''} {v:.3g}" for v, l, h in ranked)
+        + ", ".join(f"{layer}:{h['head']}{'*' if h['active'] else ''} {v:.3g}" for v, layer, h in ranked)
     )
     for what, path in (("JSON", json_out), ("picture", png_out)):
         if path:

@@ -38,8 +38,8 @@ def _variants(bundle: Bundle, model):
         yield "sliced", b, {"budget": b}
         hm = torch.zeros(shape.n_layers, shape.n_heads, device=weight.device, dtype=weight.dtype)
         nm = torch.zeros(shape.n_layers, shape.ffn, device=weight.device, dtype=weight.dtype)
-        for l in range(shape.n_layers):
-            hm[l, : b.heads[l]], nm[l, : b.neurons[l]] = 1.0, 1.0
+        for layer in range(shape.n_layers):
+            hm[layer, : b.heads[layer]], nm[layer, : b.neurons[layer]] = 1.0, 1.0
         yield "masked", b, {"head_mask": hm, "neuron_mask": nm}
 
 
@@ -261,7 +261,8 @@ def plot_bench(result: dict, out) -> None:
         rows = [r for r in result["rows"] if (r["batch"], r["seq_len"]) == (b, t)]
         base = rows[0].get("dtype", "float32")
         for dtype in dict.fromkeys(r.get("dtype", base) for r in rows):
-            # sliced levels from the dtype's own dense point; masked (the noise reference) for the baseline only
+            # sliced levels from the dtype's own dense point; masked (the noise reference) for the
+            # baseline only
             for mode, style in (("sliced", "o-"), ("masked", "s--"))[: 2 if dtype == base else 1]:
                 kinds = ("dense", mode) if mode == "sliced" else (mode,)
                 rs = sorted(

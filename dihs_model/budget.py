@@ -148,18 +148,24 @@ def allocate(
     spend -= L * min_heads * head_cost
     # every unit's importance per FLOP; within a layer the stored order is descending, so taking the
     # best units first keeps every layer's choice a prefix
-    units = [(float(head_scores[l, p]) / head_cost, 0, l) for l in range(L) for p in range(min_heads, H)]
-    units += [(float(neuron_scores[l, p]) / neuron_cost, 1, l) for l in range(L) for p in range(F)]
+    units = [
+        (float(head_scores[layer, p]) / head_cost, 0, layer)
+        for layer in range(L)
+        for p in range(min_heads, H)
+    ]
+    units += [
+        (float(neuron_scores[layer, p]) / neuron_cost, 1, layer) for layer in range(L) for p in range(F)
+    ]
     units.sort(key=lambda u: u[0], reverse=True)
-    for _, kind, l in units:
+    for _, kind, layer in units:
         cost = head_cost if kind == 0 else neuron_cost
         if cost > spend:
             continue  # a head that no longer fits: neurons may still fill the rest
         spend -= cost
         if kind == 0:
-            heads[l] += 1
+            heads[layer] += 1
         else:
-            neurons[l] += 1
+            neurons[layer] += 1
     return Budget(name, heads, neurons)
 
 

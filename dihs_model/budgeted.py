@@ -82,17 +82,17 @@ class BudgetedClassifier(nn.Module):
         x = self.parts.embeddings(input_ids=input_ids)  # [B, T, C]
         keep = attention_mask.bool()
         attn_mask = None if bool(keep.all()) else keep[:, None, None, :]  # [B, 1, 1, T]
-        for l, layer in enumerate(self.parts.layers[:n_layers]):
-            k, n = (H, Fn) if budget is None else (budget.heads[l], budget.neurons[l])
-            hm = None if head_mask is None else head_mask[..., l, :]
-            nm = None if neuron_mask is None else neuron_mask[..., l, :]
-            x = self._attention(l, layer, x, k, attn_mask, hm, attentions)
-            x = self._ffn(l, layer, x, n, nm)
+        for li, layer in enumerate(self.parts.layers[:n_layers]):
+            k, n = (H, Fn) if budget is None else (budget.heads[li], budget.neurons[li])
+            hm = None if head_mask is None else head_mask[..., li, :]
+            nm = None if neuron_mask is None else neuron_mask[..., li, :]
+            x = self._attention(li, layer, x, k, attn_mask, hm, attentions)
+            x = self._ffn(li, layer, x, n, nm)
         return x
 
     def _attention(
         self,
-        l: int,
+        li: int,
         p: LayerParts,
         x: torch.Tensor,
         k: int,
@@ -108,7 +108,7 @@ class BudgetedClassifier(nn.Module):
                 attentions.append(x.new_zeros(B, 0, T, T))
         else:
             q, kk, v = (
-                self._linear((l, name, k), x, *qkv_rows(lin.weight, lin.bias, k, d))
+                self._linear((li, name, k), x, *qkv_rows(lin.weight, lin.bias, k, d))
                 .view(B, T, k, d)
                 .transpose(1, 2)
                 for name, lin in (("q", p.query), ("k", p.key), ("v", p.value))
@@ -128,24 +128,27 @@ class BudgetedClassifier(nn.Module):
             if head_mask is not None:  # [H] or [B, H]
                 ctx = ctx * head_mask.view(-1 if head_mask.dim() == 2 else 1, k, 1, 1)
             ctx = ctx.transpose(1, 2).reshape(B, T, k * d)
-            attn = self._linear((l, "o", k), ctx, output_cols(p.output.weight, k, d), p.output.bias)
+            attn = self._linear((li, "o", k), ctx, output_cols(p.output.weight, k, d), p.output.bias)
         return p.attn_norm(self.dropout(attn) + x)
 
     def _ffn(
-        self, l: int, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None
+        self, li: int, p: LayerParts, x: torch.Tensor, n: int, neuron_mask: torch.Tensor | None
     ) -> torch.Tensor:
         if (
             n == self.shape.ffn
         ):  # the whole weights (F.linear is what nn.Linear runs): the full model's exact path
-            a = p.act(self._linear((l, "ffn_in", n), x, p.ffn_in.weight, p.ffn_in.bias))
+            a = p.act(self._linear((li, "ffn_in", n), x, p.ffn_in.weight, p.ffn_in.bias))
             if neuron_mask is not None:  # [F] or [B, F]
                 a = a * (neuron_mask if neuron_mask.dim() == 1 else neuron_mask[:, None, :])
-            h = self._linear((l, "ffn_out", n), a, p.ffn_out.weight, p.ffn_out.bias)
+            h = self._linear((li, "ffn_out", n), a, p.ffn_out.weight, p.ffn_out.bias)
         elif n == 0:  # every neuron removed: the block adds only the second linear's bias
             h = p.ffn_out.bias.expand_as(x)
         else:
             w_in, b_in, w_out = ffn_slices(p.ffn_in, p.ffn_out, n)
             h = self._linear(
-                (l, "ffn_out", n), p.act(self._linear((l, "ffn_in", n), x, w_in, b_in)), w_out, p.ffn_out.bias
+                (li, "ffn_out", n),
+                p.act(self._linear((li, "ffn_in", n), x, w_in, b_in)),
+                w_out,
+                p.ffn_out.bias,
             )
         return p.ffn_norm(self.dropout(h) + x)

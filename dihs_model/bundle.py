@@ -67,7 +67,8 @@ class Bundle:
         return model_device(self.model)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask [B, T] on the model's device, padded to the longest, cut at max_length."""
+        """Token ids and attention mask [B, T] on the model's device, padded to the longest, cut at
+        max_length."""
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -101,7 +102,8 @@ def check_checkpoint(base_model: str) -> None:
 def new_bundle(
     base_model: str, labels: list[str], max_length: int, device: torch.device | str = "cpu"
 ) -> Bundle:
-    """A fresh classifier on a pretrained encoder (a local folder or, with a network, a hub name), on `device`."""
+    """A fresh classifier on a pretrained encoder (a local folder or, with a network, a hub name), on
+    `device`."""
     check_checkpoint(base_model)
     try:
         encoder = AutoModel.from_pretrained(base_model, use_safetensors=True, attn_implementation="sdpa")
@@ -166,7 +168,8 @@ def atomic_folder(out: Path, force: bool = False):
 
 
 def save_bundle(bundle: Bundle, out: Path, force: bool = False) -> Path:
-    """Write atomically (atomic_folder). The weights are written as CPU copies; the live model stays on its device."""
+    """Write atomically (atomic_folder). The weights are written as CPU copies; the live model stays on
+    its device."""
     out = Path(out)
     with atomic_folder(out, force) as tmp:
         for model, name in ((bundle.model, WEIGHTS_FILE), (bundle.kwon_model, KWON_FILE)):

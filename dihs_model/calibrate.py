@@ -48,8 +48,8 @@ def calibrate_bundle(
     allocator = Allocator(shape, tokens, allocation, now["heads"][order_by], now["neurons"][order_by])
     meta = {
         **bundle.meta,
-        "head_order": [[old_h[l][p] for p in row] for l, row in enumerate(h_order)],
-        "neuron_order": [[old_n[l][p] for p in row] for l, row in enumerate(n_order)],
+        "head_order": [[old_h[layer][p] for p in row] for layer, row in enumerate(h_order)],
+        "neuron_order": [[old_n[layer][p] for p in row] for layer, row in enumerate(n_order)],
         "order_by": order_by,
         "allocation": allocation,
         "importance": {kind: {name: s.tolist() for name, s in by.items()} for kind, by in now.items()},

@@ -212,7 +212,8 @@ def plan_from_meta(meta: dict, target: float) -> CascadePlan | None:
 def plans_to_meta(plans: list[CascadePlan], n_calib: int, signals: dict) -> dict:
     """signals: `signals.signal_report` on the same calibration split."""
     return {
-        "method": "confidence cascade: first pass at a small width budget, escalate the least confident to a larger one",
+        "method": "confidence cascade: first pass at a small width budget, "
+        "escalate the least confident to a larger one",
         "confidence": CONFIDENCE,
         "calibration_examples": n_calib,
         "signals": signals,

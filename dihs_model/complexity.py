@@ -58,9 +58,9 @@ class ComplexityScorer:
         cont = _continuation_table(tokenizer)
         lengths, subwords = [], []
         for ids, mask in ids_masks:
-            l, s = raw_signals(ids, mask, cont)
-            lengths += l
-            subwords += s
+            batch_lengths, batch_subwords = raw_signals(ids, mask, cont)
+            lengths += batch_lengths
+            subwords += batch_subwords
         return cls(_quantiles(lengths), _quantiles(subwords), cont)
 
     @classmethod

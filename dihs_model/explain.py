@@ -53,8 +53,8 @@ PER_INPUT_METHOD = (
     "head mask m = 1 on the full model (all heads on), for this one input (Michel et al. 2019)"
 )
 GLOBAL_METHODS = {
-    "michel": "E_x |dL/dm_h| over the calibration set (Michel et al. 2019), not normalised: in the same units as "
-    "the FFN neurons' scores, which it is ranked with",
+    "michel": "E_x |dL/dm_h| over the calibration set (Michel et al. 2019), not normalised: "
+    "in the same units as the FFN neurons' scores, which it is ranked with",
     "fisher": "sum_x (dL/dm_h)^2 over the calibration set (Kwon et al. 2022)",
     "attention": "mean over tokens of the head's largest attention weight (Voita et al. 2019)",
 }
@@ -106,7 +106,8 @@ def explain(
     """Explain the prediction for `text` at `budget` (None: the full model).
 
     level/reason/signal/pressure: the budget decision to report (the service's engine, which
-    `dihs explain` runs too); `model` defaults to `bundle.model` (the engine passes its own, possibly on a GPU).
+    `dihs explain` runs too); `model` defaults to `bundle.model` (the engine passes its own,
+    possibly on a GPU).
     """
     model = bundle.model if model is None else model
     L, H = model.shape.n_layers, model.shape.n_heads
@@ -136,23 +137,25 @@ def explain(
         return x.double().round(decimals=decimals).tolist()
 
     layers = []
-    for l in range(L):
-        att = out.attentions[l][0] if attention else None  # [k_l, T, T]
-        assert att is None or att.shape[0] == counts[l], (att.shape, counts[l])
+    for layer in range(L):
+        att = out.attentions[layer][0] if attention else None  # [k_l, T, T]
+        assert att is None or att.shape[0] == counts[layer], (att.shape, counts[layer])
         heads = []
         for p in range(H):
             heads.append(
                 {
                     "position": p,
-                    "head": int(order[l][p]),
-                    "active": p < counts[l],
-                    "input_importance": round(float(importance[l, p]), 8),
-                    "input_gradient": round(float(grads[l, p]), 8),
-                    "global_importance": {name: round(float(s[l, p]), 8) for name, s in glob.items()},
-                    "attention": r(att[p].float().cpu()) if att is not None and p < counts[l] else None,
+                    "head": int(order[layer][p]),
+                    "active": p < counts[layer],
+                    "input_importance": round(float(importance[layer, p]), 8),
+                    "input_gradient": round(float(grads[layer, p]), 8),
+                    "global_importance": {name: round(float(s[layer, p]), 8) for name, s in glob.items()},
+                    "attention": r(att[p].float().cpu()) if att is not None and p < counts[layer] else None,
                 }
             )
-        layers.append({"layer": l, "active": counts[l], "neurons_active": shown.neurons[l], "heads": heads})
+        layers.append(
+            {"layer": layer, "active": counts[layer], "neurons_active": shown.neurons[layer], "heads": heads}
+        )
 
     labels = bundle.labels
     return {

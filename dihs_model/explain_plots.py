@@ -47,25 +47,25 @@ def _grid(
 
     L, H = values.shape
     im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=float(np.nanmax(values)) or 1.0)
-    for l in range(L):
+    for layer in range(L):
         for p in range(H):
-            if counts is not None and p >= counts[l]:  # did not run: greyed out
+            if counts is not None and p >= counts[layer]:  # did not run: greyed out
                 ax.add_patch(
-                    Rectangle((p - 0.5, l - 0.5), 1, 1, facecolor="white", alpha=0.65, edgecolor="none")
+                    Rectangle((p - 0.5, layer - 0.5), 1, 1, facecolor="white", alpha=0.65, edgecolor="none")
                 )
             elif counts is not None:
                 ax.add_patch(
-                    Rectangle((p - 0.46, l - 0.46), 0.92, 0.92, fill=False, edgecolor="#ff7f0e", lw=1.6)
+                    Rectangle((p - 0.46, layer - 0.46), 0.92, 0.92, fill=False, edgecolor="#ff7f0e", lw=1.6)
                 )
             if ids is not None and H <= 16:
                 ax.text(
                     p,
-                    l,
-                    str(ids[l][p]),
+                    layer,
+                    str(ids[layer][p]),
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="white" if values[l, p] < 0.6 * (np.nanmax(values) or 1.0) else "black",
+                    color="white" if values[layer, p] < 0.6 * (np.nanmax(values) or 1.0) else "black",
                 )
     ax.set_xticks(range(H))
     ax.set_yticks(range(L))
@@ -84,7 +84,8 @@ def head_grid_png(explanation: dict, score: str = "input") -> bytes:
     hd = explanation["heads"]
     what = "this input's |dL/dm|" if score == "input" else f"global {score} importance"
     title = (
-        f"{explanation['label']} at {explanation['level']} ({hd['active']}/{hd['total']} heads ran, outlined)\n"
+        f"{explanation['label']} at {explanation['level']} "
+        f"({hd['active']}/{hd['total']} heads ran, outlined)\n"
         f"colour: {what}"
     )
     _grid(fig.add_subplot(), values, ids, [ly["active"] for ly in explanation["layers"]], title, fig)
@@ -135,26 +136,27 @@ def importance_png(meta: dict) -> bytes:
 
 
 def ladder_png(meta: dict) -> bytes:
-    """Per head: the smallest ladder level (FLOPs ratio) that still runs it (heads that run only at 100% are darkest)."""
+    """Per head: the smallest ladder level (FLOPs ratio) that still runs it (heads that run only at
+    100% are darkest)."""
     levels = meta["levels"]
     L, H = len(meta["head_order"]), len(meta["head_order"][0])
     keep = np.ones((L, H))
     for lv in levels:
-        for l, k in enumerate(lv["heads"]):
-            keep[l, :k] = np.minimum(keep[l, :k], lv["flops_ratio"])
+        for layer, k in enumerate(lv["heads"]):
+            keep[layer, :k] = np.minimum(keep[layer, :k], lv["flops_ratio"])
     fig = _figure(max(5.0, 0.5 * H + 2), max(2.5, 0.45 * L + 1.5))
     ax = fig.add_subplot()
     im = ax.imshow(keep, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
-    for l in range(L):
+    for layer in range(L):
         for p in range(H):
             ax.text(
                 p,
-                l,
-                f"{keep[l, p]:.0%}",
+                layer,
+                f"{keep[layer, p]:.0%}",
                 ha="center",
                 va="center",
                 fontsize=6,
-                color="white" if keep[l, p] < 0.6 else "black",
+                color="white" if keep[layer, p] < 0.6 else "black",
             )
     ax.set(xticks=range(H), yticks=range(L), xlabel="position in layer (importance rank)", ylabel="layer")
     ax.set_title("width ladder: smallest level (FLOPs ratio) at which each head still runs", fontsize=9)

@@ -35,7 +35,8 @@ class BudgetMeta(_Open):
     def _layers(self):
         if len(self.heads) != len(self.neurons):
             raise ValueError(
-                f"budget {self.name!r} has {len(self.heads)} head counts and {len(self.neurons)} neuron counts"
+                f"budget {self.name!r} has {len(self.heads)} head counts and "
+                f"{len(self.neurons)} neuron counts"
             )
         if min(self.heads) < 0 or min(self.neurons) < 0:
             raise ValueError(f"budget {self.name!r} has a negative count")
@@ -120,8 +121,8 @@ def validate(meta: dict, where: str) -> dict:
         got = meta.get("format_version")
         hint = (
             (
-                f": upgrade it with `dihs calibrate {Path(where).parent}` (keeps the weights, adds FFN-neuron "
-                "importance and width budgets)"
+                f": upgrade it with `dihs calibrate {Path(where).parent}` "
+                "(keeps the weights, adds FFN-neuron importance and width budgets)"
             )
             if got == 1
             else ""

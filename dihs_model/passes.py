@@ -28,7 +28,8 @@ def margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def run_pass(model, batches, budget: Budget | None, n: int) -> PassResult:
-    """One forward pass at `budget` (None: the full model) over length-sorted batches, results in input order."""
+    """One forward pass at `budget` (None: the full model) over length-sorted batches, results in
+    input order."""
     preds, conf, tokens = torch.zeros(n, dtype=torch.long), torch.zeros(n), [0] * n
     for idx, ids, mask, _ in batches:
         p, c = margin(model(ids, mask, budget=budget).logits)

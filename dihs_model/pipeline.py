@@ -67,8 +67,8 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     split = load_split(plan.data, plan.text_column, plan.label_column)
     fit, calib = split_calibration(split.train)
     log(
-        f"task {split.name}: {len(fit)} train / {len(calib)} calibration / {len(split.test)} held-out examples, "
-        f"{len(split.train.label_names)} classes"
+        f"task {split.name}: {len(fit)} train / {len(calib)} calibration / "
+        f"{len(split.test)} held-out examples, {len(split.train.label_names)} classes"
     )
     bundle = new_bundle(base_model, split.train.label_names, plan.max_length, device)
     bundle.meta["train"] = fine_tune(bundle, fit, plan.train, progress=progress)
@@ -113,6 +113,7 @@ def budget_robust(
         "held_out_accuracy_after": after,
     }
     log(
-        f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept): held-out accuracy per level {before} -> {after}"
+        f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept): "
+        f"held-out accuracy per level {before} -> {after}"
     )
     return bundle

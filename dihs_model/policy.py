@@ -40,7 +40,8 @@ class Decision:
 def desired_ratio(
     complexity: float, pressure: float, floor: float, cfg: PolicyConfig = PolicyConfig()
 ) -> float:
-    """FLOPs ratio wanted before snapping to the ladder: 1 at no pressure, `floor` at full pressure for c = 0."""
+    """FLOPs ratio wanted before snapping to the ladder: 1 at no pressure, `floor` at full pressure
+    for c = 0."""
     c, p = min(1.0, max(0.0, complexity)), min(1.0, max(0.0, pressure))
     return 1.0 - p * (1.0 - floor) * (1.0 - cfg.protect * c)
 
@@ -78,7 +79,8 @@ def choose_level(
         "no load pressure: full model"
         if pressure <= 0
         else (
-            f"load pressure {pressure:.2f} with input complexity {complexity:.2f} wants {want:.0%} of the FLOPs"
+            f"load pressure {pressure:.2f} with input complexity {complexity:.2f} "
+            f"wants {want:.0%} of the FLOPs"
         )
     )
     if level == top and want > ladder_ratios[top] + 1e-9:

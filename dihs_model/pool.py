@@ -43,7 +43,7 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
             raise PoolError(
                 f"{name} is not a `dihs eval` result (a dihs row without target or counts)"
             ) from None
-        if any(w < 0 or l < 0 for w, l in comps.values()):
+        if any(wins < 0 or losses < 0 for wins, losses in comps.values()):
             raise PoolError(f"{name} has negative win or loss counts")
         if not comps:
             raise PoolError(
@@ -56,13 +56,16 @@ def pool_evals(results: list[dict], names: list[str]) -> dict:
     rows = []
     for target, against in sorted(common, key=lambda k: (-k[0], k[1])):
         counts = [c[(target, against)] for c in per_set]
-        pooled = from_counts(sum(w for w, _ in counts), sum(l for _, l in counts), n)
+        pooled = from_counts(sum(wins for wins, _ in counts), sum(losses for _, losses in counts), n)
         rows.append(
             {
                 "target_flops_ratio": target,
                 "against": against,
                 **pooled,
-                "per_set": [{"set": name, "wins": w, "losses": l} for name, (w, l) in zip(names, counts)],
+                "per_set": [
+                    {"set": name, "wins": wins, "losses": losses}
+                    for name, (wins, losses) in zip(names, counts)
+                ],
             }
         )
     return {"sets": [{"set": name, "n": r["n"]} for name, r in zip(names, results)], "n": n, "rows": rows}

@@ -134,8 +134,8 @@ def level_weight_bytes(model, budget: Budget | None) -> int:
     C, d = shape.hidden, shape.head_dim
     kernels = getattr(model, "kernels", None)
     total = 0
-    for l in range(shape.n_layers):
-        rows, n = b.heads[l] * d, b.neurons[l]
+    for layer in range(shape.n_layers):
+        rows, n = b.heads[layer] * d, b.neurons[layer]
         # (out, in) of Q, K, V, O, FFN in, FFN out; each with a bias of `out` floats
         for out_f, in_f in ((rows, C), (rows, C), (rows, C), (C, rows), (n, C), (C, n)):
             if kernels is not None:

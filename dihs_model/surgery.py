@@ -50,9 +50,9 @@ def reorder(
     parts = encoder_parts(model.encoder)
     hd = parts.shape.head_dim
     with torch.no_grad():
-        for l, layer in enumerate(parts.layers):
+        for li, layer in enumerate(parts.layers):
             if head_order is not None:
-                perm = head_order[l]
+                perm = head_order[li]
                 assert sorted(perm) == list(range(parts.shape.n_heads)), f"not a permutation: {perm}"
                 idx = _head_rows(perm, hd, layer.query.weight.device)
                 for lin in (layer.query, layer.key, layer.value):
@@ -61,7 +61,7 @@ def reorder(
                 layer.output.weight.copy_(layer.output.weight.index_select(1, idx))
             if neuron_order is not None:
                 idx = torch.as_tensor(
-                    list(neuron_order[l]), dtype=torch.long, device=layer.ffn_in.weight.device
+                    list(neuron_order[li]), dtype=torch.long, device=layer.ffn_in.weight.device
                 )
                 assert sorted(idx.tolist()) == list(range(parts.shape.ffn)), (
                     "not a permutation of the neurons"
@@ -85,8 +85,8 @@ def allocate_heads(scores: torch.Tensor, ratio: float, min_per_layer: int = 1) -
     assert bool((scores[:, :-1] >= scores[:, 1:]).all()), "scores must be in stored (descending) order"
     n_keep = max(round(ratio * L * H), L * min_per_layer)
     counts = [min_per_layer] * L
-    rest = [(float(scores[l, p]), l) for l in range(L) for p in range(min_per_layer, H)]
+    rest = [(float(scores[layer, p]), layer) for layer in range(L) for p in range(min_per_layer, H)]
     rest.sort(key=lambda u: u[0], reverse=True)  # stable: ties keep layer and position order
-    for _, l in rest[: n_keep - L * min_per_layer]:
-        counts[l] += 1
+    for _, layer in rest[: n_keep - L * min_per_layer]:
+        counts[layer] += 1
     return counts

@@ -1,4 +1,5 @@
-"""Fine-tuning an encoder classifier (the full model, or width budgets with budget_robust_loss) with AdamW and a linear warm-up/decay schedule."""
+"""Fine-tuning an encoder classifier (the full model, or width budgets with budget_robust_loss) with
+AdamW and a linear warm-up/decay schedule."""
 
 from __future__ import annotations
 

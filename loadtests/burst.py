@@ -1,6 +1,7 @@
-"""Burst against a running service: idle -> burst -> recovery, for dense and adaptive budgets.
+r"""Burst against a running service: idle -> burst -> recovery, for dense and adaptive budgets.
 
-    python -m loadtests.burst --url http://127.0.0.1:8000 --concurrency 64 --seconds 20 --out results/burst.json
+    python -m loadtests.burst --url http://127.0.0.1:8000 --concurrency 64 --seconds 20 \
+        --out results/burst.json
     python -m loadtests.burst --bundle bundles/default --out results/burst.json   # starts its own, pinned
 
 With --bundle it starts `dihs serve BUNDLE` itself and places it as the sweep does (the model replica
@@ -149,7 +150,8 @@ async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text"
                 if name == "recovery":
                     phases[name]["full_model_again_after_s"] = _full_again(rows, t_start)
                 print(
-                    f"round {rnd} {mode:>5} {name:>8}: {json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}",
+                    f"round {rnd} {mode:>5} {name:>8}: "
+                    f"{json.dumps({k: v for k, v in phases[name].items() if k != 'sample_reasons'})}",
                     flush=True,
                 )
             result["rounds"].append(

@@ -96,7 +96,8 @@ def read_trace(path: str | Path) -> list[tuple[float, float]]:
 def trace_segments(
     rows: list[tuple[float, float]], mean_rps: float, time_scale: float = 1.0
 ) -> list[Segment]:
-    """The trace replayed `time_scale` times as long, rates scaled to a mean of `mean_rps` (idle rows kept idle)."""
+    """The trace replayed `time_scale` times as long, rates scaled to a mean of `mean_rps` (idle rows
+    kept idle)."""
     total_s, total_n = sum(s for s, _ in rows), sum(n for _, n in rows)
     k = mean_rps / (total_n / total_s)
     out, t = [], 0.0
@@ -133,12 +134,14 @@ def _num(x) -> float | None:
 def segment_rows(
     events: list[dict], segments: list[Segment], slo_ms: float, scheduled: list[int] | None = None
 ) -> list[dict]:
-    """One row per segment from the locustfile's events (values may be strings), over the requests it scheduled.
+    """One row per segment from the locustfile's events (values may be strings), over the requests it
+    scheduled.
 
     achieved_rps: 200 answers over the time from the segment's start to its last answer (at least
     the segment), so a queue that drains after the segment lowers it; sent_rps: requests scheduled
     (the offered load as realised); unanswered: scheduled requests with no answer at all (timeouts,
-    connection errors, and the `scheduled` requests of a segment that left no event: cut off after the drain)."""
+    connection errors, and the `scheduled` requests of a segment that left no event: cut off after the
+    drain)."""
     by: dict[int, list[dict]] = {}
     for e in events:
         if e.get("segment") not in (None, ""):

@@ -94,7 +94,7 @@ def pin_service(pids: list[int]) -> str:
     for p in pids:
         _pin(p, replica if p in replicas else client)
     return (
-        f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; the HTTP front (HAProxy or "
-        f"Ray's proxy), Serve's controller and the rest of the service ({len(pids) - len(replicas)} processes) with the load generator on "
-        f"cores {sorted(client)}"
+        f"model replica ({len(replicas)} process) alone on core {sorted(replica)}; the HTTP front (HAProxy "
+        "or Ray's proxy), Serve's controller and the rest of the service "
+        f"({len(pids) - len(replicas)} processes) with the load generator on cores {sorted(client)}"
     )

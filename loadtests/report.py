@@ -81,7 +81,8 @@ def findings(comb: list[dict]) -> dict:
 
 
 def trace_totals(rows: list[dict]) -> list[dict]:
-    """Per (mode, trace) other than the grid: requests, 503s (and those without Retry-After), other failures."""
+    """Per (mode, trace) other than the grid: requests, 503s (and those without Retry-After), other
+    failures."""
     out: dict[tuple, dict] = {}
     for r in rows:
         if r["trace"] == "grid":
@@ -119,8 +120,8 @@ def _speed_check(records: list[dict]) -> list[str]:
         return []
     return [
         "- Speed check: each run's warm-up sends one-text requests one at a time in its mode just before the "
-        "run; their rate (requests/s) shows how fast the machine was then, comparable between the rounds of a "
-        "mode: " + ", ".join(f"{run} {rps:g}" for run, rps in rates) + "."
+        "run; their rate (requests/s) shows how fast the machine was then, comparable between the rounds "
+        "of a mode: " + ", ".join(f"{run} {rps:g}" for run, rps in rates) + "."
     ]
 
 
@@ -131,8 +132,9 @@ def write_summary(
     L = [
         f"# How much load each way of serving takes within {slo:g} ms, and the accuracy it pays",
         "",
-        f"Measured {meta['started']} on {meta['machine']}; model `{meta['bundle']}`, texts of `{meta['data']}` "
-        f"({meta['examples']} labelled held-out examples, every answer's label checked).",
+        f"Measured {meta['started']} on {meta['machine']}; model `{meta['bundle']}`, "
+        f"texts of `{meta['data']}` ({meta['examples']} labelled held-out examples, "
+        "every answer's label checked).",
         "",
         "| mode | what it is | capacity (req/s) | x dense | accuracy at capacity | accuracy at low load | "
         f"FLOPs ratio at capacity | within SLO at {COMPARE_AT:g}x dense's capacity |",
@@ -152,9 +154,9 @@ def write_summary(
         )
     L += [
         "",
-        f"Capacity is the highest offered rate of the grid (below) at which at least {100 * ATTAINMENT:g}% of "
-        f"requests were answered within {slo:g} ms, with every lower rate passing too; a 503, an error or a "
-        "request left unanswered counts as a miss. Accuracy is over the answers of that rate "
+        f"Capacity is the highest offered rate of the grid (below) at which at least {100 * ATTAINMENT:g}% "
+        f"of requests were answered within {slo:g} ms, with every lower rate passing too; a 503, "
+        "an error or a request left unanswered counts as a miss. Accuracy is over the answers of that rate "
         f"(low load: {meta['grid'][0]:g}x dense's probed capacity).",
         "",
     ]
@@ -162,31 +164,32 @@ def write_summary(
         L += [
             "## Past capacity: traces",
             "",
-            "| mode | trace | requests | peak offered req/s | within SLO | 503 (Retry-After) | 503 without Retry-After "
-            "| other failures | unanswered |",
+            "| mode | trace | requests | peak offered req/s | within SLO | 503 (Retry-After) "
+            "| 503 without Retry-After | other failures | unanswered |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for t in traces:
             L.append(
                 f"| {t['mode']} | {t['trace']} | {t['requests']} | {t['peak_rps']:.1f} | "
-                f"{t['within_slo'] / max(1, t['requests']):.1%} | {t['rejected']} | {t['rejected_no_retry_after']} | "
-                f"{t['other_failures']} | {t['unanswered']} |"
+                f"{t['within_slo'] / max(1, t['requests']):.1%} | {t['rejected']} | "
+                f"{t['rejected_no_retry_after']} | {t['other_failures']} | {t['unanswered']} |"
             )
         L.append("")
     L += [
         "## How it was measured",
         "",
-        f"- Open loop: requests start at {meta['arrival']} arrival times at the offered rate whatever the latency "
-        "(one Locust user starting each request in its own greenlet), so past saturation the offered load is still "
-        "what was asked; `sent` is the rate actually started, `achieved` the rate of 200 answers; latency runs "
-        "from each request's scheduled start.",
+        f"- Open loop: requests start at {meta['arrival']} arrival times at the offered rate whatever the "
+        "latency (one Locust user starting each request in its own greenlet), so past saturation the offered "
+        "load is still what was asked; `sent` is the rate actually started, `achieved` the rate of 200 "
+        "answers; latency runs from each request's scheduled start.",
         f"- Capacity probe: dense float32 at {', '.join(_fmt(r, 1) for r in meta['probe_rates'])} req/s, "
         f"{meta['probe_seconds']:g} s each: {meta['probe_capacity']:.1f} req/s. Rate grid: "
         f"{', '.join(f'{m:g}' for m in meta['grid'])} x that, {meta['segment_seconds']:g} s each with "
         f"{meta['gap_seconds']:g} s idle between; traces replayed at a mean of {meta['trace_load']:g}x it, "
         f"each 60 s row in {meta['minute_seconds']:g} s.",
-        f"- {meta['rounds']} round(s) of the grid, modes interleaved ({' '.join(meta['order'])}); every figure "
-        "is the median over rounds, [min, max] when they differ. Before each run, sequential requests in its "
+        f"- {meta['rounds']} round(s) of the grid, modes interleaved ({' '.join(meta['order'])}); "
+        "every figure is the median over rounds, [min, max] when they differ. Before each run, sequential "
+        "requests in its "
         "mode drain the queue and let the load pressure fall back (adaptive runs: for at least "
         f"{meta.get('settle_s', 0):g} s, so the controller has left a plan the run before put it on).",
         f"- Placement: {meta['placement']}. 1-minute load average {meta['loadavg_start']:.1f} at the start, "
@@ -196,16 +199,17 @@ def write_summary(
         "",
         "## The rate grid",
         "",
-        "| mode | offered req/s | sent | achieved | within SLO | p50 ms | p95 ms | p99 ms | client lag p99 ms | "
-        "errors | 503 | accuracy | FLOPs ratio | heads ratio |",
+        "| mode | offered req/s | sent | achieved | within SLO | p50 ms | p95 ms | p99 ms | "
+        "client lag p99 ms | errors | 503 | accuracy | FLOPs ratio | heads ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted(
         (c for c in comb if c["trace"] == "grid"), key=lambda c: (list(MODES).index(c["mode"]), c["segment"])
     ):
         L.append(
-            f"| {c['mode']} | {_fmt(c['offered_rps'], 1)} | {_cell(c, 'sent_rps', 1)} | {_cell(c, 'achieved_rps', 1)}"
-            f" | {_cell(c, 'slo_attainment', 3)} | {_cell(c, 'p50_ms', 0)} | {_cell(c, 'p95_ms', 0)} | "
+            f"| {c['mode']} | {_fmt(c['offered_rps'], 1)} | {_cell(c, 'sent_rps', 1)} | "
+            f"{_cell(c, 'achieved_rps', 1)} | {_cell(c, 'slo_attainment', 3)} | {_cell(c, 'p50_ms', 0)} | "
+            f"{_cell(c, 'p95_ms', 0)} | "
             f"{_cell(c, 'p99_ms', 0)} | {_cell(c, 'lag_p99_ms', 0)} | {_cell(c, 'error_rate', 3)} | "
             f"{_cell(c, 'rejected_rate', 3)} | {_cell(c, 'accuracy', 3)} | {_cell(c, 'flops_ratio', 2)} | "
             f"{_cell(c, 'heads_ratio', 2)} |"

@@ -1,4 +1,5 @@
-"""`dihs loadtest`: how much load each way of serving takes within the latency objective, and what accuracy it pays.
+"""`dihs loadtest`: how much load each way of serving takes within the latency objective, and what
+accuracy it pays.
 
 Open loop (loadtests/open_loop.py and the locustfile's OpenLoopUser): requests start at Poisson (or
 constant) times at a set offered rate whatever the latency. A short probe finds dense float32's
@@ -190,7 +191,8 @@ def _http(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[in
 
 
 class Service:
-    """`dihs serve` as a child process on free ports; stopped with Ctrl-C semantics (Ray shuts down cleanly)."""
+    """`dihs serve` as a child process on free ports; stopped with Ctrl-C semantics (Ray shuts down
+    cleanly)."""
 
     def __init__(self, bundle: str, slo_ms: float, log_path: Path, dtype: str | None = None):
         self.port, self.metrics_port = free_port(), free_port()
@@ -367,7 +369,8 @@ def open_loop(
     seed: int,
     tick=None,
 ) -> tuple[list[dict], dict]:
-    """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for runs.json)."""
+    """Warm up, replay the run's arrivals with OpenLoopUser; (segment rows, the run's record for
+    runs.json)."""
     t_run = time.monotonic()
     budget = MODES[run.mode][1]
     pressure, seq_rps = warm_up(
@@ -462,7 +465,8 @@ def write_report(out: Path, rows: list[dict], meta: dict, records: list[dict]) -
 
 
 def rebuild_report(out: Path) -> None:
-    """The report again from DIR/runs.json and DIR/raw/*_events.csv, running nothing (after a change of report)."""
+    """The report again from DIR/runs.json and DIR/raw/*_events.csv, running nothing (after a change of
+    report)."""
     try:
         runs = json.loads((out / "runs.json").read_text())
         meta, records = runs["meta"], runs["runs"]
@@ -608,8 +612,8 @@ def run_sweep(a) -> Path:
             records.append(rec)
             worst = min(got, key=lambda r: r["slo_attainment"] if not math.isnan(r["slo_attainment"]) else 2)
             say(
-                f"[{k}/{len(plan)}] {run.name}: {sum(r['requests'] for r in got)} requests; lowest SLO attainment "
-                f"{worst['slo_attainment']:.3f} at {worst['offered_rps']:g} req/s"
+                f"[{k}/{len(plan)}] {run.name}: {sum(r['requests'] for r in got)} requests; "
+                f"lowest SLO attainment {worst['slo_attainment']:.3f} at {worst['offered_rps']:g} req/s"
             )
     finally:
         if service is not None:
@@ -622,8 +626,8 @@ def run_sweep(a) -> Path:
         "service": (
             f"the running service at {a.url}"
             if a.url
-            else f"`dihs serve` started here per dtype ({' then '.join(services)}; default settings: 1 replica, "
-            "1 torch thread)"
+            else f"`dihs serve` started here per dtype ({' then '.join(services)}; "
+            "default settings: 1 replica, 1 torch thread)"
         ),
         "data": data[0],
         "examples": len(examples),
@@ -647,7 +651,8 @@ def run_sweep(a) -> Path:
         "wall_s": time.monotonic() - t_start,
         "loadavg_start": loadavg_start,
         "loadavg_end": os.getloadavg()[0],
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), client and service on the same machine",
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+        "client and service on the same machine",
     }
     write_report(out, rows, meta, records)
     print((out / "summary.md").read_text())

@@ -11,7 +11,6 @@ import sys
 
 import torch
 
-torch.set_num_threads(1)
 from dihs_model.bundle import load_bundle
 from dihs_model.cascade import EscalationTracker, arrival_order, run_cascade
 from dihs_model.data import load_split
@@ -19,6 +18,8 @@ from loadtests.common import task_of
 from service.engine import Engine, Item
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+
+torch.set_num_threads(1)
 
 b = load_bundle(sys.argv[1])
 n = int(sys.argv[2])
@@ -40,5 +41,7 @@ for i, p in enumerate(e.plans):
     agree = sum(b.labels.index(served[k]["label"]) == int(ev.preds[k]) for k in range(n)) / n
     fl = sum(served[k]["flops_ratio"] for k in range(n)) / n
     print(
-        f"{e.plan_name(i)}: served acc {acc_s:.4f} eval acc {acc_e:.4f} answers agree {agree:.4f}; escalated served {sum(s['escalated'] for s in served.values()) / n:.3f} eval {ev.escalated:.3f}; mean per-text FLOPs ratio served {fl:.3f}, eval (FLOPs-weighted) {ev.flops_ratio:.3f}"
+        f"{e.plan_name(i)}: served acc {acc_s:.4f} eval acc {acc_e:.4f} answers agree {agree:.4f}; "
+        f"escalated served {sum(s['escalated'] for s in served.values()) / n:.3f} eval {ev.escalated:.3f}; "
+        f"mean per-text FLOPs ratio served {fl:.3f}, eval (FLOPs-weighted) {ev.flops_ratio:.3f}"
     )

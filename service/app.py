@@ -233,7 +233,8 @@ def ray_env(s: Settings) -> dict[str, str]:
 
 def run_local(s: Settings) -> None:
     """Start Ray and Serve on this machine and block. SIGTERM or Ctrl-C drains: new requests get 503
-    with Retry-After, the accepted ones are answered (for at most drain_timeout_s), then Serve and Ray stop."""
+    with Retry-After, the accepted ones are answered (for at most drain_timeout_s), then Serve and Ray
+    stop."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
     for k, v in ray_env(s).items():  # local runs set them unless given
         os.environ.setdefault(k, v)

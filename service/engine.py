@@ -273,7 +273,8 @@ class Engine:
             return f"{load}: one pass at {p.first.name}{note}"
         second = p.second.name if p.second is not None else "f100"
         gate = (
-            f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: escalated to {second}"
+            f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: "
+            f"escalated to {second}"
             if escalated
             else f"first pass {p.first.name} margin {margin:.3f} > threshold {threshold:.3f}: answered"
         )

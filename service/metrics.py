@@ -92,8 +92,8 @@ SPECS = (
     MetricSpec(
         "dihs_plan_cost_seconds",
         "gauge",
-        "Seconds per text of each plan: its passes measured on the replica at "
-        "start-up (a full batch, padded as such a batch is) plus the per-text overhead observed while serving",
+        "Seconds per text of each plan: its passes measured on the replica at start-up (a full batch, "
+        "padded as such a batch is) plus the per-text overhead observed while serving",
         ("model", "plan"),
     ),
     MetricSpec(

@@ -103,8 +103,8 @@ class PlanAdmission:
             "max_accuracy_loss": self.max_accuracy_loss,
             "confidence": CONFIDENCE,
             "texts_needed_if_all_agree": texts_needed(self.max_accuracy_loss),
-            "rule": "a plan is served while the one-sided 95% upper bound on its accuracy loss against the full "
-            "model (calibration texts only the full model gets right, plus live texts it answered "
+            "rule": "a plan is served while the one-sided 95% upper bound on its accuracy loss against "
+            "the full model (calibration texts only the full model gets right, plus live texts it answered "
             "differently, over all those texts) is within max_accuracy_loss",
             "plans": plans,
         }

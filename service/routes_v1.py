@@ -72,7 +72,8 @@ def v1_router(api: Api) -> APIRouter:
 
     @router.get("/ui", include_in_schema=False, response_class=HTMLResponse)
     async def ui():
-        """A page to type a text and see its label, budget, head grid and attention maps (no external assets)."""
+        """A page to type a text and see its label, budget, head grid and attention maps (no external
+        assets)."""
         return HTMLResponse(ui_page)
 
     return router

@@ -68,8 +68,8 @@ def random_heads(L: int, H: int, seed: int):
         k = int(torch.randint(0, H + 1, (1,), generator=g))
         heads.append(k if seed % 2 else sorted(torch.randperm(H, generator=g)[:k].tolist()))
     mask = torch.zeros(L, H)
-    for l, c in enumerate(heads):
-        mask[l, list(range(c)) if isinstance(c, int) else c] = 1.0
+    for layer, c in enumerate(heads):
+        mask[layer, list(range(c)) if isinstance(c, int) else c] = 1.0
     return heads, mask
 
 

@@ -125,7 +125,8 @@ def _validator(kind: str, version: str):
 
 
 def crd_errors(doc: dict) -> list[str]:
-    """What the CRD of doc's kind refuses in it (empty: valid), and what a core ObjectMeta refuses in its metadata."""
+    """What the CRD of doc's kind refuses in it (empty: valid), and what a core ObjectMeta refuses in its
+    metadata."""
     group_version = doc["apiVersion"]
     errors = [
         f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
@@ -140,7 +141,8 @@ def crd_errors(doc: dict) -> list[str]:
 
 
 def validate_core(obj: dict) -> None:
-    """A core Kubernetes object against the API's schema, unknown fields refused (kubernetes-validate --strict)."""
+    """A core Kubernetes object against the API's schema, unknown fields refused (kubernetes-validate
+    --strict)."""
     import kubernetes_validate
 
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -126,7 +126,9 @@ def test_key_refusal_and_bad_bodies_are_the_routes(monkeypatch, engine):
         fast, route = _both_paths(
             monkeypatch,
             engine,
-            lambda c: c.post("/v1/classify", content=raw, headers={"content-type": "application/json"}),
+            lambda c, raw=raw: c.post(
+                "/v1/classify", content=raw, headers={"content-type": "application/json"}
+            ),
         )
         _same(fast, route)
         assert fast[0].status_code in (400, 422)

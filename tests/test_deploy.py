@@ -1,4 +1,5 @@
-"""deploy/ checked offline: Serve configs, the settings, Prometheus rules, the Grafana dashboard, the Dockerfile.
+"""deploy/ checked offline: Serve configs, the settings, Prometheus rules, the Grafana dashboard, the
+Dockerfile.
 
 - serveConfigV2 and deploy/serve_config.yaml with Ray's ServeDeploySchema, no unknown keys, an
   importable import_path, args that are Settings fields, and Serve options equal to build_app's.
@@ -322,7 +323,8 @@ def test_serve_config(name, cfg, monkeypatch):
     code = _build_app_options(app.args)
     (written,) = [d for d in cfg["applications"][0]["deployments"] if d["name"] == "DIHSModel"]
     assert set(written) - set(code) <= {"name", "autoscaling_config"}, (
-        f"{name}: options build_app does not set (a config must not quietly change the app): {set(written) - set(code)}"
+        f"{name}: options build_app does not set (a config must not quietly change the app): "
+        f"{set(written) - set(code)}"
     )
     for key, value in written.items():
         if key == "ray_actor_options":

@@ -38,7 +38,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny checkpoint, a learnable CSV and a bundle trained and calibrated on the CPU (confident labels)."""
+    """A tiny checkpoint, a learnable CSV and a bundle trained and calibrated on the CPU (confident
+    labels)."""
     tmp = tmp_path_factory.mktemp("gpu")
     ckpt, data = make_tiny_checkpoint(tmp), write_reviews_csv(tmp / "reviews.csv", n=80)
     out = tmp / "bundle"

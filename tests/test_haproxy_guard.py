@@ -44,11 +44,12 @@ def test_the_wrapped_child_dies_with_its_parent(tmp_path):
             stdout=subprocess.PIPE,
         )
         child = int(parent.stdout.readline())
-        assert _wait_for(lambda: psutil.Process(child).name() == "sleep", 10)  # exec'd: the wrapper is gone
+        # exec'd: the wrapper is gone
+        assert _wait_for(lambda child=child: psutil.Process(child).name() == "sleep", 10)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         gone = _wait_for(
-            lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie", 10
+            lambda child=child: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie", 10
         )
         assert gone != survives, (wrapped, "survived" if survives else "was not killed")
         if survives:

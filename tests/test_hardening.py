@@ -104,12 +104,39 @@ def test_chunked_body_over_the_limit_is_refused_before_parsing(tiny_bundle):
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
 
 
-def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
-    """Property-based requests generated from the app's own OpenAPI schema (schemathesis)."""
-    import schemathesis
+def _fuzz_operation(op, counts: dict) -> None:
+    """Hypothesis-generated requests to one operation of the schema, tallied into `counts`."""
     from hypothesis import HealthCheck, given, settings
 
     from service.errors import is_v2
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=op.as_strategy())
+    def fuzz(case):
+        r = case.call()
+        counts["requests"] += 1
+        if r.status_code >= 500:
+            counts["5xx"] += 1
+        ct = r.headers.get("content-type") or ""
+        ct = ct[0] if isinstance(ct, list) else ct
+        if r.status_code >= 400 and ct.startswith("application/json"):
+            body = r.json()
+            err = body.get("error") if isinstance(body, dict) and set(body) == {"error"} else None
+            # v1: {"error": {"code", "type", "message"}}; OIP v2: {"error": "<message>"}
+            ok = (
+                isinstance(err, str) and err
+                if is_v2(op.path)
+                else isinstance(err, dict) and err.get("message")
+            )
+            if not ok:
+                counts["bad_shape"] += 1
+
+    fuzz()
+
+
+def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
+    """Property-based requests generated from the app's own OpenAPI schema (schemathesis)."""
+    import schemathesis
 
     client, _ = _client(tiny_bundle, max_texts=4, max_chars=300)
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
@@ -118,29 +145,7 @@ def test_fuzzing_from_the_openapi_schema_gives_no_5xx(tiny_bundle):
         op = op_result.ok()
         if op.method.upper() not in ("GET", "POST"):
             continue
-
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=op.as_strategy())
-        def fuzz(case):
-            r = case.call()
-            counts["requests"] += 1
-            if r.status_code >= 500:
-                counts["5xx"] += 1
-            ct = r.headers.get("content-type") or ""
-            ct = ct[0] if isinstance(ct, list) else ct
-            if r.status_code >= 400 and ct.startswith("application/json"):
-                body = r.json()
-                err = body.get("error") if isinstance(body, dict) and set(body) == {"error"} else None
-                # v1: {"error": {"code", "type", "message"}}; OIP v2: {"error": "<message>"}
-                ok = (
-                    isinstance(err, str) and err
-                    if is_v2(op.path)
-                    else isinstance(err, dict) and err.get("message")
-                )
-                if not ok:
-                    counts["bad_shape"] += 1
-
-        fuzz()
+        _fuzz_operation(op, counts)
     print(f"schemathesis: {counts}")
     assert counts["requests"] >= 200
     assert counts["5xx"] == 0 and counts["bad_shape"] == 0, counts

@@ -46,21 +46,21 @@ def test_mask_gradients_match_finite_differences_for_heads_and_neurons():
     eps = 1e-5
     ones_h, ones_n = torch.ones(L, H, dtype=torch.float64), torch.ones(L, Fn, dtype=torch.float64)
     with torch.no_grad():
-        for l in range(L):
+        for layer in range(L):
             for h in range(H):
                 e = torch.zeros(L, H, dtype=torch.float64)
-                e[l, h] = eps
+                e[layer, h] = eps
                 fd = (
                     _loss(model, batches, ones_h + e, ones_n) - _loss(model, batches, ones_h - e, ones_n)
                 ) / (2 * eps)
-                assert abs(fd.item() - gh[l, h].item()) < 1e-6 * max(1.0, abs(fd.item()))
+                assert abs(fd.item() - gh[layer, h].item()) < 1e-6 * max(1.0, abs(fd.item()))
             for p in (0, 7, Fn - 1):
                 e = torch.zeros(L, Fn, dtype=torch.float64)
-                e[l, p] = eps
+                e[layer, p] = eps
                 fd = (
                     _loss(model, batches, ones_h, ones_n + e) - _loss(model, batches, ones_h, ones_n - e)
                 ) / (2 * eps)
-                assert abs(fd.item() - gn[l, p].item()) < 1e-6 * max(1.0, abs(fd.item()))
+                assert abs(fd.item() - gn[layer, p].item()) < 1e-6 * max(1.0, abs(fd.item()))
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -79,17 +79,17 @@ def test_michel_ranks_heads_like_the_loss_change_from_removing_them(seed):
     brute = torch.zeros(L, H)
     with torch.no_grad():
         base = torch.cat([F.cross_entropy(model(i, m).logits, y, reduction="none") for _, i, m, y in batches])
-        for l in range(L):
+        for layer in range(L):
             for h in range(H):
                 mask = torch.ones(L, H)
-                mask[l, h] = 0
+                mask[layer, h] = 0
                 off = torch.cat(
                     [
                         F.cross_entropy(model(i, m, head_mask=mask).logits, y, reduction="none")
                         for _, i, m, y in batches
                     ]
                 )
-                brute[l, h] = (off - base).abs().mean()
+                brute[layer, h] = (off - base).abs().mean()
     assert _spearman(michel_scores(grads), brute) > 0.7
 
 

@@ -15,8 +15,8 @@ TOKENS = [6, 9]
 
 
 def _kept(b: Budget, hs: torch.Tensor, ns: torch.Tensor) -> float:
-    return sum(float(hs[l, :k].sum()) for l, k in enumerate(b.heads)) + sum(
-        float(ns[l, :n].sum()) for l, n in enumerate(b.neurons)
+    return sum(float(hs[layer, :k].sum()) for layer, k in enumerate(b.heads)) + sum(
+        float(ns[layer, :n].sum()) for layer, n in enumerate(b.neurons)
     )
 
 

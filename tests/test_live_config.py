@@ -84,7 +84,8 @@ def test_rollout_through_serve_run_answers_in_flight_requests_and_switches_bundl
     thread.join()
     probe, t_probe = rolled["probe"]
     print(
-        f"\nrollout: serve.run returned {rolled['t'] - t0:.1f} s, new bundle answered at {t_probe - t0:.1f} s, "
+        f"\nrollout: serve.run returned {rolled['t'] - t0:.1f} s, "
+        f"new bundle answered at {t_probe - t0:.1f} s, "
         f"the old replica's 4 in-flight requests at {done - t0:.1f} s: {[r.status_code for r in answers]}"
     )
     assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]

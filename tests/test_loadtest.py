@@ -200,8 +200,11 @@ def test_versus_dense_pairs_rows_of_the_same_round_and_stage():
     assert math.isnan(rows[4]["rps_vs_dense"])  # no dense run in round 3
 
 
-LOCUST_STATS = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
-POST,/v1/classify [adaptive],200,2,150,163.0,67.4,349.9,358.2,5.02,0.05,150,190,210,230,250,280,350,350,350,350,350
+LOCUST_STATS = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,\
+Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,\
+50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+POST,/v1/classify [adaptive],200,2,150,163.0,67.4,349.9,358.2,5.02,0.05,\
+150,190,210,230,250,280,350,350,350,350,350
 FLOPS,flops% [adaptive],198,0,100,87.5,25.0,100.0,0.0,4.9,0.0,100,100,100,100,100,100,100,100,100,100,100
 CHECK,label [adaptive],198,9,0,0.0,0,0,0.0,4.9,0.2,0,0,0,0,0,0,0,0,0,0,0
 ,Aggregated,596,11,100,93.1,0,349.9,133.9,30.1,0.37,100,100,110,150,220,270,300,350,350,350,350
@@ -415,13 +418,15 @@ def test_missing_bundle_and_file_as_out(tmp_path, capsys):
 
 @needs_locust
 def test_locustfile_loads_and_refuses_bad_data_in_one_line(tmp_path):
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *a],  # noqa: E731
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *a],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
     listed = run("--list")
     assert listed.returncode == 0 and "ClassifyUser" in listed.stdout and "InferUser" in listed.stdout, (
         listed.stderr

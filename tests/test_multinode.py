@@ -226,7 +226,8 @@ def prometheus(cluster):
             time.sleep(0.5)
         up = _wait_for(url, "sum(up)", lambda r: _value(r) == 2, timeout_s=60)
         assert _value(up) == 2, (
-            f"Prometheus does not reach both nodes' metrics: {up} {(tmp / 'prometheus.log').read_text()[-2000:]}"
+            f"Prometheus does not reach both nodes' metrics: {up} "
+            f"{(tmp / 'prometheus.log').read_text()[-2000:]}"
         )
         yield url
     finally:
@@ -342,8 +343,8 @@ def test_second_node_killed_under_traffic_nothing_hangs_and_capacity_returns(clu
     slowest_failure = max((dt for code, dt in outcomes if code != 200), default=0.0)
     print(
         f"\nworker node killed ({killed} processes): {len(outcomes)} requests {counts}; slowest failure "
-        f"{slowest_failure:.1f} s; back to {len(back)} replicas on {len({r['node_id'] for r in back})} nodes {rejoined_s:.0f} s after the node "
-        "was started again"
+        f"{slowest_failure:.1f} s; back to {len(back)} replicas on {len({r['node_id'] for r in back})} "
+        f"nodes {rejoined_s:.0f} s after the node was started again"
     )
     assert "hung" not in counts, counts
     assert counts.get(200, 0) > 0.9 * len(outcomes), counts

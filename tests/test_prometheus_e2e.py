@@ -27,7 +27,8 @@ N_REQUESTS = 20
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The tiny app on Ray Serve (tests.conftest.start_tiny_serve), stopped even if starting fails half-way."""
+    """The tiny app on Ray Serve (tests.conftest.start_tiny_serve), stopped even if starting fails
+    half-way."""
     import ray
 
     from tests.conftest import start_tiny_serve, stop_serve
@@ -80,7 +81,8 @@ def prometheus(served, tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"prometheus exited with {proc.returncode}: {(tmp / 'prometheus.log').read_text()[-2000:]}"
+                    f"prometheus exited with {proc.returncode}: "
+                    f"{(tmp / 'prometheus.log').read_text()[-2000:]}"
                 )
             try:
                 if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:

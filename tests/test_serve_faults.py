@@ -111,7 +111,8 @@ def test_killed_replica_is_replaced_and_in_flight_requests_fail_fast(server):
         try:
             r = requests.post(f"{base}/v1/classify", json={"text": "good fun"}, timeout=60)
         except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-            r = None  # queued for the replica still starting, or sent to the dead one before HAProxy dropped it
+            # queued for the replica still starting, or sent to the dead one before HAProxy dropped it
+            r = None
         if (r is not None and r.status_code == 200) or time.monotonic() > deadline:
             break
         time.sleep(1)

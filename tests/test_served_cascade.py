@@ -58,7 +58,7 @@ def test_every_cascade_plan_serves_what_eval_counts(engine, monkeypatch):
         flops = [m[1] for m in engine.metrics.log if m[0] == "dihs_flops_ratio"]
         assert flops == [served[k]["flops_ratio"] for k in arrival_order(len(TEXTS))]
         assert all(r["plan"] == engine.plan_name(i) for r in served.values())
-        for k, r in served.items():  # both passes paid by an escalated text
+        for r in served.values():  # both passes paid by an escalated text
             assert [p["budget"] for p in r["passes"]] == [plan.first.name] + (
                 [(plan.second or Budget.full(engine.shape)).name] if r["escalated"] else []
             )

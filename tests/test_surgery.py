@@ -27,8 +27,8 @@ def random_budget(shape, seed: int) -> Budget:
 
 def masks_of(budget: Budget, shape) -> tuple[torch.Tensor, torch.Tensor]:
     hm, nm = torch.zeros(shape.n_layers, shape.n_heads), torch.zeros(shape.n_layers, shape.ffn)
-    for l in range(shape.n_layers):
-        hm[l, : budget.heads[l]], nm[l, : budget.neurons[l]] = 1.0, 1.0
+    for layer in range(shape.n_layers):
+        hm[layer, : budget.heads[layer]], nm[layer, : budget.neurons[layer]] = 1.0, 1.0
     return hm, nm
 
 
@@ -103,11 +103,11 @@ def test_reordering_heads_and_neurons_keeps_the_function_and_leaves_the_input_un
     with torch.no_grad():
         assert (moved(ids, am).logits - model(ids, am).logits).abs().max() < 1e-5
         # the moved model's first head and first 5 neurons of each layer are the original model's
-        # heads[l][0] and neurons[l][:5]: masking those there gives the same function
+        # heads[layer][0] and neurons[layer][:5]: masking those there gives the same function
         hm, nm = torch.zeros(3, 4), torch.zeros(3, F)
-        for l in range(3):
-            hm[l, heads[l][0]] = 1.0
-            nm[l, neurons[l][:5]] = 1.0
+        for layer in range(3):
+            hm[layer, heads[layer][0]] = 1.0
+            nm[layer, neurons[layer][:5]] = 1.0
         small = Budget("s", (1, 1, 1), (5, 5, 5))
         assert torch.allclose(
             moved(ids, am, budget=small).logits,
