@@ -262,12 +262,15 @@ class Engine:
     ) -> str:
         p = self.plans[i]
         if p is None:
-            why = (
-                "no load pressure: full model"
-                if pressure <= 0
-                else f"load pressure {pressure:.2f}: full model"
-            )
-            return why + note
+            if pressure <= 0:
+                return "no load pressure: full model" + note
+            if not any(self.controller.admitted[1:]):
+                return (
+                    f"load pressure {pressure:.2f}: full model, no cheaper plan admitted (none has a 95% "
+                    f"accuracy-loss bound within max_accuracy_loss {self.admission.max_accuracy_loss:g} "
+                    "yet: /v2/models/{name}/config says on how many texts)" + note
+                )
+            return f"load pressure {pressure:.2f}: full model" + note
         load = f"load pressure {pressure:.2f} and arrival rate -> plan {self.plan_name(i)}"
         if p.threshold == float("-inf"):
             return f"{load}: one pass at {p.first.name}{note}"

@@ -120,3 +120,27 @@ def test_drift_withdraws_a_plan_from_auto(tmp_path):
     assert not e.controller.admitted[single], f"still admitted after {served} texts: {ev}"
     assert served <= 3 and ev.live_disagree == served and ev.bound > 0.02  # 2 in 302: bound 2.1%
     assert single not in e.controller.usable()
+
+
+def test_under_load_with_no_plan_admitted_auto_serves_the_full_model_and_says_why(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.engine import EngineBackend
+    from service.http import build_http_app
+    from service.settings import Settings
+
+    clock = ManualClock()
+    e = engine_with(tmp_path, 0.0, 0.005, clock)  # the tiny bundle's few calibration texts bound nothing
+    assert e.controller.admitted == (True,) + (False,) * (len(e.plans) - 1)
+    for i in range(1, len(e.plans)):  # every candidate far cheaper: only admission holds auto back
+        e.controller.plan_times[i] = {1: 0.001 / i}
+    overload(e.load)
+    client = TestClient(build_http_app(Settings(model_name="tiny"), EngineBackend(e, "tiny"), e.metrics))
+    (r,) = client.post("/v1/classify", json={"text": "good fun"}).json()["results"]
+    assert r["plan"] == "full" and r["flops_ratio"] == 1.0
+    assert "no cheaper plan admitted" in r["reason"] and "max_accuracy_loss 0.005" in r["reason"]
+    auto = client.get("/v2/models/tiny/config").json()["auto"]
+    assert auto["max_accuracy_loss"] == 0.005 and auto["texts_needed_if_all_agree"] == 598
+    n = e.bundle.meta["cascade"]["calibration_examples"]
+    for p in auto["plans"][1:]:
+        assert not p["admitted"] and p["calibration_texts"] in (n, 0) and p["loss_bound95"] > 0.005
