@@ -215,7 +215,8 @@ class Metrics:
     def record(self, name: str, value: float = 1.0, **tags: str) -> None:
         spec, m = BY_NAME[name], self._m[name]
         if spec.kind == "counter":
-            m.inc(value, tags=tags or None)
+            if value > 0:  # Ray's Counter.inc refuses 0; adding nothing is a no-op anyway
+                m.inc(value, tags=tags or None)
         elif spec.kind == "gauge":
             with self._lock:
                 self._last[(name, tuple(sorted(tags.items())))] = value
@@ -247,6 +248,7 @@ class NullMetrics:
 
     def record(self, name: str, value: float = 1.0, **tags: str) -> None:
         assert name in BY_NAME, name
+        assert BY_NAME[name].kind != "counter" or value >= 0, (name, value)  # as Ray's counters
         self.log.append((name, value, tags))
 
     def build_info(self, bundle_checksum: str) -> None:

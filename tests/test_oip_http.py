@@ -251,7 +251,7 @@ def test_binary_inputs_and_their_refusals(client):
         (_binary_request(raw, len(raw) + 1), "does not fit"),
         (_binary_request(b"\x09\x00\x00\x00abc"), "runs past"),
         (_binary_request(b"\x01\x00"), "ends inside"),
-        (_binary_request(b"\x02\x00\x00\x00\xff\xfe"), "cannot parse"),
+        (_binary_request(b"\x02\x00\x00\x00\xff\xfe"), "BYTES element 0 is not valid UTF-8"),
         ((b'{"inputs": 5}', "13"), "inputs"),
         ((b'{"inputs": [{"name": "text", "parameters": [1]}]}', "49"), "inputs.0.shape: Field required"),
     ]
