@@ -124,7 +124,9 @@ class Engine:
             clock=clock,
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
-        self.shadow_budget = ShadowBudget(shadow_share, clock=clock)
+        # the balance's cap covers one text of the costliest plan twice over: no turn waits forever
+        one_text = max(batch_seconds(t, 1) for t in self.plan_times)
+        self.shadow_budget = ShadowBudget(shadow_share, max(0.1, 2 * one_text), clock=clock)
         self._pending: Pending | None = None  # the last full-model batch, for a shadow pass
         self._shadow_next = 1  # the candidate plan the next shadow pass starts with
         for i in range(len(self.plans)):
@@ -457,16 +459,27 @@ class Engine:
         if pending is None or self.controller.current != 0 or self.load.published > 0.0:
             return
         others = len(self.plans) - 1
-        for _ in range(others):
-            i, self._shadow_next = self._shadow_next, self._shadow_next % others + 1
-            if not self.shadow_budget.affords(batch_seconds(self.plan_times[i], len(pending.preds))):
-                return
-            t0 = time.perf_counter()
-            out = cascade_batch(
-                self.model, pending.ids, pending.mask, self.plans[i], self.trackers[i], self.device
+        for _ in range(others):  # strict turns: a costly plan waits for the balance, never skipped
+            i = self._shadow_next
+            times = self.plan_times[i]
+            rows = max(
+                (
+                    k
+                    for k in range(1, len(pending.preds) + 1)
+                    if self.shadow_budget.affords(batch_seconds(times, k))
+                ),
+                default=0,
             )
-            agreed = [int(logits.argmax()) == p for logits, p in zip(out.logits, pending.preds)]
-            dt = time.perf_counter() - t0
+            if rows == 0:
+                return
+            self._shadow_next = i % others + 1
+            t0 = time.perf_counter()
+            plan, tracker = self.plans[i], self.trackers[i]
+            out = cascade_batch(
+                self.model, pending.ids[:rows], pending.mask[:rows], plan, tracker, self.device
+            )
+            agreed = [int(logits.argmax()) == p for logits, p in zip(out.logits, pending.preds[:rows])]
+            dt = max(batch_seconds(times, rows), time.perf_counter() - t0)  # at least its estimate
             self.shadow_budget.spent(dt)
             if self.admission.record(i, agreed):
                 self.controller.admit(self.admission.admitted())
