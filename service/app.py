@@ -85,6 +85,11 @@ class DIHSModel:
     async def check_health(self):
         await asyncio.to_thread(self.replica.probe)
 
+    def __del__(self):  # Serve stops the replica: its plans' live agreement outlives it
+        replica = getattr(self, "replica", None)
+        if replica is not None:
+            replica.serving.engine.admission.save()
+
 
 def build_app(args: dict | None = None):
     """Serve application builder: `serve run service.app:build_app bundle=DIR model_name=dihs`."""
@@ -142,6 +147,7 @@ async def _watch_drain(replica: Replica) -> None:
     except (ValueError, ray.exceptions.RayActorError):
         return
     replica.draining = True
+    replica.serving.engine.admission.save()  # the counts so far, before the process may be stopped
     me = serve.get_replica_context().replica_id.unique_id
     while True:
         switch.report.remote(me, replica.inflight)

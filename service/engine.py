@@ -270,7 +270,7 @@ class Engine:
                 return (
                     f"load pressure {pressure:.2f}: full model, no cheaper plan admitted (none has a 95% "
                     f"accuracy-loss bound within max_accuracy_loss {self.admission.max_accuracy_loss:g} "
-                    "yet: /v2/models/{name}/config says on how many texts)" + note
+                    f"yet: /v2/models/{self.model_name}/config says on how many texts)" + note
                 )
             return f"load pressure {pressure:.2f}: full model" + note
         load = f"load pressure {pressure:.2f} and arrival rate -> plan {self.plan_name(i)}"
