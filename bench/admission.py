@@ -65,7 +65,8 @@ def drift(a) -> dict:
             for p in _auto(c, a.url)["plans"]:
                 if before[p["plan"]]["admitted"] and not p["admitted"] and p["plan"] not in withdrawn:
                     withdrawn[p["plan"]] = {"after_texts": n, "loss_bound95": p["loss_bound95"]}
-            return all(name in withdrawn for name, p in before.items() if p["admitted"] and name != "full")
+            watched = [name for name, p in before.items() if p["admitted"] and name != "full"]
+            return bool(watched) and all(name in withdrawn for name in watched)
 
         n, s = _paced(c, a.url, texts, a.rate, a.texts, 10**9, check)
         return {
