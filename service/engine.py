@@ -29,7 +29,7 @@ from dihs_model.precision import check_dtype, prepare, with_dtype
 from .controller import ControllerConfig, PlanController, batch_seconds
 from .load import LoadTracker
 from .plan_admission import PlanAdmission
-from .shadow import Pending, ShadowBudget
+from .shadow import Shadows
 
 PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
 
@@ -124,13 +124,11 @@ class Engine:
             clock=clock,
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
-        # the balance's cap covers one text of the costliest plan twice over: no turn waits forever
-        one_text = max(batch_seconds(t, 1) for t in self.plan_times)
-        self.shadow_budget = ShadowBudget(shadow_share, max(0.1, 2 * one_text), clock=clock)
-        self._pending: Pending | None = None  # the last full-model batch, for a shadow pass
-        self._shadow_next = 1  # the candidate plan the next shadow pass starts with
-        for i in range(len(self.plans)):
-            self._record_admission(i)
+        self.shadows = Shadows(self, shadow_share, clock)
+
+    def shadow(self) -> None:
+        """Shadow passes on the last full-model batch (shadow.py); the batcher calls it when idle."""
+        self.shadows.run()
 
     @torch.inference_mode()
     def probe(self, text: str = "health probe: is the model answering") -> None:
@@ -435,64 +433,17 @@ class Engine:
         t4 = time.perf_counter()
         if all(d[0] == "plan" and d[1] == plan for d in decisions):  # a batch all on the controller's plan
             self.controller.observed(plan, len(items), t4 - t0)
-        self._after_batch(plan == 0 and pressure == 0.0, t4 - t0, decisions, ids, mask, served)
+        full_rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == 0]
+        self.shadows.after_batch(
+            plan == 0 and pressure == 0.0,
+            t4 - t0,
+            ids[full_rows],
+            mask[full_rows],
+            [int(served[i]["logits"].argmax()) for i in full_rows],
+        )
         if timing is not None:
             timing.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
         return results
-
-    def _after_batch(self, idle: bool, seconds: float, decisions, ids, mask, served) -> None:
-        """Shadow bookkeeping: idle time accrues shadow budget; a full-model batch at zero pressure
-        waits for `shadow()`."""
-        before = self.shadow_budget.idle_s
-        self.shadow_budget.tick(idle, seconds)
-        if self.shadow_budget.idle_s > before:
-            self.metrics.record("dihs_shadow_idle_seconds", self.shadow_budget.idle_s - before)
-        rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == 0]
-        if idle and rows and self.shadow_budget.share > 0 and len(self.plans) > 1:
-            self._pending = Pending(ids[rows], mask[rows], [int(served[i]["logits"].argmax()) for i in rows])
-
-    @torch.inference_mode()
-    def shadow(self) -> None:
-        """Shadow passes of the candidate plans on the last full-model batch, as far as the idle budget
-        covers (shadow.py); the replica's batcher calls it when no batch waits."""
-        pending, self._pending = self._pending, None
-        if pending is None or self.controller.current != 0 or self.load.published > 0.0:
-            return
-        others = len(self.plans) - 1
-        for _ in range(others):  # strict turns: a costly plan waits for the balance, never skipped
-            i = self._shadow_next
-            times = self.plan_times[i]
-            rows = max(
-                (
-                    k
-                    for k in range(1, len(pending.preds) + 1)
-                    if self.shadow_budget.affords(batch_seconds(times, k))
-                ),
-                default=0,
-            )
-            if rows == 0:
-                return
-            self._shadow_next = i % others + 1
-            t0 = time.perf_counter()
-            plan, tracker = self.plans[i], self.trackers[i]
-            out = cascade_batch(
-                self.model, pending.ids[:rows], pending.mask[:rows], plan, tracker, self.device
-            )
-            agreed = [int(logits.argmax()) == p for logits, p in zip(out.logits, pending.preds[:rows])]
-            dt = max(batch_seconds(times, rows), time.perf_counter() - t0)  # at least its estimate
-            self.shadow_budget.spent(dt)
-            if self.admission.record(i, agreed):
-                self.controller.admit(self.admission.admitted())
-            name = self.plan_name(i)
-            self.metrics.record("dihs_shadow_seconds", dt)
-            self.metrics.record("dihs_plan_agreement_texts", len(agreed), plan=name)
-            self.metrics.record("dihs_plan_agreement_disagreements", agreed.count(False), plan=name)
-            self._record_admission(i)
-
-    def _record_admission(self, i: int) -> None:
-        e = self.admission.evidence(i)
-        self.metrics.record("dihs_plan_admitted", float(self.controller.admitted[i]), plan=self.plan_name(i))
-        self.metrics.record("dihs_plan_loss_bound", 0.0 if e is None else e.bound, plan=self.plan_name(i))
 
     def auto_status(self) -> dict:
         """Which plans auto serves and why (the config route and the start-up log)."""

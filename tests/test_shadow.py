@@ -66,7 +66,7 @@ def test_shadow_passes_count_agreement_and_cost_at_most_their_share(tmp_path):
     assert texts and sum(m[1] for m in texts) == sum(
         e.admission.evidence(i).live_n for i in range(1, len(e.plans))
     )
-    b = e.shadow_budget
+    b = e.shadows.budget
     assert 0 < b.spent_s <= b.share * b.idle_s + b.max_balance_s
 
 
