@@ -155,12 +155,12 @@ def _wheel(folder: Path, version: str) -> Path:
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
+
+    def digest(b: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b"=").decode()
+
     record = (
-        "".join(
-            f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=').decode()},{len(b)}\n"
-            for n, b in files.items()
-        )
-        + f"{dist_info}/RECORD,,\n"
+        "".join(f"{n},sha256={digest(b)},{len(b)}\n" for n, b in files.items()) + f"{dist_info}/RECORD,,\n"
     )
     path = folder / "torch" / f"torch-{version}-py3-none-any.whl"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,9 @@ def test_combine_rounds_gives_median_and_spread():
 
 
 def test_versus_dense_pairs_rows_of_the_same_round_and_stage():
-    row = lambda mode, rnd, rps, acc: {"mode": mode, "round": rnd, "stage": 0, "rps": rps, "accuracy": acc}  # noqa: E731
+    def row(mode, rnd, rps, acc):
+        return {"mode": mode, "round": rnd, "stage": 0, "rps": rps, "accuracy": acc}
+
     rows = versus_dense(
         [
             row("dense", 1, 20.0, 0.96),
