@@ -46,7 +46,7 @@ class PlanAdmission:
         self.names, self.max_accuracy_loss = list(names), max_accuracy_loss
         self._calib, self._store, self._bundle_id, self._clock = list(evidence), store, bundle_id, clock
         self._live: list[deque[bool]] = [deque(maxlen=window) for _ in names]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # evidence() reads the windows record() extends (shadow thread)
         self._saved_at = clock()
         self._unwritable = False
         self._load()
@@ -57,8 +57,9 @@ class PlanAdmission:
         e = self._calib[i]
         if e is None:
             return None
-        live = self._live[i]
-        return e.with_live(len(live), sum(1 for agreed in live if not agreed))
+        with self._lock:
+            live = self._live[i]
+            return e.with_live(len(live), live.count(False))
 
     def admitted(self) -> list[bool]:
         return list(self._admitted)
