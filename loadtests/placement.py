@@ -20,7 +20,10 @@ def _cmdline(pid: int) -> str:
 
 
 def _pin(pid: int, cpus: set[int]) -> bool:
-    tids = [int(t.name) for t in Path(f"/proc/{pid}/task").glob("[0-9]*")] or [pid]
+    try:
+        tids = [int(t.name) for t in Path(f"/proc/{pid}/task").glob("[0-9]*")] or [pid]
+    except OSError:  # the process ended between being listed and being pinned
+        return False
     done = False
     for tid in tids:
         try:

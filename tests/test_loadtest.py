@@ -567,3 +567,16 @@ def test_the_texts_sent_are_the_given_data_else_the_bundles_task_else_election_t
     assert task_of(None, "text", "label", str(tmp_path)) == ("/data/speeches.csv", "body", "party")
     assert task_of(None, "text", "label", None) == ("election-tweets", "text", "label")  # a running service
     assert task_of(None, "text", "label", str(tmp_path / "none")) == ("election-tweets", "text", "label")
+
+
+def test_pinning_a_process_that_has_ended_is_no_error():
+    """The sweep pins every process of the service's group; one may end between being listed and
+    being pinned (a CI run failed on /proc/PID/task vanishing)."""
+    import subprocess
+    import sys
+
+    from loadtests.placement import _pin
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert _pin(p.pid, {0}) is False
