@@ -163,7 +163,7 @@ def _bodies(texts: list[str], per_request: int, budget: dict | None, naive: bool
 
 class Peer:
     def __init__(self, bundle: str, threads: int, log: Path):
-        from .sweep import free_port
+        from service.ports import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

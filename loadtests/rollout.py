@@ -21,9 +21,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from service.ports import free_port
+
 from .faults import outcomes, steady_locust
 from .shapes import make_plan
-from .sweep import free_port, run_locust
+from .sweep import run_locust
 
 
 def _deploy(how: str, first: str, bundle: str) -> None:

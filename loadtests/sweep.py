@@ -26,7 +26,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from service.ports import free_port
 
 from .common import BUDGETS, MODES, held_out, task_of
 from .open_loop import (
@@ -169,12 +170,6 @@ def config_from_args(a) -> Config:
 
 
 # --- the service -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:

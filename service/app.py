@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from ray import serve
 from . import heap
 from .haproxy_guard import guarded_haproxy
 from .metrics import Metrics
+from .ports import free_port
 from .replica import LiveConfig, Replica
 from .settings import Settings
 
@@ -217,12 +217,6 @@ def ingress_in_use(s: Settings) -> str:
     return "haproxy" if s.ingress == "haproxy" and haproxy_binary() else "proxy"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ray_env(s: Settings) -> dict[str, str]:
     """Environment of a local Ray cluster serving `s` (read by Ray Serve when its processes start).
     HAProxy's own stats and Prometheus listeners get free ports: Ray's defaults (8404, 9101) are
@@ -230,8 +224,8 @@ def ray_env(s: Settings) -> dict[str, str]:
     if ingress_in_use(s) != "haproxy":
         return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV}
     ports = {
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
     guard = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(guarded_haproxy(haproxy_binary()))}  # dies with its parent
     return {**SLOW_MACHINE_ENV, **LEAN_PATH_ENV, **HAPROXY_ENV, **ports, **guard}

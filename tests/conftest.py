@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModel, BertConfig, BertTokenizerFast, DistilBertConfig, RobertaConfig
 
 from dihs_model.budgeted import BudgetedClassifier
+from service.ports import free_port  # noqa: F401 (the tests' ports: one helper with the service's)
 
 WORDS = "the a good bad movie film great awful plot actor love hate fun dull story end".split()
 
@@ -123,14 +124,6 @@ def write_reviews_csv(path, n: int = 60, text_col: str = "text", label_col: str 
                 ]
             )
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_calibrated_bundle(tmp_path):
