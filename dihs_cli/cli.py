@@ -69,6 +69,7 @@ def cmd_calibrate(a) -> None:
     from dihs_model.bundle import load_bundle, save_bundle
     from dihs_model.calibrate import calibrate_bundle
     from dihs_model.data import load_split, split_calibration
+    from dihs_model.dtype_choice import measure_agreement
 
     device = _device(a.device)
     _threads(a.threads)
@@ -80,6 +81,18 @@ def cmd_calibrate(a) -> None:
         raise UsageError("the bundle does not name its training data: pass --data")
     split = load_split(spec, a.text_column, a.label_column)
     _, calib = split_calibration(split.train)  # the part `dihs train` held out
+    if a.dtypes:
+        if not bundle.meta.get("cascade"):
+            raise UsageError(f"{a.bundle} has no cascade plans yet: run `dihs calibrate {a.bundle}`")
+        record = measure_agreement(bundle, calib)
+        save_bundle(
+            replace(bundle, meta={**bundle.meta, "dtype_agreement": record}), Path(a.bundle), force=True
+        )
+        print(
+            f"on {record['texts']} calibration texts of {split.name}, answers that differ from float32's: "
+            + ", ".join(f"{d} {k}" for d, k in record["disagree"].items())
+        )
+        return
     bundle = calibrate_bundle(bundle, calib, a.order_by, a.max_examples, progress=not a.quiet)
     save_bundle(bundle, Path(a.bundle), force=True)
     print(
@@ -354,6 +367,12 @@ def _calibrate_args(p) -> None:
     _add_data_args(p, None)
     p.add_argument("--order-by", choices=NEURON_SCORERS, default="michel")
     p.add_argument("--max-examples", type=int, default=512)
+    p.add_argument(
+        "--dtypes",
+        action="store_true",
+        help="only count where int8 and bfloat16 answer differently from float32 on the calibration "
+        "split (what `--dtype auto` needs; a full calibration counts it too) and keep the rest",
+    )
     _add_device_arg(p)
     _add_run_args(p)
     p.set_defaults(func=cmd_calibrate)

@@ -1,5 +1,6 @@
 """The calibrate stage: score heads and FFN neurons, store both in importance order, build the
-width ladder, fit the cascade plans and report the complexity signals, on the calibration split.
+width ladder, fit the cascade plans, report the complexity signals and count where int8 and
+bfloat16 answer differently from float32 (dtype_choice.py), on the calibration split.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def calibrate_bundle(
     the cascade plans. Returns a new Bundle (the input bundle's model is not modified)."""
     from .bundle import Bundle
     from .complexity import ComplexityScorer
+    from .dtype_choice import measure_agreement
 
     assert order_by in NEURON_SCORERS, order_by
     sample = sample_of(examples, max_examples)
@@ -60,6 +62,7 @@ def calibrate_bundle(
     meta["complexity"] = scorer.to_meta()
     out = Bundle(reorder(bundle.model, h_order, n_order), bundle.tokenizer, meta, bundle.kwon_model)
     meta["cascade"] = fit_cascade(out, examples, allocator, scorer, batch_size)
+    meta["dtype_agreement"] = measure_agreement(out, examples, batch_size)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -81,6 +82,11 @@ class Calibration(_Open):
     tokens: list[int] = Field(min_length=1)
 
 
+class DtypeAgreement(_Open):
+    texts: int = Field(ge=1)  # calibration texts compared
+    disagree: dict[str, int]  # dtype -> texts some plan answers differently from float32
+
+
 class BundleMeta(_Open):
     format_version: int
     base_model: str
@@ -94,6 +100,8 @@ class BundleMeta(_Open):
     calibration: Calibration | None = None
     levels: list[LevelMeta] | None = None
     cascade: CascadeMeta | None = None
+    dtype_agreement: DtypeAgreement | None = None
+    dtype: Literal["float32", "bfloat16", "int8"] | None = None  # pinned: what `--dtype auto` serves
     files: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -21,10 +21,11 @@ from dihs_model.budget import Budget
 from dihs_model.bundle import Bundle
 from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence, plan_label
 from dihs_model.device import pick_device
+from dihs_model.dtype_choice import choose_dtype
 from dihs_model.levels import LadderPolicy
 from dihs_model.passes import chunks_for, forward_grouped, margin
 from dihs_model.policy import PolicyConfig
-from dihs_model.precision import check_dtype, prepare, with_dtype
+from dihs_model.precision import prepare, with_dtype
 
 from .controller import ControllerConfig, PlanController, batch_seconds
 from .load import LoadTracker
@@ -44,6 +45,7 @@ class ModelInfo:
     total_heads: int
     max_length: int
     dtype: str = "float32"  # the number format the model runs in (precision.DTYPES)
+    dtype_choice: dict | None = None  # why that one (dtype_choice.DtypeChoice.report)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Engine:
         shadow_share: float = 0.0,
         agreement_file=None,
         bundle_id: str = "",
+        max_dtype_disagreement: float = 0.01,
     ):
         if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
             raise ValueError(
@@ -97,9 +100,10 @@ class Engine:
             )
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
-        self.dtype = ("bfloat16" if self.device.type == "cuda" else "float32") if dtype == "auto" else dtype
-        check_dtype(self.dtype, self.device)
-        self.model = with_dtype(bundle.model.eval().to(self.device), self.dtype)  # same slices in any dtype
+        bundle.model.eval().to(self.device)
+        self.dtype_choice = choose_dtype(bundle, self.device, dtype, max_dtype_disagreement, max_batch_size)
+        self.dtype = self.dtype_choice.dtype
+        self.model = with_dtype(bundle.model, self.dtype)  # same slices in any dtype
         self.shape = self.model.shape
         self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
@@ -202,7 +206,13 @@ class Engine:
     def info(self, model_name: str) -> ModelInfo:
         """What the HTTP front needs to know of this model (validation, v2 metadata)."""
         return ModelInfo(
-            model_name, self.bundle.labels, self.ladder, self.total_heads, self.bundle.max_length, self.dtype
+            model_name,
+            self.bundle.labels,
+            self.ladder,
+            self.total_heads,
+            self.bundle.max_length,
+            self.dtype,
+            self.dtype_choice.report(),
         )
 
     def tokenize(self, items: list[Item]):

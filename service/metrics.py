@@ -165,9 +165,9 @@ SPECS = (
     MetricSpec(
         "dihs_build_info",
         "gauge",
-        "1, labelled with the package version and the served bundle's checksum "
-        "(the X-DIHS-Bundle header's value)",
-        ("model", "version", "bundle_checksum"),
+        "1, labelled with the package version, the served bundle's checksum "
+        "(the X-DIHS-Bundle header's value) and the dtype the model runs in",
+        ("model", "version", "bundle_checksum", "dtype"),
     ),
 )
 BY_NAME = {s.name: s for s in SPECS}
@@ -224,13 +224,15 @@ class Metrics:
         else:
             m.observe(value, tags=tags or None)
 
-    def build_info(self, bundle_checksum: str) -> None:
-        """dihs_build_info = 1 for this version and bundle; a bundle swapped in replaces the old series
-        (no longer re-sent, it leaves the export after the agent's gauge TTL)."""
+    def build_info(self, bundle_checksum: str, dtype: str) -> None:
+        """dihs_build_info = 1 for this version, bundle and dtype; a bundle swapped in replaces the old
+        series (no longer re-sent, it leaves the export after the agent's gauge TTL)."""
         with self._lock:
             for key in [k for k in self._last if k[0] == "dihs_build_info"]:
                 del self._last[key]
-        self.record("dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum)
+        self.record(
+            "dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum, dtype=dtype
+        )
 
     def _resend(self, period_s: float) -> None:
         while True:
@@ -251,5 +253,7 @@ class NullMetrics:
         assert BY_NAME[name].kind != "counter" or value >= 0, (name, value)  # as Ray's counters
         self.log.append((name, value, tags))
 
-    def build_info(self, bundle_checksum: str) -> None:
-        self.record("dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum)
+    def build_info(self, bundle_checksum: str, dtype: str) -> None:
+        self.record(
+            "dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum, dtype=dtype
+        )

@@ -162,13 +162,15 @@ class Replica:
             shadow_share=s.shadow_share,
             agreement_file=agreement,
             bundle_id=bundle_id,
+            max_dtype_disagreement=s.max_dtype_disagreement,
         )
         engine.probe()
+        log.warning("dtype %s", engine.dtype_choice.reason)
         log.warning("%s", engine.admission.summary())
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity, idle=engine.shadow)
         backend = ReplicaBackend(self, engine, batcher)
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend, bundle_id)
-        self.metrics.build_info(serving.bundle_id)  # dihs_build_info: this version, this bundle
+        self.metrics.build_info(serving.bundle_id, engine.dtype)  # dihs_build_info: version, bundle, dtype
         return serving
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:

@@ -68,8 +68,9 @@ def v2_router(api: Api) -> APIRouter:
     @router.get("/v2/models/{name}/versions/{version}/config", include_in_schema=False)
     async def model_config(name: str, version: str | None = None):
         """What the outputs mean and what a request may ask: the labels (the probabilities' columns,
-        in order), the budget ladder (FLOPs ratios of the width levels), the request limits, and which
-        plans auto serves now, with the evidence behind each (`auto`)."""
+        in order), the budget ladder (FLOPs ratios of the width levels), the dtype served and why
+        (`dtype_choice`), the request limits, and which plans auto serves now, with the evidence
+        behind each (`auto`)."""
         known(name, version)
         s = api.settings
         return {
@@ -77,6 +78,7 @@ def v2_router(api: Api) -> APIRouter:
             "labels": info.labels,
             "ladder_flops_ratios": info.ladder,
             "dtype": info.dtype,
+            "dtype_choice": info.dtype_choice,
             "max_texts": s.max_texts,
             "max_chars": s.max_chars,
             "max_tokens": info.max_length,

@@ -84,3 +84,5 @@ def test_build_info_names_version_and_bundle(served):
     assert s.labels["version"] == version("dihs-serve")
     assert s.labels["bundle_checksum"] == bundle_checksum(read_meta(served["bundle"]))
     assert s.labels["model"] == "tiny"
+    config = requests.get(served["base"] + "/v2/models/tiny/config", timeout=10).json()
+    assert s.labels["dtype"] == config["dtype"] == config["dtype_choice"]["dtype"]

@@ -1,6 +1,6 @@
 """What is served is what is evaluated: /v1/classify's auto texts, at a plan, answer as `dihs eval`'s
 dihs row does for the same inputs in the same arrival order (same plan, same gate, same passes), and
-pay what the row counts; in float32 and in int8 (the same int8 slices in both)."""
+pay what the row counts; in float32, int8, bfloat16 and the dtype `--dtype auto` picks here."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +20,7 @@ TEXTS = distinct_texts(96)
 NEAR_TIE = 1e-4  # margins this close to their threshold: batch-size float noise may decide them either way
 
 
-@pytest.fixture(params=["float32", "int8"])
+@pytest.fixture(params=["float32", "int8", "bfloat16", "auto"])
 def engine(tmp_path, request):
     return Engine(
         tiny_calibrated_bundle(tmp_path),
