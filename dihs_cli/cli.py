@@ -116,9 +116,11 @@ def cmd_eval(a) -> None:
     if unknown:
         raise UsageError(f"unknown policy {min(unknown)!r}; choose from {', '.join(POLICIES)}")
     device = _device(a.device)
-    dtype = _dtype(a.dtype, device)
+    dtype = a.dtype if a.dtype == "auto" else _dtype(a.dtype, device)
     _threads(a.threads)
     bundle = load_bundle(a.bundle, device=device, with_kwon="kwon" in a.policies)
+    if dtype == "auto":
+        dtype = _served_dtype(bundle, device)
     bundle = replace(
         bundle,
         model=with_dtype(bundle.model, dtype),
@@ -166,6 +168,21 @@ def cmd_eval(a) -> None:
         )
     if result["auto_admission"]["plans"]:
         _print_admission(result["auto_admission"])
+
+
+def _served_dtype(bundle, device) -> str:
+    """What `dihs serve --dtype auto` serves this bundle in here, at the service's defaults (printed)."""
+    from dihs_model.dtype_choice import choose_dtype
+
+    choice = choose_dtype(
+        bundle,
+        device,
+        "auto",
+        _serve_default("max_dtype_disagreement"),
+        _serve_default("max_batch_size"),
+    )
+    print(f"dtype auto: {choice.reason}", file=sys.stderr)
+    return choice.dtype
 
 
 def _print_admission(adm: dict) -> None:
@@ -400,7 +417,7 @@ def _eval_args(p) -> None:
         "(default: the service's)",
     )
     _add_device_arg(p)
-    _add_dtype_arg(p, "every policy's forward passes")
+    _add_dtype_arg(p, "every policy's forward passes", auto=True)
     _add_run_args(p)
     p.set_defaults(func=cmd_eval)
 

@@ -32,13 +32,14 @@ def _add_device_arg(p: argparse.ArgumentParser) -> None:
 DTYPES = ("float32", "bfloat16", "int8")  # dihs_model.precision.DTYPES, without importing torch for --help
 
 
-def _add_dtype_arg(p: argparse.ArgumentParser, what: str) -> None:
+def _add_dtype_arg(p: argparse.ArgumentParser, what: str, auto: bool = False) -> None:
     p.add_argument(
         "--dtype",
-        choices=DTYPES,
+        choices=(*DTYPES, "auto") if auto else DTYPES,
         default="float32",
         help=f"number format of {what}: float32, bfloat16 (fast with AMX/AVX512-BF16 or on a GPU) or "
-        "int8 (CPU: each width level's weights quantized per output channel at load)",
+        "int8 (CPU: each width level's weights quantized per output channel at load)"
+        + ("; auto: the one `dihs serve --dtype auto` would serve on this machine" if auto else ""),
     )
 
 

@@ -286,9 +286,10 @@ def _loadtest_args(p) -> None:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=("dense", "dense-int8", "f50", "auto", "auto-int8"),
-        default=["dense", "dense-int8", "f50", "auto", "auto-int8"],
-        help="dense/auto in float32 or int8 (a second service, DIHS_DTYPE=int8), f50 = fixed 50%% FLOPs",
+        choices=("dense", "dense-default", "f50", "auto", "auto-default"),
+        default=["dense", "dense-default", "f50", "auto", "auto-default"],
+        help="dense/auto in float32, or in the service's default dtype (-default: a second service, "
+        "DIHS_DTYPE=auto, what `dihs serve` picks here), f50 = fixed 50%% FLOPs",
     )
     p.add_argument(
         "--rounds", type=int, help="repeats of the rate grid, modes interleaved (default 2; --quick 1)"
@@ -296,7 +297,7 @@ def _loadtest_args(p) -> None:
     p.add_argument(
         "--grid",
         help="offered rates as multiples of dense's probed capacity, comma-separated "
-        "(default 0.5,0.6,...,2.0 in steps of 0.1, 2.25, 2.5; --quick 0.5,1,2.5)",
+        "(default 0.5,0.6,...,2.0 in steps of 0.1, 2.25, 2.5, 3, 3.5, 4; --quick 0.5,1,2.5)",
     )
     p.add_argument(
         "--segment-seconds",

@@ -15,10 +15,10 @@ BUDGETS: dict[str, dict] = {
 # The open-loop sweep's modes: (the service's dtype, the requests' budget).
 MODES: dict[str, tuple[str, str]] = {
     "dense": ("float32", "dense"),
-    "dense-int8": ("int8", "dense"),
+    "dense-default": ("auto", "dense"),  # the dtype `dihs serve` picks here unless told (dtype_choice.py)
     "f50": ("float32", "static"),
     "auto": ("float32", "adaptive"),
-    "auto-int8": ("int8", "adaptive"),
+    "auto-default": ("auto", "adaptive"),
 }
 EXAMPLE_SEED = 0  # every run sends the held-out examples in the same shuffled order
 

@@ -134,7 +134,12 @@ def write_summary(
         "",
         f"Measured {meta['started']} on {meta['machine']}; model `{meta['bundle']}`, "
         f"texts of `{meta['data']}` ({meta['examples']} labelled held-out examples, "
-        "every answer's label checked).",
+        "every answer's label checked)."
+        + "".join(
+            f" The service started with DIHS_DTYPE={dt} serves {why}."
+            for dt, why in meta.get("dtype_choice", {}).items()
+            if why
+        ),
         "",
         "| mode | what it is | capacity (req/s) | x dense | accuracy at capacity | accuracy at low load | "
         f"FLOPs ratio at capacity | within SLO at {COMPARE_AT:g}x dense's capacity |",

@@ -4,12 +4,14 @@ accuracy it pays.
 Open loop (loadtests/open_loop.py and the locustfile's OpenLoopUser): requests start at Poisson (or
 constant) times at a set offered rate whatever the latency. A short probe finds dense float32's
 capacity on this machine; then a grid of offered rates from 0.5x to 2.5x of it runs for every mode
-(dense and adaptive in float32 and int8, static width at half the FLOPs), modes interleaved and
-repeated over rounds; then each trace (loadtests/traces/*.csv or --trace FILE) once per mode.
+(dense and adaptive in float32 and in the service's default dtype, static width at half the FLOPs),
+modes interleaved and repeated over rounds; then each trace (loadtests/traces/*.csv or --trace FILE)
+once per mode.
 
 The budget is a per-request parameter, so one `dihs serve` serves every mode of its dtype; the
-int8 modes get a second service (DIHS_DTYPE=int8), started after the float32 one is stopped, and
-rounds alternate the order (float32 int8, int8 float32) so a round costs one restart. The model
+default-dtype modes get a second service (DIHS_DTYPE=auto: what a user who sets nothing gets, the
+choice and its reason recorded in runs.json and the summary), started after the float32 one is
+stopped, and rounds alternate the order so a round costs one restart. The model
 replica is pinned to a core of its own, the proxy, Ray and Locust to the others (placement.py).
 
 Writes DIR/sweep.csv (one row per mode x trace x round x segment), DIR/sweep.png, DIR/summary.md,
@@ -66,14 +68,15 @@ SETTLE_S = 6.0
 ROW_FIELDS = ("mode", "trace", "round", *SEGMENT_FIELDS)
 MODE_TEXT = {
     "dense": "the full model, float32",
-    "dense-int8": "the full model, int8 weights",
+    "dense-default": "the full model in the service's default dtype (`--dtype auto`)",
     "f50": "fixed width at 50% of the FLOPs, float32",
     "auto": "adaptive width (load and input pick it), float32",
-    "auto-int8": "adaptive width, int8 weights",
+    "auto-default": "adaptive width, the service's default dtype",
 }
 # steps of 0.1x from 0.5x: the probe's short steps overrate dense (its 99% capacity has come out at
 # 0.7-0.9x of the probe), so a grid with 0.2x steps below 1x put that capacity on 0.7x or 0.9x only
-FULL_GRID = (*(round(0.5 + k / 10, 1) for k in range(16)), 2.25, 2.5)
+# up to 4x: a faster default dtype (int8, bfloat16) held 2.5x, the old grid's top, at 100%
+FULL_GRID = (*(round(0.5 + k / 10, 1) for k in range(16)), 2.25, 2.5, 3.0, 3.5, 4.0)
 QUICK_GRID = (0.5, 1.0, 2.5)
 
 
@@ -478,12 +481,13 @@ def rebuild_report(out: Path) -> None:
     write_report(out, [r for r in rows if r["trace"] != "probe"], meta, records)
 
 
-def _service_dtype(url: str, model_name: str) -> str | None:
+def _service_config(url: str, model_name: str) -> dict:
+    """The service's /v2/models/{name}/config ({} where it does not answer it)."""
     try:
         status, body = _http(f"{url}/v2/models/{model_name}/config", timeout=10)
     except (OSError, ValueError):
-        return None
-    return body.get("dtype") if status == 200 else None
+        return {}
+    return body if status == 200 else {}
 
 
 def plan_runs(
@@ -531,8 +535,8 @@ def run_sweep(a) -> Path:
     examples = data_examples(data)  # DataError: one line
     if a.url:
         check_service(a.url.rstrip("/"), examples)  # before anything is written
-        served = _service_dtype(a.url.rstrip("/"), a.model_name) or "float32"
-        other = [m for m in modes if MODES[m][0] != served]
+        served = _service_config(a.url.rstrip("/"), a.model_name).get("dtype", "float32")
+        other = [m for m in modes if MODES[m][0] not in (served, "auto")]
         if other:
             raise _usage_error(
                 f"the service at --url runs {served}: --modes {' '.join(other)} need another dtype "
@@ -548,7 +552,7 @@ def run_sweep(a) -> Path:
     )
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     client_place = pin_client()
-    service, dtype, placement, services = None, None, client_place, []
+    service, dtype, placement, services, choices = None, None, client_place, [], {}
     rows, records = [], []
 
     def use(dt: str) -> str:
@@ -564,6 +568,7 @@ def run_sweep(a) -> Path:
             service.wait_ready()
             dtype = dt
             services.append(dt)
+            choices[dt] = _service_config(service.url, "dihs").get("dtype_choice", {}).get("reason")
             check_service(service.url, examples)
             placement = pin_service(_session_pids(service.proc.pid)) if split_cores() else "not pinned"
             say(f"placement: {placement}")
@@ -642,6 +647,7 @@ def run_sweep(a) -> Path:
         "settle_s": SETTLE_S,
         "order": [r.name for _, r in plan],
         "mode_text": MODE_TEXT,
+        "dtype_choice": choices,  # per DIHS_DTYPE started: the service's dtype and why
         "placement": placement if placement.startswith("model replica") else f"{placement}; {client_place}",
         "wall_s": time.monotonic() - t_start,
         "loadavg_start": loadavg_start,

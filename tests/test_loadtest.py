@@ -511,7 +511,7 @@ def test_quick_sweep_end_to_end(tmp_path):
         "flops_ratio",
         "heads_ratio",
     } <= set(rows[0])
-    assert {r["mode"] for r in rows} == {"dense", "dense-int8", "f50", "auto", "auto-int8"}
+    assert {r["mode"] for r in rows} == {"dense", "dense-default", "f50", "auto", "auto-default"}
     assert len(rows) == 5 * 3 and {r["trace"] for r in rows} == {"grid"}  # 5 modes x 3 rates
     runs = json.loads((out / "runs.json").read_text())
     probe_cap = runs["meta"]["probe_capacity"]
@@ -531,7 +531,7 @@ def test_quick_sweep_end_to_end(tmp_path):
     assert all(float(r["flops_ratio"]) <= 0.5 for r in rows if r["mode"] == "f50" and r["accuracy"])
     assert (out / "sweep.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
-    assert "| auto-int8 |" in summary and "capacity" in summary and "Placement:" in summary
+    assert "| auto-default |" in summary and "capacity" in summary and "Placement:" in summary
     assert "ServeReplica" not in summary and runs["meta"]["placement"]
     grid_runs = [r for r in runs["runs"] if r["trace"] != "probe"]
     assert grid_runs and all(r["warmup_rps"] > 0 for r in grid_runs)
