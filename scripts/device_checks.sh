@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 STEPS=${STEPS:-r8 20ng tests bench}  # a subset reruns part of it; "export" brings the r8 bundle back
-POLICIES=${POLICIES:-dense random static-michel static-fisher static-attention dihs}
+POLICIES=${POLICIES:-dense static-heads static-width uniform-width kwon dihs}  # dihs eval --policies (evaluate.POLICIES)
 step() { echo; echo "== $(date +%T) $*"; }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 

