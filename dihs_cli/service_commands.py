@@ -55,6 +55,7 @@ def cmd_serve(a) -> None:
     from pydantic import ValidationError
 
     from dihs_model.bundle import load_bundle
+    from dihs_model.meta import not_servable
 
     try:
         from service.settings import Settings
@@ -67,11 +68,9 @@ def cmd_serve(a) -> None:
         err = e.errors()[0]
         where = f"{_flag(str(err['loc'][0]))} / DIHS_{str(err['loc'][0]).upper()}: " if err["loc"] else ""
         raise UsageError(f"{where}{err['msg']}") from None
-    meta = load_bundle(settings.bundle).meta  # fail here, in one line, not in a stack of Ray errors
-    if "levels" not in meta or "complexity" not in meta:
-        raise UsageError(
-            f"{settings.bundle} has no budget ladder: run `dihs calibrate {settings.bundle}` first"
-        )
+    problem = not_servable(load_bundle(settings.bundle).meta, settings.bundle)  # one line, not Ray's stack
+    if problem:
+        raise UsageError(problem)
     from service.app import DoesNotFit, run_local
 
     try:
@@ -84,6 +83,7 @@ def cmd_explain(a) -> None:
     import json
 
     from dihs_model.bundle import load_bundle
+    from dihs_model.meta import not_servable
     from dihs_model.policy import is_finite_ratio, limits_error
     from service.engine import Engine, Item
     from service.load import LoadConfig, LoadTracker
@@ -107,10 +107,9 @@ def cmd_explain(a) -> None:
             raise UsageError(f"{flag} must be in [0, 1], not {x:g}")
     _threads(a.threads)
     bundle = load_bundle(a.bundle)
-    if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
-        raise UsageError(
-            f"{a.bundle} has no width ladder or cascade plans: run `dihs calibrate {a.bundle}` first"
-        )
+    problem = not_servable(bundle.meta, a.bundle)
+    if problem:
+        raise UsageError(problem)
     L, H = bundle.model.shape.n_layers, bundle.model.shape.n_heads
     if a.layer is not None and not 0 <= a.layer < L:
         raise UsageError(f"--layer {a.layer} is out of range: the model has layers 0..{L - 1}")

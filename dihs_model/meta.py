@@ -117,6 +117,14 @@ class BundleMeta(_Open):
         return self
 
 
+def not_servable(meta: dict, where: str) -> str | None:
+    """Why `dihs serve` / `dihs explain` cannot use this bundle, in one line (None: they can): it
+    needs the width ladder, the cascade plans and the complexity calibration `dihs calibrate` adds."""
+    if not meta.get("levels") or not meta.get("cascade") or "complexity" not in meta:
+        return f"{where} has no width ladder or cascade plans: run `dihs calibrate {where}` first"
+    return None
+
+
 def _message(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err.get("loc", ()))

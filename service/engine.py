@@ -23,6 +23,7 @@ from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch
 from dihs_model.device import pick_device
 from dihs_model.dtype_choice import choose_dtype
 from dihs_model.levels import LadderPolicy
+from dihs_model.meta import not_servable
 from dihs_model.passes import chunks_for, forward_grouped, margin
 from dihs_model.policy import PolicyConfig
 from dihs_model.precision import prepare, with_dtype
@@ -94,10 +95,9 @@ class Engine:
         bundle_id: str = "",
         max_dtype_disagreement: float = 0.01,
     ):
-        if not bundle.meta.get("levels") or not bundle.meta.get("cascade") or "complexity" not in bundle.meta:
-            raise ValueError(
-                "the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first"
-            )
+        problem = not_servable(bundle.meta, "the bundle")
+        if problem:
+            raise ValueError(problem)
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics
         self.device = pick_device(device)
         bundle.model.eval().to(self.device)

@@ -232,6 +232,35 @@ def test_calibrate_rewrites_the_bundle_in_place(trained):
     assert (bundle / "kwon.safetensors").is_file() and "kwon.safetensors" in after["files"]  # kept
 
 
+def test_calibrate_dtypes_adds_only_the_agreement_counts(trained, capsys):
+    bundle, _ = trained
+    before = json.loads((bundle / "dihs.json").read_text())
+    old = {k: v for k, v in before.items() if k not in ("dtype_agreement", "files")}
+    (bundle / "dihs.json").write_text(json.dumps({**old, "files": before["files"]}))  # as an older bundle
+    assert main(["calibrate", str(bundle), "--dtypes", "--quiet"]) == 0
+    after = json.loads((bundle / "dihs.json").read_text())
+    assert {k: v for k, v in after.items() if k not in ("dtype_agreement", "files")} == old
+    # what a full calibration stores, on the same texts (the counts themselves may differ by a near-tie
+    # text: threads change float32's rounding, and this tiny model has margins near zero)
+    record = after["dtype_agreement"]
+    assert record["texts"] == before["dtype_agreement"]["texts"] and set(record["disagree"]) == {
+        "int8",
+        "bfloat16",
+    }
+    assert record["plans"].keys() == before["dtype_agreement"]["plans"].keys()
+    assert "answers that differ from float32's: int8" in capsys.readouterr().out
+
+
+def test_serve_and_explain_refuse_an_uncalibrated_bundle_in_one_line(trained, capsys):
+    bundle, _ = trained
+    meta = json.loads((bundle / "dihs.json").read_text())
+    (bundle / "dihs.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "cascade"}))
+    for args in (["serve", str(bundle)], ["explain", str(bundle), "some text"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"run `dihs calibrate {bundle}` first" in err, err
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
