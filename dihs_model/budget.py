@@ -22,6 +22,16 @@ import torch
 from .arch import EncoderShape
 
 ALLOCATIONS = ("global", "uniform")
+# measured: one width multiplier beat the global ranking (README "Width budgets")
+DEFAULT_ALLOCATION = "uniform"
+
+
+FULL_NAME = "f100"  # the full model's name wherever a budget is named (levels, passes, answers)
+
+
+def budget_name(budget: Budget | None) -> str:
+    """A budget's name; None, the full model, is FULL_NAME."""
+    return FULL_NAME if budget is None else budget.name
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class Budget:
         assert len(self.heads) == len(self.neurons), (self.heads, self.neurons)
 
     @classmethod
-    def full(cls, shape: EncoderShape, name: str = "f100") -> Budget:
+    def full(cls, shape: EncoderShape, name: str = FULL_NAME) -> Budget:
         return cls(name, (shape.n_heads,) * shape.n_layers, (shape.ffn,) * shape.n_layers)
 
     @classmethod
@@ -122,7 +132,7 @@ def allocate(
     tokens: Sequence[int],
     head_scores: torch.Tensor | None = None,
     neuron_scores: torch.Tensor | None = None,
-    method: str = "global",
+    method: str = DEFAULT_ALLOCATION,
     name: str | None = None,
     min_heads: int = 1,
 ) -> Budget:
@@ -181,7 +191,7 @@ class Allocator:
         self,
         shape: EncoderShape,
         tokens: Sequence[int],
-        method: str = "global",
+        method: str = DEFAULT_ALLOCATION,
         head_scores: torch.Tensor | None = None,
         neuron_scores: torch.Tensor | None = None,
     ):

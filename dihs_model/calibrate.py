@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from .budget import Allocator, Budget
+from .budget import DEFAULT_ALLOCATION, Allocator, Budget
 from .importance import NEURON_SCORERS, ordered, score_units, unit_order
 from .levels import build_ladder
 from .surgery import reorder
-
-ALLOCATION = "uniform"  # measured: one width multiplier beat the global ranking (README "Width budgets")
 
 
 def sample_of(examples, max_examples: int):
@@ -27,7 +25,7 @@ def calibrate_bundle(
     max_examples: int = 512,
     batch_size: int = 32,
     progress: bool = True,
-    allocation: str = ALLOCATION,
+    allocation: str = DEFAULT_ALLOCATION,
 ):
     """Score heads and neurons on `examples`, store both in `order_by` order, rebuild the ladder and
     the cascade plans. Returns a new Bundle (the input bundle's model is not modified)."""

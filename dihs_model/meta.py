@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .validation import validation_message
+
 FORMAT_VERSION = 2
 META_FILE = "dihs.json"
 
@@ -125,12 +127,6 @@ def not_servable(meta: dict, where: str) -> str | None:
     return None
 
 
-def _message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ()))
-    return f"{loc}: {err.get('msg', 'invalid')}".removeprefix(": ").replace("Value error, ", "")
-
-
 def validate(meta: dict, where: str) -> dict:
     """`meta` unchanged if it fits the schema, else MetaError naming the first problem."""
     if meta.get("format_version") != FORMAT_VERSION:
@@ -147,7 +143,7 @@ def validate(meta: dict, where: str) -> dict:
     try:
         BundleMeta.model_validate(meta)
     except ValidationError as e:
-        raise MetaError(f"{where} is malformed: {_message(e)}") from None
+        raise MetaError(f"{where} is malformed: {validation_message(e, limit=1, skip=())}") from None
     return meta
 
 

@@ -10,6 +10,9 @@ successor of torch's deprecated quantized tensors) with per-tensor activation qu
 eager torch; torch._int_mm with per-row activation scales done in eager torch; torchao's
 Int8DynamicActivationInt8Weight if torchao is installed. Whole levels (f100, f50): the project's
 float32 and int8 forward against `dihs export`'s ONNX graph in ONNX Runtime, float32 and int8.
+One encoder layer's six projections (Q, K, V, O, FFN in, FFN out) at the token counts of batch 1
+and 8 x 32 and 128 tokens: fbgemm as precision.py runs it, fbgemm with Q, K and V as one matmul,
+and oneDNN's qlinear_pointwise (the kept successor) both ways: what replacing the kernel would cost.
 """
 
 from __future__ import annotations
@@ -106,6 +109,62 @@ def projection_candidates(M: int, K: int, N: int) -> dict:
     }
 
 
+def _fbgemm_pack(w: torch.Tensor, b: torch.Tensor):
+    s = (w.abs().amax(1) / 127).clamp_min(1e-8).double()
+    qw = torch.quantize_per_channel(w, s, torch.zeros_like(s, dtype=torch.long), 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(qw, b)
+
+
+def _onednn_linear(w: torch.Tensor, b: torch.Tensor):
+    """x -> x @ w.T + b with oneDNN on plain int8 tensors, the activation quantized per tensor (uint8)."""
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-8)
+    packed = torch.ops.onednn.qlinear_prepack(
+        (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), None
+    )
+    zeros = torch.zeros(w.shape[0], dtype=torch.long)
+
+    def run(x):
+        s = float(x.abs().amax()) / 127 + 1e-12
+        xq = torch.clamp(torch.round(x / s) + 128, 0, 255).to(torch.uint8)
+        return torch.ops.onednn.qlinear_pointwise(
+            xq, s, 128, packed, scale, zeros, b, 1.0, 0, torch.float32, "none", [None], ""
+        )
+
+    return run
+
+
+def layer_candidates(tokens: int, C: int = 384, ffn: int = 1536) -> dict:
+    g = torch.Generator().manual_seed(0)
+    shapes = {"q": (C, C), "k": (C, C), "v": (C, C), "o": (C, C), "in": (ffn, C), "out": (C, ffn)}
+    W = {k: (torch.randn(*s, generator=g) * 0.05, torch.randn(s[0], generator=g)) for k, s in shapes.items()}
+    W["qkv"] = (torch.cat([W[k][0] for k in "qkv"]), torch.cat([W[k][1] for k in "qkv"]))
+    fb = {k: _fbgemm_pack(*v) for k, v in W.items()}
+    on = {k: _onednn_linear(*v) for k, v in W.items()}
+    x, h = torch.randn(tokens, C, generator=g), torch.randn(tokens, ffn, generator=g).relu()
+
+    def fbgemm(keys):
+        return lambda: [
+            torch.ops.quantized.linear_dynamic(h if k == "out" else x, fb[k], False) for k in keys
+        ]
+
+    def onednn(keys):
+        return lambda: [on[k](h if k == "out" else x) for k in keys]
+
+    fns = {
+        "float32": lambda: [
+            F.linear(h if k == "out" else x, *W[k]) for k in ("q", "k", "v", "o", "in", "out")
+        ],
+        "fbgemm_per_projection": fbgemm(("q", "k", "v", "o", "in", "out")),  # precision.py today
+        "fbgemm_fused_qkv": fbgemm(("qkv", "o", "in", "out")),
+        "onednn_per_projection": onednn(("q", "k", "v", "o", "in", "out")),
+        "onednn_fused_qkv": onednn(("qkv", "o", "in", "out")),
+    }
+    with torch.inference_mode():
+        ms = timed(fns, repeats=30)
+    base = ms["fbgemm_per_projection"]
+    return {k: {"ms": round(v, 3), "vs_fbgemm_today": round(base / v, 3)} for k, v in ms.items()}
+
+
 def level_candidates(bundle_path: str, level: str, B: int = 8, T: int = 128) -> dict:
     import onnxruntime as ort
 
@@ -153,12 +212,15 @@ def main(bundle_path: str, out: str) -> None:
         "seq_len": 128,
         "projections": {name: {"shape": list(s), **projection_candidates(*s)} for name, s in shapes.items()},
         "levels": {lv: level_candidates(bundle_path, lv) for lv in ("f100", "f50")},
+        "layers": {f"b{b}_s{t}": layer_candidates(b * t) for b in (1, 8) for t in (32, 128)},
     }
     Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for name, r in result["projections"].items():
         print(name, r["shape"], {k: v["speedup"] for k, v in r.items() if k != "shape"})
     for lv, r in result["levels"].items():
         print(lv, {k: v["speedup"] for k, v in r.items()})
+    for shape, r in result["layers"].items():
+        print("one layer", shape, {k: v["vs_fbgemm_today"] for k, v in r.items()})
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ from .replica import LiveConfig, Replica
 from .settings import Settings
 
 
-def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> None:
+def _hardware_gauges(
+    metrics: Metrics, latest: dict, collections: heap.CollectionTimer, period_s: float = 2.0
+) -> None:
     """CPU utilization and garbage-collector pauses of this process, and GPU utilization/memory from
-    NVML where there is a GPU;
-    the highest GPU utilization also goes into `latest["gpu"]` for the load tracker."""
+    NVML where there is a GPU; the highest GPU utilization also goes into `latest["gpu"]` for the
+    load tracker."""
     nvml = None
     try:
         import pynvml
@@ -41,7 +43,7 @@ def _hardware_gauges(metrics: Metrics, latest: dict, period_s: float = 2.0) -> N
         time.sleep(period_s)
         cpu, t = time.process_time(), time.monotonic()
         metrics.record("dihs_cpu_utilization_ratio", min(1.0, (cpu - last_cpu) / max(1e-9, t - last_t)))
-        for generation, seconds in heap.drain():
+        for generation, seconds in collections.take_pauses():
             metrics.record("dihs_gc_pause_seconds", seconds, generation=str(generation))
         last_cpu, last_t = cpu, t
         for i, h in enumerate(nvml or []):
@@ -72,8 +74,11 @@ class DIHSModel:
         self.metrics = Metrics(s.model_name)
         hardware: dict = {}  # filled by the gauge thread; stays empty (no GPU term) on CPU
         self.replica = Replica(s, self.metrics, hardware)
-        heap.watch_collections()
-        threading.Thread(target=_hardware_gauges, args=(self.metrics, hardware), daemon=True).start()
+        self.collections = heap.CollectionTimer()
+        self.collections.start()
+        threading.Thread(
+            target=_hardware_gauges, args=(self.metrics, hardware, self.collections), daemon=True
+        ).start()
 
     async def __serve_build_asgi_app__(self):
         asyncio.get_running_loop().create_task(_watch_drain(self.replica))

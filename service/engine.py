@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from dihs_model.bench import budget_costs
-from dihs_model.budget import Budget
+from dihs_model.budget import Budget, budget_name
 from dihs_model.bundle import Bundle
 from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch, plan_evidence, plan_label
 from dihs_model.device import pick_device
@@ -144,9 +144,7 @@ class Engine:
                 self.model, enc["input_ids"], enc["attention_mask"], [budget], self.device
             )
             if not torch.isfinite(logits).all():
-                raise RuntimeError(
-                    f"the model gives non-finite scores at {'f100' if budget is None else budget.name}"
-                )
+                raise RuntimeError(f"the model gives non-finite scores at {budget_name(budget)}")
 
     def _measure(self, max_batch: int) -> list[dict[int, float]]:
         """Seconds per batch of each plan on this replica, at batch sizes 1, 2, 4, ... up to max_batch:
@@ -284,7 +282,7 @@ class Engine:
         load = f"load pressure {pressure:.2f} and arrival rate -> plan {self.plan_name(i)}"
         if p.threshold == float("-inf"):
             return f"{load}: one pass at {p.first.name}{note}"
-        second = p.second.name if p.second is not None else "f100"
+        second = budget_name(p.second)
         gate = (
             f"first pass {p.first.name} margin {margin:.3f} <= threshold {threshold:.3f}: "
             f"escalated to {second}"
@@ -339,7 +337,7 @@ class Engine:
             m, thr = float(margin(logits[None])[1][0]), self.trackers[i].threshold
             esc = m <= thr
             budget = plan.second if esc else plan.first
-        name = "f100" if budget is None else budget.name
+        name = budget_name(budget)
         exp = explain(
             self.bundle,
             item.text,

@@ -8,8 +8,8 @@ moves every object alive at that moment into a permanent generation that collect
 made later (requests, batches) are collected as before.
 
 Every collection's pause goes to `dihs_gc_pause_seconds` (by generation; the deployment's gauge
-thread records what `drain` returns), and one slower than SLOW_GC_S is also logged, so that a stall
-a client sees can be matched to one in the replica's log.
+thread records what CollectionTimer.take_pauses returns), and one slower than SLOW_GC_S is also
+logged, so that a stall a client sees can be matched to one in the replica's log.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from collections import deque
 
 log = logging.getLogger("dihs.heap")
 SLOW_GC_S = 0.05
-_started: list[float] = []  # the running collection's start (collections never overlap: the GIL is held)
-# (generation, seconds) of collections not yet recorded: the callback only appends here, since
-# recording a metric from inside a collection could wait on a lock the collecting thread holds
-_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
 
 
 def freeze() -> None:
@@ -41,30 +37,41 @@ def refreeze() -> None:
     freeze()
 
 
-def _on_collection(phase: str, info: dict) -> None:
-    if phase == "start":
-        _started.append(time.perf_counter())
-    elif _started:
-        took = time.perf_counter() - _started.pop()
-        _pauses.append((info["generation"], took))
-        if took >= SLOW_GC_S:
-            log.warning(
-                "garbage collection (generation %d, %d objects freed) paused the replica for %.0f ms",
-                info["generation"],
-                info["collected"],
-                took * 1e3,
-            )
+class CollectionTimer:
+    """Times every collection while started (a gc callback): take_pauses returns them, slow ones are
+    logged."""
 
+    def __init__(self) -> None:
+        self._started: list[float] = []  # the running collection's start (they never overlap: GIL)
+        # (generation, seconds) not yet taken: the callback only appends here, since recording a
+        # metric from inside a collection could wait on a lock the collecting thread holds
+        self._pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
 
-def watch_collections() -> None:
-    """Time every collection from now on (once per process): `drain` returns them, slow ones are logged."""
-    if _on_collection not in gc.callbacks:
-        gc.callbacks.append(_on_collection)
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started.append(time.perf_counter())
+        elif self._started:
+            took = time.perf_counter() - self._started.pop()
+            self._pauses.append((info["generation"], took))
+            if took >= SLOW_GC_S:
+                log.warning(
+                    "garbage collection (generation %d, %d objects freed) paused the replica for %.0f ms",
+                    info["generation"],
+                    info["collected"],
+                    took * 1e3,
+                )
 
+    def start(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
 
-def drain() -> list[tuple[int, float]]:
-    """(generation, seconds) of the collections since the last call."""
-    out = []
-    while _pauses:
-        out.append(_pauses.popleft())
-    return out
+    def stop(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def take_pauses(self) -> list[tuple[int, float]]:
+        """(generation, seconds) of the collections since the last call."""
+        out = []
+        while self._pauses:
+            out.append(self._pauses.popleft())
+        return out

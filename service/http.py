@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from dihs_model.validation import validation_message
+
 from .api import Api, Backend
 from .errors import ApiError, Overloaded, error_answer, error_response
 from .middleware import MaxBodySize, RequestId
@@ -24,15 +26,6 @@ from .settings import Settings
 from .version import package_version
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        msg = e.get("msg", "invalid").removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
@@ -55,7 +48,7 @@ def build_http_app(settings: Settings, backend: Backend, metrics) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return counted(
-            request, error_response(422, _validation_message(exc), "invalid_request", path=request.url.path)
+            request, error_response(422, validation_message(exc), "invalid_request", path=request.url.path)
         )
 
     @app.exception_handler(HTTPException)

@@ -34,6 +34,11 @@ class LoadConfig:
     deadband: float = 0.05
     idle_decay_s: float = 1.0  # time constant of the latency EWMA's decay while idle
 
+    @classmethod
+    def for_replica(cls, slo_s: float, batch: int) -> LoadConfig:
+        """A replica's: a backlog of two batches waiting beyond the one running is full pressure."""
+        return cls(slo_s=slo_s, queue_capacity=2 * batch, batch=batch)
+
 
 def _clamp(x: float) -> float:
     return min(1.0, max(0.0, x))

@@ -43,7 +43,7 @@ SPECS = (
     MetricSpec(
         "dihs_requests",
         "counter",
-        "Texts answered or refused, by status (ok, client_error, server_error, rejected)",
+        "Requests answered or refused, by status (ok, client_error, server_error, rejected)",
         ("model", "status"),
     ),
     MetricSpec(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from dihs_model.validation import validation_message
+
 from .errors import ApiError
 from .oip_outputs import HEADER_LENGTH, OUTPUTS, Wanted
 from .protocol import RENAMED, Budget, V2InferRequest
@@ -29,16 +31,6 @@ class V2Call:
 
 def bad(message: str) -> ApiError:
     return ApiError(400, message)
-
-
-def pydantic_message(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(
-            f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}".lstrip(": ")
-            for x in errors()[:3]
-        )
-    return str(e)
 
 
 async def read_call(request: Request) -> V2Call:
@@ -68,7 +60,7 @@ async def read_v2(request: Request) -> V2InferRequest:
         _attach_binary(head.get("inputs"), body[n:])
         return V2InferRequest.model_validate(head)
     except (ValueError, UnicodeDecodeError) as e:
-        raise bad(f"cannot parse the inference request: {pydantic_message(e)}"[:500]) from None
+        raise bad(f"cannot parse the inference request: {validation_message(e)}"[:500]) from None
 
 
 def _attach_binary(inputs, raw: bytes) -> None:
@@ -155,7 +147,7 @@ def _parameters(parameters: dict | None) -> tuple[Budget, bool]:
     try:
         return Budget(**params), binary
     except ValueError as e:
-        raise bad(f"parameters: {pydantic_message(e)}") from None
+        raise bad(f"parameters: {validation_message(e)}") from None
 
 
 def _outputs(outputs: list[dict] | None, binary: bool) -> list[Wanted]:

@@ -175,7 +175,7 @@ class Replica:
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
         batch = self._value(live, "max_batch_size")
-        return LoadConfig(slo_s=self._value(live, "slo_ms") / 1e3, queue_capacity=2 * batch, batch=batch)
+        return LoadConfig.for_replica(self._value(live, "slo_ms") / 1e3, batch)
 
     def _controller_config(self, live: LiveConfig) -> ControllerConfig:
         given = {k: getattr(live, k) for k in ("utilization", "hold_s") if getattr(live, k) is not None}

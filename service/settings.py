@@ -150,8 +150,3 @@ class Settings(BaseSettings):
         deployment): far above what a replica admits, so that the replica, not Serve's proxy,
         decides back-pressure and answers it in the API's error shape."""
         return max(1024, 4 * self.replica_capacity)
-
-    @property
-    def queue_capacity(self) -> int:
-        """Replica backlog that counts as full load pressure: two batches waiting."""
-        return 2 * self.max_batch_size

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.load import LoadConfig
 from service.metrics import exported_names
 from service.settings import Settings
 from tests.conftest import need_debian_tool
@@ -338,7 +339,8 @@ def test_serve_config(name, cfg, monkeypatch):
     assert s.max_ongoing_requests >= s.max_batch_size
     auto = model.autoscaling_config
     assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
-    assert s.max_batch_size <= auto["target_ongoing_requests"] <= s.queue_capacity, (
+    full_pressure = LoadConfig.for_replica(s.slo_ms / 1e3, s.max_batch_size).queue_capacity
+    assert s.max_batch_size <= auto["target_ongoing_requests"] <= full_pressure, (
         "scale out between one full batch and full load pressure"
     )
     assert model.ray_actor_options.num_cpus == s.replica_cpus == s.torch_threads

@@ -142,19 +142,21 @@ def test_garbage_collections_are_timed_and_slow_ones_logged(monkeypatch, caplog)
     from service import heap
 
     monkeypatch.setattr(heap, "SLOW_GC_S", 0.0)
+    timer = heap.CollectionTimer()
     try:
-        heap.watch_collections()
-        heap.watch_collections()
-        assert gc.callbacks.count(heap._on_collection) == 1
-        heap.drain()
+        timer.start()
+        timer.start()
+        assert gc.callbacks.count(timer) == 1
+        timer.take_pauses()
         with caplog.at_level("WARNING", logger="dihs.heap"):
             gc.collect()
-        pauses = heap.drain()
+        pauses = timer.take_pauses()
         assert any(g == 2 and seconds > 0 for g, seconds in pauses), (
             pauses
         )  # dihs_gc_pause_seconds gets these
     finally:
-        gc.callbacks.remove(heap._on_collection)  # the test process's collections go unlogged again
+        timer.stop()  # the test process's collections go unlogged again
+    assert timer not in gc.callbacks
     assert any(
         "garbage collection (generation 2" in r.getMessage() and "paused the replica" in r.getMessage()
         for r in caplog.records
