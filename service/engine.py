@@ -25,7 +25,7 @@ from dihs_model.dtype_choice import choose_dtype
 from dihs_model.levels import LadderPolicy
 from dihs_model.meta import not_servable
 from dihs_model.passes import chunks_for, forward_grouped, margin
-from dihs_model.policy import PolicyConfig
+from dihs_model.policy import Decision, PolicyConfig
 from dihs_model.precision import prepare, with_dtype
 
 from .controller import ControllerConfig, PlanController, batch_seconds
@@ -57,6 +57,19 @@ class Item:
     mode: str = "auto"
     min_ratio: float = 0.0
     max_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one item goes: a plan (an auto text whose limits a plan fits) or a ladder level."""
+
+    plan: int | None = None  # index into Engine.plans
+    note: str = ""  # why the plan differs from the controller's (the item's FLOPs caps)
+    level: Decision | None = None  # the ladder policy's decision, for every other text
+
+    @property
+    def on_plan(self) -> bool:
+        return self.plan is not None
 
 
 def sample_batches(
@@ -243,8 +256,8 @@ class Engine:
         return inside[-1], f"; raised to min_flops_ratio {item.min_ratio:g}"
 
     def decide(self, items: list[Item], pressure: float, enc=None, plan: int | None = None):
-        """Tokens, complexity signals and each item's decision: ("plan", index, note) for auto items
-        whose limits a plan fits, else ("level", Decision) from the ladder policy. No model call."""
+        """Tokens, complexity signals and each item's Route: a plan for auto items whose limits a plan
+        fits, else the ladder policy's level. No model call."""
         enc = self.tokenize(items) if enc is None else enc
         signals, decisions = self.ladder_policy.decide(
             enc["input_ids"],
@@ -256,7 +269,7 @@ class Engine:
         out = []
         for it, d in zip(items, decisions):
             chosen = self._plan_for(it, current) if it.mode == "auto" else None
-            out.append(("level", d) if chosen is None else ("plan", *chosen))
+            out.append(Route(level=d) if chosen is None else Route(*chosen))
         return enc, signals, out
 
     def _plan_reason(
@@ -304,10 +317,10 @@ class Engine:
         started, at that pressure)."""
         from dihs_model.explain import explain
 
-        enc, signals, (d,) = self.decide([item], pressure)
+        enc, signals, (route,) = self.decide([item], pressure)
         tokens = int(enc["attention_mask"].sum())
-        if d[0] == "level":
-            dec = d[1]
+        if not route.on_plan:
+            dec = route.level
             budget = self.budget_of(dec.level)
             exp = explain(
                 self.bundle,
@@ -328,7 +341,7 @@ class Engine:
                 "threshold": None,
                 "escalated": False,
             }
-        _, i, note = d
+        i, note = route.plan, route.note
         plan, budget, m, thr, esc = self.plans[i], None, None, None, False
         if plan is not None:
             (logits,) = forward_grouped(
@@ -402,17 +415,17 @@ class Engine:
         t1 = time.perf_counter()
         pressure = self.load.pressure()
         plan = self.controller.choose(pressure)
-        enc, signals, decisions = self.decide(items, pressure, enc, plan)
+        enc, signals, routes = self.decide(items, pressure, enc, plan)
         t2 = time.perf_counter()
         ids, mask = enc["input_ids"], enc["attention_mask"]
         served: list[dict | None] = [None] * len(items)
-        levels = [i for i, d in enumerate(decisions) if d[0] == "level"]
+        levels = [i for i, r in enumerate(routes) if not r.on_plan]
         if levels:
-            budgets = [self.budget_of(decisions[i][1].level) for i in levels]
+            budgets = [self.budget_of(routes[i].level.level) for i in levels]
             for i, b, logits in zip(
                 levels, budgets, forward_grouped(self.model, ids[levels], mask[levels], budgets, self.device)
             ):
-                d = decisions[i][1]
+                d = routes[i].level
                 served[i] = {
                     "logits": logits,
                     "passes": [b],
@@ -422,9 +435,9 @@ class Engine:
                     "plan": None,
                     "reason": d.reason,
                 }
-        for p in sorted({d[1] for d in decisions if d[0] == "plan"}):
-            rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == p]
-            self._run_plan(p, rows, ids, mask, decisions, pressure, served)
+        for p in sorted({r.plan for r in routes if r.on_plan}):
+            rows = [i for i, r in enumerate(routes) if r.plan == p]
+            self._run_plan(p, rows, ids, mask, routes, pressure, served)
         t3 = time.perf_counter()
         self.metrics.record("dihs_batch_size", len(items))
         self.metrics.record("dihs_load_pressure", pressure)
@@ -439,9 +452,9 @@ class Engine:
             for i in range(len(items))
         ]
         t4 = time.perf_counter()
-        if all(d[0] == "plan" and d[1] == plan for d in decisions):  # a batch all on the controller's plan
+        if all(r.plan == plan for r in routes):  # a batch all on the controller's plan
             self.controller.observed(plan, len(items), t4 - t0)
-        full_rows = [i for i, d in enumerate(decisions) if d[0] == "plan" and d[1] == 0]
+        full_rows = [i for i, r in enumerate(routes) if r.plan == 0]
         self.shadows.after_batch(
             plan == 0 and pressure == 0.0,
             t4 - t0,
@@ -457,7 +470,7 @@ class Engine:
         """Which plans auto serves and why (the config route and the start-up log)."""
         return self.admission.report()
 
-    def _run_plan(self, p: int, rows: list[int], ids, mask, decisions, pressure: float, served: list) -> None:
+    def _run_plan(self, p: int, rows: list[int], ids, mask, routes, pressure: float, served: list) -> None:
         plan = self.plans[p]
         if plan is None:
             outs = forward_grouped(self.model, ids[rows], mask[rows], [None] * len(rows), self.device)
@@ -469,7 +482,7 @@ class Engine:
                     "threshold": None,
                     "escalated": False,
                     "plan": self.plan_name(p),
-                    "reason": self._plan_reason(p, pressure, decisions[i][2], None, None, False),
+                    "reason": self._plan_reason(p, pressure, routes[i].note, None, None, False),
                 }
             return
         tracker = self.trackers[p]
@@ -484,7 +497,7 @@ class Engine:
                 "threshold": thresholds[k],
                 "escalated": esc,
                 "plan": self.plan_name(p),
-                "reason": self._plan_reason(p, pressure, decisions[i][2], out.margins[k], thresholds[k], esc),
+                "reason": self._plan_reason(p, pressure, routes[i].note, out.margins[k], thresholds[k], esc),
             }
             if esc:
                 self.metrics.record("dihs_escalations", 1)
