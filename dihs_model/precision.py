@@ -57,7 +57,8 @@ def dtype_name(model) -> str:
 class Int8Kernels:
     """Packed int8 weights of every slice a forward has asked for, quantized on first use and kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, fuse_qkv: bool = True) -> None:
+        self.fuse_qkv = fuse_qkv  # Q, K and V as one packed matmul (False: three, for comparisons)
         self._packed: dict[tuple, object] = {}
         self._bytes: dict[tuple, int] = {}
         self._lock = threading.Lock()
@@ -65,11 +66,16 @@ class Int8Kernels:
     def __call__(
         self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        return self.fused(key, x, lambda: (weight, bias), weight.shape[0])
+
+    def fused(self, key: tuple, x: torch.Tensor, parts, out_features: int) -> torch.Tensor:
+        """A projection whose weight is built only when first packed: `parts()` gives (weight, bias),
+        e.g. Q, K and V's slices concatenated."""
         packed = self._packed.get(key)
         if packed is None:
-            packed = self._pack(key, weight, bias)
+            packed = self._pack(key, *parts())
         out = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, False)
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return out.view(*x.shape[:-1], out_features)
 
     def _pack(self, key: tuple, weight: torch.Tensor, bias: torch.Tensor | None):
         w = weight.detach().float().contiguous()

@@ -145,3 +145,18 @@ def test_int8_packs_without_deprecated_quantized_tensors(monkeypatch):
     monkeypatch.setattr(torch, "quantize_per_channel", deprecated)
     model = tiny_classifier(seed=3).eval()
     prepare(with_dtype(model, "int8"), _budgets(model))
+
+
+def test_int8_qkv_as_one_matmul_gives_the_three_projections_numbers():
+    """One activation quantization for Q, K and V and one kernel call: the same per-channel weights and
+    the same activation scale as three calls, so the same logits up to float summation order."""
+    model = tiny_classifier(seed=7).eval()
+    fused, three = with_dtype(model, "int8"), with_dtype(model, "int8")
+    three.kernels.fuse_qkv = False
+    ids, mask = random_batch(B=5, T=12, seed=8)
+    with torch.inference_mode():
+        for b in _budgets(model):
+            a, c = fused(ids, mask, budget=b).logits, three(ids, mask, budget=b).logits
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    assert any(key[1] == "qkv" for key in fused.kernels._packed)
+    assert not any(key[1] == "qkv" for key in three.kernels._packed)
