@@ -48,9 +48,21 @@ system-deps:
 $(BUNDLE)/dihs.json: | install
 	.venv/bin/dihs train --data $(TASK) --out $(BUNDLE)
 
-# Main job: train the default bundle if it is missing, then serve it on 127.0.0.1:8000.
-run: install $(BUNDLE)/dihs.json
-	RAY_AUTH_MODE=disabled .venv/bin/dihs serve $(BUNDLE)
+# Main job: serve the default bundle on 127.0.0.1:8000. If it is missing, train it in the background
+# and serve its early bundle (fine-tuned and calibrated: the full model) as soon as that is written;
+# each replica swaps the width-trained bundle in live when training writes it. Stopping the service
+# stops the training too (the next `make run` starts it again).
+run: install
+	@if [ -f $(BUNDLE)/dihs.json ]; then exec env RAY_AUTH_MODE=disabled .venv/bin/dihs serve $(BUNDLE); fi; \
+	mkdir -p $(dir $(BUNDLE)); rm -rf $(BUNDLE)-early; \
+	echo "training $(BUNDLE) in the background (log: $(BUNDLE).train.log); serving starts when its early bundle is written"; \
+	.venv/bin/dihs train --data $(TASK) --out $(BUNDLE) --early-out $(BUNDLE)-early > $(BUNDLE).train.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null' EXIT; \
+	while [ ! -f $(BUNDLE)-early/dihs.json ]; do \
+		if ! kill -0 $$pid 2>/dev/null; then echo "training failed: $(BUNDLE).train.log ends:" >&2; tail -5 $(BUNDLE).train.log >&2; exit 1; fi; \
+		sleep 5; \
+	done; \
+	RAY_AUTH_MODE=disabled .venv/bin/dihs serve $(BUNDLE)-early --upgrade-bundle $(BUNDLE)
 
 # Accuracy vs heads for every policy on the default task.
 eval: install $(BUNDLE)/dihs.json

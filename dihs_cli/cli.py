@@ -41,6 +41,7 @@ def cmd_train(a) -> None:
         order_by=a.order_by,
         budget_robust=a.budget_robust,
         force=a.force,
+        early_out=a.early_out and Path(a.early_out),
     )
     if plan.problem():
         raise UsageError(plan.problem())
@@ -335,6 +336,12 @@ def _train_args(p) -> None:
 
     _add_data_args(p, DEFAULT_TASK)
     p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument(
+        "--early-out",
+        help="also write the fine-tuned, calibrated bundle here before the width-training epochs "
+        "(marked width_training: in progress; `dihs serve EARLY --upgrade-bundle OUT` serves it at "
+        "once and swaps OUT in when written: make run)",
+    )
     p.add_argument(
         "--model",
         help="base encoder: a local safetensors checkpoint folder or a hub name "

@@ -104,6 +104,9 @@ class BundleMeta(_Open):
     cascade: CascadeMeta | None = None
     dtype_agreement: DtypeAgreement | None = None
     dtype: Literal["float32", "bfloat16", "int8"] | None = None  # pinned: what `--dtype auto` serves
+    # "in progress": `dihs train --early-out` wrote this bundle before its width training; served,
+    # auto keeps to the full model until the width-trained bundle replaces it
+    width_training: Literal["in progress"] | None = None
     files: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -117,6 +120,11 @@ class BundleMeta(_Open):
         if self.levels is not None and (not self.levels or self.levels[0].flops_ratio != 1.0):
             raise ValueError("levels must start with the full model (flops_ratio 1.0)")
         return self
+
+
+def width_training_in_progress(meta: dict) -> bool:
+    """Whether this is the early bundle of a `dihs train` whose width training has not finished."""
+    return meta.get("width_training") == "in progress"
 
 
 def not_servable(meta: dict, where: str) -> str | None:

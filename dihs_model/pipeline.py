@@ -8,7 +8,7 @@ What `dihs train` does, as a library call: the CLI parses flags into a TrainPlan
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .train import TrainConfig, fine_tune
@@ -27,6 +27,7 @@ class TrainPlan:
     order_by: str = "michel"
     budget_robust: bool | None = None  # None: on when calibrating
     force: bool = False
+    early_out: Path | None = None  # also write the calibrated fine-tuned bundle here, before width training
 
     @property
     def robust(self) -> bool:
@@ -38,6 +39,10 @@ class TrainPlan:
             return (
                 "--budget-robust needs the head and neuron order that calibration finds: drop --no-calibrate"
             )
+        if self.early_out is not None and not self.robust:
+            return "--early-out is the bundle before width training: drop --no-budget-robust / --no-calibrate"
+        if self.early_out is not None and Path(self.early_out).resolve() == Path(self.out).resolve():
+            return "--early-out must be another folder than --out (the service swaps one for the other)"
         return None
 
 
@@ -79,6 +84,10 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     }
     if plan.calibrate:
         bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
+        if plan.early_out is not None and plan.robust:  # servable now: `make run` answers from here on
+            early = replace(bundle, meta={**bundle.meta, "width_training": "in progress"}, kwon_model=None)
+            save_bundle(early, plan.early_out, force=True)
+            log(f"early bundle (fine-tuned, calibrated; width training next) written to {plan.early_out}")
         # on the plainly fine-tuned weights: the two allocations side by side, and the kwon baseline
         bundle.meta["allocation_comparison"] = allocation_comparison(bundle, calib)
         if plan.robust:

@@ -81,7 +81,9 @@ class DIHSModel:
         ).start()
 
     async def __serve_build_asgi_app__(self):
-        asyncio.get_running_loop().create_task(_watch_drain(self.replica))
+        loop = asyncio.get_running_loop()
+        loop.create_task(_watch_drain(self.replica))
+        loop.create_task(self.replica.watch_upgrade())
         return self.replica
 
     async def reconfigure(self, user_config: dict):

@@ -23,7 +23,7 @@ from dihs_model.cascade import EscalationTracker, candidate_plans, cascade_batch
 from dihs_model.device import pick_device
 from dihs_model.dtype_choice import choose_dtype
 from dihs_model.levels import LadderPolicy
-from dihs_model.meta import not_servable
+from dihs_model.meta import not_servable, width_training_in_progress
 from dihs_model.passes import chunks_for, forward_grouped, margin
 from dihs_model.policy import Decision, PolicyConfig
 from dihs_model.precision import prepare, with_dtype
@@ -141,7 +141,12 @@ class Engine:
             clock=clock,
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
-        self.shadows = Shadows(self, shadow_share, clock)
+        # an early bundle's plans are the plainly fine-tuned model's slices: the full model only, no
+        # shadow evidence, until the width-trained bundle is swapped in (replica.watch_upgrade)
+        self.early = width_training_in_progress(bundle.meta)
+        if self.early:
+            self.controller.admit([True] + [False] * (len(self.plans) - 1))
+        self.shadows = Shadows(self, 0.0 if self.early else shadow_share, clock)
 
     def shadow(self) -> None:
         """Shadow passes on the last full-model batch (shadow.py); the batcher calls it when idle."""
@@ -285,6 +290,11 @@ class Engine:
         if p is None:
             if pressure <= 0:
                 return "no load pressure: full model" + note
+            if self.early:
+                return (
+                    f"load pressure {pressure:.2f}: full model, width training in progress (this is "
+                    "`dihs train`'s early bundle; the width-trained one is swapped in when written)" + note
+                )
             if not any(self.controller.admitted[1:]):
                 return (
                     f"load pressure {pressure:.2f}: full model, no cheaper plan admitted (none has a 95% "
@@ -468,7 +478,12 @@ class Engine:
 
     def auto_status(self) -> dict:
         """Which plans auto serves and why (the config route and the start-up log)."""
-        return self.admission.report()
+        report = self.admission.report()
+        if self.early:
+            report["width_training"] = "in progress: the full model only until the width-trained bundle is in"
+            for row in report["plans"][1:]:
+                row["admitted"] = False
+        return report
 
     def _run_plan(self, p: int, rows: list[int], ids, mask, routes, pressure: float, served: list) -> None:
         plan = self.plans[p]

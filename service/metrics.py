@@ -166,8 +166,9 @@ SPECS = (
         "dihs_build_info",
         "gauge",
         "1, labelled with the package version, the served bundle's checksum "
-        "(the X-DIHS-Bundle header's value) and the dtype the model runs in",
-        ("model", "version", "bundle_checksum", "dtype"),
+        "(the X-DIHS-Bundle header's value), the dtype the model runs in and the bundle's stage "
+        "(early: `dihs train`'s bundle before width training, auto on the full model only; final)",
+        ("model", "version", "bundle_checksum", "dtype", "stage"),
     ),
 )
 BY_NAME = {s.name: s for s in SPECS}
@@ -224,14 +225,19 @@ class Metrics:
         else:
             m.observe(value, tags=tags or None)
 
-    def build_info(self, bundle_checksum: str, dtype: str) -> None:
+    def build_info(self, bundle_checksum: str, dtype: str, stage: str = "final") -> None:
         """dihs_build_info = 1 for this version, bundle and dtype; a bundle swapped in replaces the old
         series (no longer re-sent, it leaves the export after the agent's gauge TTL)."""
         with self._lock:
             for key in [k for k in self._last if k[0] == "dihs_build_info"]:
                 del self._last[key]
         self.record(
-            "dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum, dtype=dtype
+            "dihs_build_info",
+            1.0,
+            version=package_version(),
+            bundle_checksum=bundle_checksum,
+            dtype=dtype,
+            stage=stage,
         )
 
     def _resend(self, period_s: float) -> None:
@@ -253,7 +259,12 @@ class NullMetrics:
         assert BY_NAME[name].kind != "counter" or value >= 0, (name, value)  # as Ray's counters
         self.log.append((name, value, tags))
 
-    def build_info(self, bundle_checksum: str, dtype: str) -> None:
+    def build_info(self, bundle_checksum: str, dtype: str, stage: str = "final") -> None:
         self.record(
-            "dihs_build_info", 1.0, version=package_version(), bundle_checksum=bundle_checksum, dtype=dtype
+            "dihs_build_info",
+            1.0,
+            version=package_version(),
+            bundle_checksum=bundle_checksum,
+            dtype=dtype,
+            stage=stage,
         )

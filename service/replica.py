@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dihs_model.meta import META_FILE
 from dihs_model.policy import PolicyConfig
 
 from . import heap
@@ -166,11 +167,17 @@ class Replica:
         )
         engine.probe()
         log.warning("dtype %s", engine.dtype_choice.reason)
-        log.warning("%s", engine.admission.summary())
+        log.warning(
+            "%s",
+            "auto serves the full model only: width training in progress (an early bundle)"
+            if engine.early
+            else engine.admission.summary(),
+        )
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity, idle=engine.shadow)
         backend = ReplicaBackend(self, engine, batcher)
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend, bundle_id)
-        self.metrics.build_info(serving.bundle_id, engine.dtype)  # dihs_build_info: version, bundle, dtype
+        stage = "early" if engine.early else "final"
+        self.metrics.build_info(serving.bundle_id, engine.dtype, stage)  # dihs_build_info's labels
         return serving
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
@@ -209,6 +216,23 @@ class Replica:
         engine.ladder_policy.policy = _policy(live) or PolicyConfig.from_meta(engine.bundle.meta)
         engine.controller.cfg = self._controller_config(live)
         current.batcher.max_batch_size = self._value(live, "max_batch_size")  # read at every batch
+
+    async def watch_upgrade(self, poll_s: float = 2.0) -> None:
+        """`upgrade_bundle`: wait until `dihs train` has written it (save_bundle renames a finished
+        folder into place, so its dihs.json appears complete), then swap it in as a new `bundle` is.
+        A training that never finishes leaves the served bundle as it is."""
+        target = self.settings.upgrade_bundle
+        if not target:
+            return
+        while not (Path(target) / META_FILE).is_file():
+            await asyncio.sleep(poll_s)
+        if self.serving.bundle_path == str(target):
+            return
+        log.warning("%s is written: swapping it in for %s", target, self.serving.bundle_path)
+        try:
+            await self.reconfigure({**self.live.model_dump(exclude_none=True), "bundle": str(target)})
+        except Exception:  # noqa: BLE001 - a bad new bundle: keep serving the one that works, say why
+            log.exception("%s could not be swapped in; still serving %s", target, self.serving.bundle_path)
 
     def probe(self) -> None:
         """Serve's health check: the current engine answers a probe text with finite scores."""

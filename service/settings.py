@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="where a replica keeps its plans' live agreement counts "
         "across restarts (default: live-agreement.json in the bundle's folder)",
     )
+    upgrade_bundle: str | None = Field(
+        None,
+        description="a bundle folder `dihs train --out` has not written yet: once it "
+        "appears each replica swaps it in live for `bundle` (make run serves the early "
+        "bundle of `--early-out` this way while width training goes on)",
+    )
     max_batch_size: int = Field(16, ge=1, le=256, description="texts per model batch")
     batch_wait_ms: float = Field(
         0.0,

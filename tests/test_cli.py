@@ -336,11 +336,18 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
                 "--quiet",
                 "--threads",
                 "1",
+                "--early-out",
+                str(tmp_path / "early"),
             ]
         )
         == 0
     )
     meta = json.loads((out / "dihs.json").read_text())
+    early = json.loads((tmp_path / "early" / "dihs.json").read_text())
+    # the early bundle: calibrated (servable), before width training, marked so; the final one is not
+    assert early["width_training"] == "in progress" and "width_training" not in meta
+    assert "budget_robust" not in early and early["levels"] and early["cascade"]
+    assert not (tmp_path / "early" / "kwon.safetensors").exists()
     robust = meta["budget_robust"]
     names = [lv["name"] for lv in meta["levels"]]
     assert list(robust["held_out_accuracy_before"]) == names == list(robust["held_out_accuracy_after"])

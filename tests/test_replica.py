@@ -207,3 +207,53 @@ def test_a_request_inside_the_old_app_during_a_swap_is_answered_by_it(bundles):
     start = next(m for m in asyncio.run(scenario()) if m["type"] == "http.response.start")
     assert start["status"] == 200, start
     assert (BUNDLE_HEADER, old_id.encode()) in start["headers"]
+
+
+def test_an_early_bundle_serves_the_full_model_and_the_final_one_swaps_in_when_written(bundles, tmp_path):
+    """`make run`: the early bundle (width training in progress) answers with the full model and says
+    why; when training writes the final bundle, the replica swaps it in, no request failing meanwhile
+    and every answer naming the bundle that gave it."""
+    import json
+    import shutil
+
+    import httpx
+
+    from dihs_model.bundle import read_meta
+    from service.replica import BUNDLE_HEADER
+
+    header = BUNDLE_HEADER.decode()
+    early = tmp_path / "early"
+    shutil.copytree(bundles[0], early)
+    meta = json.loads((early / "dihs.json").read_text())
+    (early / "dihs.json").write_text(json.dumps({**meta, "width_training": "in progress"}))
+    final = tmp_path / "final"
+    replica = _replica(early, upgrade_bundle=str(final), gc_freeze=False, max_accuracy_loss=1.0)
+    engine = replica.serving.engine
+    assert engine.early and engine.controller.admitted == (True,) + (False,) * (len(engine.plans) - 1)
+    assert "width training in progress" in engine._plan_reason(0, 0.8, "", None, None, False)
+    status = engine.auto_status()
+    assert "in progress" in status["width_training"] and not any(p["admitted"] for p in status["plans"][1:])
+    assert any(t.get("stage") == "early" for name, _, t in replica.metrics.log if name == "dihs_build_info")
+    early_id, final_id = bundle_checksum(read_meta(early)), bundle_checksum(read_meta(bundles[1]))
+
+    async def scenario() -> list[httpx.Response]:
+        watch = asyncio.create_task(replica.watch_upgrade(poll_s=0.02))
+        answers = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=replica), base_url="http://t") as c:
+            for k in range(400):
+                answers.append(await c.post("/v1/classify", json={"text": "good fun"}))
+                if k == 3:  # training finishes: a complete folder renamed into place, as save_bundle does
+                    shutil.copytree(bundles[1], tmp_path / "writing")
+                    (tmp_path / "writing").rename(final)
+                if answers[-1].headers[header] == final_id:
+                    break
+                await asyncio.sleep(0.01)
+        await watch
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    seen = [r.headers[header] for r in answers]
+    assert set(seen) == {early_id, final_id} and seen[0] == early_id
+    assert seen[-1] == final_id and replica.serving.bundle_path == str(final)
+    assert not replica.serving.engine.early
