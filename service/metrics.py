@@ -231,14 +231,7 @@ class Metrics:
         with self._lock:
             for key in [k for k in self._last if k[0] == "dihs_build_info"]:
                 del self._last[key]
-        self.record(
-            "dihs_build_info",
-            1.0,
-            version=package_version(),
-            bundle_checksum=bundle_checksum,
-            dtype=dtype,
-            stage=stage,
-        )
+        self.record("dihs_build_info", 1.0, **build_info_tags(bundle_checksum, dtype, stage))
 
     def _resend(self, period_s: float) -> None:
         while True:
@@ -246,6 +239,11 @@ class Metrics:
             with self._lock:
                 for (name, tags), value in self._last.items():
                     self._m[name].set(value, tags=dict(tags) or None)
+
+
+def build_info_tags(bundle_checksum: str, dtype: str, stage: str) -> dict[str, str]:
+    """dihs_build_info's labels (besides model), for Metrics and NullMetrics alike."""
+    return {"version": package_version(), "bundle_checksum": bundle_checksum, "dtype": dtype, "stage": stage}
 
 
 class NullMetrics:
@@ -260,11 +258,4 @@ class NullMetrics:
         self.log.append((name, value, tags))
 
     def build_info(self, bundle_checksum: str, dtype: str, stage: str = "final") -> None:
-        self.record(
-            "dihs_build_info",
-            1.0,
-            version=package_version(),
-            bundle_checksum=bundle_checksum,
-            dtype=dtype,
-            stage=stage,
-        )
+        self.record("dihs_build_info", 1.0, **build_info_tags(bundle_checksum, dtype, stage))
