@@ -2,6 +2,7 @@
 well-formed, the pictures are PNGs, and `dihs explain` / `dihs report` work or fail in one line."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -242,13 +243,17 @@ def test_explain_cli_matches_the_library_and_writes_json_and_pngs(bundle_dir, tm
         == 0
     )
     assert att.read_bytes().startswith(PNG)
+    capsys.readouterr()
     assert (
         main(["explain", str(bundle_dir), "bad", "--mode", "auto", "--pressure", "1", "--threads", "1"]) == 0
     )
     out = capsys.readouterr().out
     # at full pressure the plan that serves the most texts per second by the times measured here, as the
-    # service would: for the tiny model's overhead-bound passes, the single cheap pass or the full model
-    assert "load pressure 1.00" in out and ("plan single" in out or "plan full" in out)
+    # service would. Which plan that is depends on this machine's timings (the tiny model's passes are
+    # overhead-bound), so the test asserts the reason's shape, not the plan: it names the pressure and
+    # either the full model or the plan chosen by arrival rate, and no "no load pressure" reason
+    assert re.search(r"load pressure 1\.00(: full model| and arrival rate -> plan \S+)", out), out
+    assert "no load pressure" not in out
 
 
 def test_report_cli_writes_one_self_contained_page(bundle_dir, tmp_path):
