@@ -8,6 +8,7 @@ execs the real HAProxy with the same arguments.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -36,7 +37,9 @@ def wrapper_text(binary: str) -> str:
 def guarded_haproxy(binary: str, folder: Path | None = None) -> Path:
     """An executable wrapper of `binary` (written once per user and binary; rewritten if it differs)."""
     folder = Path(tempfile.gettempdir()) if folder is None else folder
-    path = folder / f"dihs-haproxy-{os.getuid()}-{abs(hash(binary)) % 10**8}.sh"
+    # a digest, not hash(): str hashes differ per process, which wrote a new wrapper at every start
+    digest = hashlib.sha256(binary.encode()).hexdigest()[:12]
+    path = folder / f"dihs-haproxy-{os.getuid()}-{digest}.sh"
     text = wrapper_text(binary)
     if not path.is_file() or path.read_text() != text:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -139,3 +139,23 @@ def test_kill_9_of_dihs_serve_frees_its_port_for_the_next_start(tmp_path):
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=120)
+
+
+def test_the_wrapper_is_written_once_per_binary_across_processes(tmp_path):
+    """Each `dihs serve` start names the same wrapper file (str hashes differ per process, so a name
+    built from hash() left one more file in the temp folder at every start)."""
+    code = (
+        "import sys; from pathlib import Path; from service.haproxy_guard import guarded_haproxy as g; "
+        "print(g('/bin/sleep', Path(sys.argv[1])))"
+    )
+    names = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(names) == 1 and [p.name for p in tmp_path.iterdir()] == [os.path.basename(names.pop())]
