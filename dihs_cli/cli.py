@@ -36,7 +36,13 @@ def cmd_train(a) -> None:
         text_column=a.text_column,
         label_column=a.label_column,
         max_length=a.max_length,
-        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, autocast=a.autocast),
+        train=TrainConfig(
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            autocast=a.autocast,
+            min_epoch_examples=a.min_epoch_examples,
+        ),
         calibrate=not a.no_calibrate,
         order_by=a.order_by,
         budget_robust=a.budget_robust,
@@ -333,6 +339,7 @@ def cmd_export(a) -> None:
 def _train_args(p) -> None:
     from dihs_model.importance import NEURON_SCORERS
     from dihs_model.robust import ROBUST_GAP, ROBUST_MAX_EPOCHS, TRAINED_RATIOS
+    from dihs_model.train import TrainConfig
 
     _add_data_args(p, DEFAULT_TASK)
     p.add_argument("--out", required=True, help="bundle folder to write")
@@ -349,6 +356,13 @@ def _train_args(p) -> None:
     )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--min-epoch-examples",
+        type=int,
+        default=TrainConfig.min_epoch_examples,
+        help="an epoch (fine-tuning and width training) is at least this many examples: a smaller set "
+        "is recycled, so it gets the updates the defaults were chosen with (0: one pass per epoch)",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-length", type=int, default=128, help="tokens per text; longer texts are truncated")
     p.add_argument(

@@ -29,6 +29,21 @@ class TrainConfig:
     # bfloat16 runs in hardware (precision.fast_bfloat16). 6.7x per step on this AMX CPU, but the one
     # election-tweets bundle trained so lost 1.4 points at FLOPs 0.3 (docs/results.md): off by default
     autocast: str = "float32"
+    # An epoch is at least this many examples (recycling a small set): election-tweets' epoch, where
+    # the defaults were chosen (145 steps of 32). A 700-text set ran 16 steps per epoch without it, so
+    # its full model and its small widths were trained on a tenth of the updates the defaults assume.
+    min_epoch_examples: int = 4640
+
+    def steps_per_epoch(self, n: int) -> int:
+        return max(-(-n // self.batch_size), -(-self.min_epoch_examples // self.batch_size))
+
+
+def _epoch_batches(ex: Examples, cfg: TrainConfig, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches: shuffled passes over `ex` until the epoch has its steps."""
+    steps, batches = cfg.steps_per_epoch(len(ex)), []
+    while len(batches) < steps:
+        batches += _shuffled_batches(ex, cfg.batch_size, rng)
+    return batches[:steps]
 
 
 def _shuffled_batches(ex: Examples, batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -95,7 +110,7 @@ def fine_tune(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
     )
-    steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+    steps = cfg.epochs * cfg.steps_per_epoch(len(train))
     warmup = max(1, int(steps * cfg.warmup_fraction))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
@@ -105,7 +120,7 @@ def fine_tune(
     t0, losses = time.perf_counter(), []
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
-        for idx in _shuffled_batches(train, cfg.batch_size, rng):
+        for idx in _epoch_batches(train, cfg, rng):
             ids, mask = bundle.encode([train.texts[i] for i in idx])
             labels = torch.tensor([train.labels[i] for i in idx], device=ids.device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -127,5 +142,6 @@ def fine_tune(
         "seconds": round(time.perf_counter() - t0, 1),
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
+        "min_epoch_examples": cfg.min_epoch_examples,
         "autocast": "bfloat16" if bf16 else "float32",
     }

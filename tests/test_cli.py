@@ -22,6 +22,8 @@ def trained(tiny_checkpoint, tmp_path):
         main(
             [
                 "train",
+                "--min-epoch-examples",
+                "0",
                 "--model",
                 str(tiny_checkpoint),
                 "--data",
@@ -321,6 +323,8 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
         main(
             [
                 "train",
+                "--min-epoch-examples",
+                "0",
                 "--model",
                 str(tiny_checkpoint),
                 "--data",
@@ -357,6 +361,8 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
         main(
             [
                 "train",
+                "--min-epoch-examples",
+                "0",
                 "--model",
                 str(tiny_checkpoint),
                 "--data",
@@ -377,6 +383,8 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
             main(
                 [
                     "train",
+                    "--min-epoch-examples",
+                    "0",
                     "--model",
                     str(tiny_checkpoint),
                     "--data",

@@ -47,6 +47,8 @@ def trained(tmp_path_factory):
         main(
             [
                 "train",
+                "--min-epoch-examples",
+                "0",
                 "--model",
                 str(ckpt),
                 "--data",
@@ -110,7 +112,12 @@ def test_fine_tune_steps_on_cuda_change_the_weights(tiny_checkpoint):
     bundle = new_bundle(str(tiny_checkpoint), ["neg", "pos"], 32, device="cuda")
     assert bundle.device == CUDA and all(t.device == CUDA for t in bundle.encode(["good fun"]))
     before = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}
-    summary = fine_tune(bundle, _examples(), TrainConfig(epochs=1, batch_size=8, lr=1e-3), progress=False)
+    summary = fine_tune(
+        bundle,
+        _examples(),
+        TrainConfig(min_epoch_examples=0, epochs=1, batch_size=8, lr=1e-3),
+        progress=False,
+    )
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
     changed = {n for n, p in bundle.model.named_parameters() if not torch.equal(p, before[n])}
     assert "classifier.weight" in changed and len(changed) > len(before) // 2
@@ -198,7 +205,7 @@ def test_predict_run_pass_evaluate_and_calibrate_on_cuda_match_the_cpu(trained):
     summary = fine_tune(
         c_gpu,
         ex,
-        TrainConfig(epochs=1, batch_size=16, lr=1e-4),
+        TrainConfig(min_epoch_examples=0, epochs=1, batch_size=16, lr=1e-4),
         progress=False,
         loss_fn=budget_robust_loss(*trained_budgets(c_gpu.meta)),
     )
@@ -212,6 +219,8 @@ def test_cli_train_calibrate_eval_bench_on_cuda(trained, tmp_path):
         main(
             [
                 "train",
+                "--min-epoch-examples",
+                "0",
                 "--model",
                 str(ckpt),
                 "--data",

@@ -19,7 +19,7 @@ def test_train_bundle_writes_a_calibrated_bundle_and_returns_its_held_out_record
         data=str(data),
         out=tmp_path / "b",
         base_model=str(tiny_checkpoint),
-        train=TrainConfig(epochs=1, batch_size=8, lr=3e-3),
+        train=TrainConfig(min_epoch_examples=0, epochs=1, batch_size=8, lr=3e-3),
         budget_robust=False,
     )
     record = train_bundle(plan, torch.device("cpu"), progress=False, log=notes.append)

@@ -88,7 +88,10 @@ def test_training_in_bfloat16_autocast_keeps_float32_weights_and_learns(tmp_path
     bundle = new_bundle(str(make_tiny_checkpoint(tmp_path)), ["neg", "pos"], 32)
     ex = Examples(["good great fun", "bad awful dull"] * 16, [1, 0] * 16, ["neg", "pos"])
     summary = fine_tune(
-        bundle, ex, TrainConfig(epochs=4, batch_size=8, lr=3e-3, autocast=autocast), progress=False
+        bundle,
+        ex,
+        TrainConfig(min_epoch_examples=0, epochs=4, batch_size=8, lr=3e-3, autocast=autocast),
+        progress=False,
     )
     assert summary["autocast"] == autocast
     assert all(p.dtype == torch.float32 for p in bundle.model.parameters())

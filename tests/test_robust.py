@@ -22,7 +22,7 @@ LABELS = [1, 0, 1, 0] * 4
 def test_epochs_run_while_the_smallest_level_trails_and_closes_in(tmp_path, gap):
     bundle = tiny_calibrated_bundle(tmp_path)
     ex = Examples(TEXTS, LABELS, ["neg", "pos"])
-    cfg = TrainConfig(batch_size=8, lr=3e-3)
+    cfg = TrainConfig(min_epoch_examples=0, batch_size=8, lr=3e-3)
     bundle, record = train_budget_robust(bundle, ex, ex, cfg, "michel", progress=False, max_epochs=3, gap=gap)
     epochs = record["per_epoch"]
     assert record["epochs"] == len(epochs) and 1 <= len(epochs) <= 3
@@ -56,7 +56,14 @@ def test_the_epoch_kept_is_the_one_whose_smallest_level_trailed_least(tmp_path, 
     bundle = tiny_calibrated_bundle(tmp_path)
     ex = Examples(TEXTS, LABELS, ["neg", "pos"])
     bundle, record = train_budget_robust(
-        bundle, ex, ex, TrainConfig(batch_size=8, lr=3e-3), "michel", progress=False, max_epochs=3, gap=0.0
+        bundle,
+        ex,
+        ex,
+        TrainConfig(min_epoch_examples=0, batch_size=8, lr=3e-3),
+        "michel",
+        progress=False,
+        max_epochs=3,
+        gap=0.0,
     )
     assert record["epochs"] == 3 and record["kept_epoch"] == 2
     assert bundle.meta["cascade"]["level_accuracy"] == record["per_epoch"][1]["calibration_accuracy"]
