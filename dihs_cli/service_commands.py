@@ -86,6 +86,7 @@ def cmd_explain(a) -> None:
     from dihs_model.meta import not_servable
     from dihs_model.policy import is_finite_ratio, limits_error
     from service.engine import Engine, Item
+    from service.explainer import explain_at
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
 
@@ -122,7 +123,7 @@ def cmd_explain(a) -> None:
     err = limits_error(engine.ladder, 0.0, max_ratio)
     if err:
         raise UsageError(f"--flops-ratio {max_ratio:g}: {err}")
-    exp = engine.explain_at(Item(a.text, mode, 0.0, max_ratio), a.pressure or 0.0)
+    exp = explain_at(engine, Item(a.text, mode, 0.0, max_ratio), a.pressure or 0.0)
     png = None
     if png_out:
         from dihs_model.explain_plots import attention_png, head_grid_png

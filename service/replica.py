@@ -20,10 +20,11 @@ from dihs_model.meta import META_FILE
 from dihs_model.policy import PolicyConfig
 
 from . import heap
+from .backend import EngineBackend
 from .batcher import Batcher
 from .bundle_id import bundle_checksum
 from .controller import ControllerConfig
-from .engine import Engine, EngineBackend, Item
+from .engine import Engine, Item
 from .errors import ApiError
 from .http import build_http_app
 from .load import LoadConfig, LoadTracker

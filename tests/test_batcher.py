@@ -6,8 +6,9 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
+from service.backend import EngineBackend
 from service.batcher import Batcher
-from service.engine import PHASES, Engine, EngineBackend
+from service.engine import PHASES, Engine
 from service.errors import Overloaded
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker

@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import routes_v1
-from service.engine import Engine, EngineBackend
+from service.backend import EngineBackend
+from service.engine import Engine
 from service.errors import Overloaded
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker

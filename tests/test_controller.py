@@ -123,7 +123,7 @@ def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
 
 
 def test_sampled_batches_are_seeded_draws_of_the_calibration_lengths():
-    from service.engine import sample_batches
+    from service.plan_timing import sample_batches
 
     tokens = [3, 10, 40, 90, 200]
     drawn = sample_batches(tokens, 4, 128, texts=12)

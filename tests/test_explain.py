@@ -15,7 +15,8 @@ from dihs_model.calibrate import calibrate_bundle
 from dihs_model.data import Examples
 from dihs_model.explain import explain
 from dihs_model.importance import mask_gradients
-from service.engine import Engine, EngineBackend, Item
+from service.backend import EngineBackend
+from service.engine import Engine, Item
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics

@@ -3,7 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import Engine, EngineBackend
+from service.backend import EngineBackend
+from service.engine import Engine
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics

@@ -230,7 +230,7 @@ def test_an_early_bundle_serves_the_full_model_and_the_final_one_swaps_in_when_w
     replica = _replica(early, upgrade_bundle=str(final), gc_freeze=False, max_accuracy_loss=1.0)
     engine = replica.serving.engine
     assert engine.early and engine.controller.admitted == (True,) + (False,) * (len(engine.plans) - 1)
-    assert "width training in progress" in engine._plan_reason(0, 0.8, "", None, None, False)
+    assert "width training in progress" in engine.reason(None, "full", 0.8)
     status = engine.auto_status()
     assert "in progress" in status["width_training"] and not any(p["admitted"] for p in status["plans"][1:])
     assert any(t.get("stage") == "early" for name, _, t in replica.metrics.log if name == "dihs_build_info")

@@ -9,7 +9,8 @@ from dihs_model.budget import Budget
 from dihs_model.cascade import EscalationTracker, arrival_order, run_cascade
 from dihs_model.data import Examples
 from dihs_model.passes import run_pass
-from service.engine import Engine, EngineBackend, Item
+from service.backend import EngineBackend
+from service.engine import Engine, Item
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics

@@ -125,7 +125,7 @@ def test_drift_withdraws_a_plan_from_auto(tmp_path):
 def test_under_load_with_no_plan_admitted_auto_serves_the_full_model_and_says_why(tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.engine import EngineBackend
+    from service.backend import EngineBackend
     from service.http import build_http_app
     from service.settings import Settings
 

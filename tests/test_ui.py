@@ -37,7 +37,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 def server(tiny_checkpoint):
     import uvicorn
 
-    from service.engine import Engine, EngineBackend
+    from service.backend import EngineBackend
+    from service.engine import Engine
     from service.http import build_http_app
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
