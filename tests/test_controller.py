@@ -122,17 +122,6 @@ def test_only_usable_plans_are_wanted(per_text, overhead, p, r):
     assert c.wanted(p, r) in usable
 
 
-def test_sampled_batches_are_seeded_draws_of_the_calibration_lengths():
-    from service.plan_timing import sample_batches
-
-    tokens = [3, 10, 40, 90, 200]
-    drawn = sample_batches(tokens, 4, 128, texts=12)
-    assert drawn == sample_batches(tokens, 4, 128, texts=12) and len(drawn) == 3
-    assert all(len(b) == 4 and set(b) <= {3, 10, 40, 90, 128} for b in drawn)  # never past the max length
-    assert len({tuple(b) for b in drawn}) > 1
-    assert len(sample_batches(tokens, 16, 128, texts=8)) == 1  # at least one batch
-
-
 def test_observed_overhead_is_added_per_text_to_every_plan():
     c = PlanController(COSTS, ControllerConfig(overhead_alpha=1.0))
     before = c.capacities()
