@@ -20,9 +20,10 @@ from dihs_model.bundle import load_bundle
 from dihs_model.cascade import arrival_order, run_cascade
 from dihs_model.data import load_split
 from loadtests.common import task_of
-from service.engine import Engine, Item
+from service.engine import Engine
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+from service.routing import Item
 
 
 def compare(bundle_path: str, texts: int, dtype: str, plans: list[str]) -> list[dict]:

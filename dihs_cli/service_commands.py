@@ -85,10 +85,11 @@ def cmd_explain(a) -> None:
     from dihs_model.bundle import load_bundle
     from dihs_model.meta import not_servable
     from dihs_model.policy import is_finite_ratio, limits_error
-    from service.engine import Engine, Item
+    from service.engine import Engine
     from service.explainer import explain_at
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
+    from service.routing import Item
 
     json_out, png_out = a.json and Path(a.json), a.png and Path(a.png)
     _writable(json_out, "JSON")

@@ -65,7 +65,7 @@ def model_only(engine, texts: list[str], batch: int, budget: dict, every_s: floa
     """texts/s of the model's own work on `texts` in batches: Engine.run's tokenize and forward
     phases (its budget decision and result dicts are timed apart and left out). Batches run back to
     back, or (every_s > 0) one starting every `every_s` seconds with the core idle in between."""
-    from service.engine import Item
+    from service.routing import Item
 
     items = [Item(t, budget["mode"], 0.0, budget.get("max_flops_ratio", 1.0)) for t in texts]
     spent = {}

@@ -16,9 +16,10 @@ from fastapi.responses import Response
 
 from dihs_model.policy import limits_error
 
-from .engine import Item, ModelInfo
+from .backend import ModelInfo
 from .errors import ApiError
 from .protocol import Budget
+from .routing import Item
 from .settings import Settings
 
 log = logging.getLogger("dihs.http")

@@ -5,8 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
-from .engine import Engine, Item
+from .engine import Engine
+from .routing import Item
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the HTTP routes need to know of the served model (validation, v2 metadata)."""
+
+    name: str
+    labels: list[str]
+    ladder: list[float]
+    total_heads: int
+    max_length: int
+    dtype: str = "float32"  # the number format the model runs in (precision.DTYPES)
+    dtype_choice: dict | None = None  # why that one (dtype_choice.DtypeChoice.report)
+
+    @classmethod
+    def of(cls, engine: Engine, name: str) -> ModelInfo:
+        return cls(
+            name,
+            engine.bundle.labels,
+            engine.ladder,
+            engine.shape.total_heads,
+            engine.bundle.max_length,
+            engine.dtype,
+            engine.dtype_choice.report(),
+        )
 
 
 class Tracked:
@@ -37,7 +64,7 @@ class EngineBackend:
     to answer."""
 
     def __init__(self, engine: Engine, model_name: str, submit=None):
-        self.engine, self.tracked, self.info = engine, Tracked(engine), engine.info(model_name)
+        self.engine, self.tracked, self.info = engine, Tracked(engine), ModelInfo.of(engine, model_name)
         self.submit = submit
 
     async def classify(self, items: list[Item], timing: dict | None = None) -> list[dict]:

@@ -8,7 +8,6 @@ pass), fixed and dense texts their ladder level; one sliced forward per budget g
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +19,7 @@ from dihs_model.dtype_choice import choose_dtype
 from dihs_model.levels import LadderPolicy
 from dihs_model.meta import not_servable, width_training_in_progress
 from dihs_model.passes import forward_grouped
-from dihs_model.policy import Decision, PolicyConfig
+from dihs_model.policy import PolicyConfig
 from dihs_model.precision import prepare, with_dtype
 
 from .controller import ControllerConfig, PlanController
@@ -30,45 +29,10 @@ from .plan_admission import PlanAdmission
 from .plan_timing import measure_plan_times
 from .reasons import PlanReasons
 from .results import Served, record_result, result_fields
+from .routing import Item, Router
 from .shadow import Shadows
 
 PHASES = ("tokenize", "decide", "forward", "results")  # what Engine.run times, in order
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the HTTP routes need to know of the served model (validation, v2 metadata)."""
-
-    name: str
-    labels: list[str]
-    ladder: list[float]
-    total_heads: int
-    max_length: int
-    dtype: str = "float32"  # the number format the model runs in (precision.DTYPES)
-    dtype_choice: dict | None = None  # why that one (dtype_choice.DtypeChoice.report)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One text and its budget limits: the unit the batcher groups."""
-
-    text: str
-    mode: str = "auto"
-    min_ratio: float = 0.0
-    max_ratio: float = 1.0
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one item goes: a plan (an auto text whose limits a plan fits) or a ladder level."""
-
-    plan: int | None = None  # index into Engine.plans
-    note: str = ""  # why the plan differs from the controller's (the item's FLOPs caps)
-    level: Decision | None = None  # the ladder policy's decision, for every other text
-
-    @property
-    def on_plan(self) -> bool:
-        return self.plan is not None
 
 
 class Engine:
@@ -108,7 +72,6 @@ class Engine:
         self.ladder_policy = LadderPolicy(bundle.meta, bundle.tokenizer, policy)
         self.levels, self.ladder = self.ladder_policy.levels, self.ladder_policy.ratios
         self.budget_of = self.ladder_policy.budget_of
-        self.total_heads = self.shape.total_heads
         self.plans = candidate_plans(bundle.meta)
         self.plan_targets = [1.0 if p is None else p.target_flops_ratio for p in self.plans]
         self.trackers = [None if p is None else EscalationTracker(p) for p in self.plans]
@@ -141,6 +104,7 @@ class Engine:
         self.early = width_training_in_progress(bundle.meta)
         if self.early:
             self.controller.admit([True] + [False] * (len(self.plans) - 1))
+        self.router = Router(self.ladder_policy, self.controller, self.plan_targets)
         self.reason = PlanReasons(model_name, self.early, self.controller, self.admission.max_accuracy_loss)
         self.shadows = Shadows(self, 0.0 if self.early else shadow_share, clock)
 
@@ -163,18 +127,6 @@ class Engine:
     def plan_name(self, i: int) -> str:
         return plan_label(self.plans[i])
 
-    def info(self, model_name: str) -> ModelInfo:
-        """What the HTTP front needs to know of this model (validation, v2 metadata)."""
-        return ModelInfo(
-            model_name,
-            self.bundle.labels,
-            self.ladder,
-            self.total_heads,
-            self.bundle.max_length,
-            self.dtype,
-            self.dtype_choice.report(),
-        )
-
     def tokenize(self, items: list[Item]):
         """The whole batch through the tokenizer at once (right-padded to its longest text)."""
         return self.bundle.tokenizer(
@@ -185,41 +137,12 @@ class Engine:
             return_tensors="pt",
         )
 
-    def _plan_for(self, item: Item, current: int) -> tuple[int, str] | None:
-        """The plan an auto item runs: the controller's, moved to the nearest plan inside the item's
-        [min_ratio, max_ratio] (a cheaper one first), with a note saying why it moved; None when no
-        plan's target lies in that range (the item then runs a ladder level, as fixed does)."""
-        admitted = self.controller.admitted
-        inside = [
-            i
-            for i, t in enumerate(self.plan_targets)
-            if admitted[i] and item.min_ratio - 1e-9 <= t <= item.max_ratio + 1e-9
-        ]
-        if not inside:
-            return None
-        if current in inside:
-            return current, ""
-        cheaper = [i for i in inside if i > current]
-        if cheaper:
-            return cheaper[0], f"; capped by max_flops_ratio {item.max_ratio:g}"
-        return inside[-1], f"; raised to min_flops_ratio {item.min_ratio:g}"
-
     def decide(self, items: list[Item], pressure: float, enc=None, plan: int | None = None):
         """Tokens, complexity signals and each item's Route: a plan for auto items whose limits a plan
         fits, else the ladder policy's level. No model call."""
         enc = self.tokenize(items) if enc is None else enc
-        signals, decisions = self.ladder_policy.decide(
-            enc["input_ids"],
-            enc["attention_mask"],
-            pressure,
-            [(it.mode, it.min_ratio, it.max_ratio) for it in items],
-        )
-        current = self.controller.peek(pressure) if plan is None else plan
-        out = []
-        for it, d in zip(items, decisions):
-            chosen = self._plan_for(it, current) if it.mode == "auto" else None
-            out.append(Route(level=d) if chosen is None else Route(*chosen))
-        return enc, signals, out
+        signals, routes = self.router.routes(items, enc, pressure, plan)
+        return enc, signals, routes
 
     def explain(self, item: Item, attention: bool = True) -> dict:
         """The explanation of what run([item]) would serve now: the same plan and gate (read, not

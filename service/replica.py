@@ -24,10 +24,11 @@ from .backend import EngineBackend
 from .batcher import Batcher
 from .bundle_id import bundle_checksum
 from .controller import ControllerConfig
-from .engine import Engine, Item
+from .engine import Engine
 from .errors import ApiError
 from .http import build_http_app
 from .load import LoadConfig, LoadTracker
+from .routing import Item
 from .settings import Settings
 
 log = logging.getLogger("dihs.replica")

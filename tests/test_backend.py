@@ -6,9 +6,10 @@ import asyncio
 import pytest
 
 from service.backend import EngineBackend
-from service.engine import Engine, Item
+from service.engine import Engine
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+from service.routing import Item
 from tests.conftest import tiny_calibrated_bundle
 
 

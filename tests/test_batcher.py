@@ -122,7 +122,7 @@ def test_a_16_text_request_is_one_model_batch_and_answers_in_the_protocol_shape(
     assert r.status_code == 200, r.text
     assert calls == [16]
     body = ClassifyResponse.model_validate_json(r.content)  # serialized once, still the documented shape
-    from service.engine import Item
+    from service.routing import Item
 
     direct = engine.run([Item(t) for t in texts])
     assert [x.label for x in body.results] == [d["label"] for d in direct]

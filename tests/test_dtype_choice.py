@@ -13,6 +13,7 @@ from dihs_model import dtype_choice
 from dihs_model.data import Examples
 from dihs_model.dtype_choice import choose_dtype, measure_agreement
 from dihs_model.meta import MetaError, validate
+from service.backend import ModelInfo
 from service.engine import Engine
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
@@ -80,12 +81,12 @@ def test_a_model_made_to_disagree_in_int8_serves_float32_and_says_why(tmp_path, 
         dtype="auto",
         max_dtype_disagreement=0.2,
     )
-    assert engine.dtype == "float32" and engine.info("tiny").dtype == "float32"
+    assert engine.dtype == "float32" and ModelInfo.of(engine, "tiny").dtype == "float32"
     reason = engine.dtype_choice.reason
     assert reason.startswith("float32: no other dtype agrees") and "int8: bound" in reason, reason
     (int8,) = [o for o in engine.dtype_choice.options if o.dtype == "int8"]
     assert not int8.agrees and int8.bound95 > 0.2 and int8.texts == len(TEXTS)
-    assert engine.info("tiny").dtype_choice["options"][1]["disagree"] == record["disagree"]["int8"]
+    assert ModelInfo.of(engine, "tiny").dtype_choice["options"][1]["disagree"] == record["disagree"]["int8"]
 
 
 def test_the_fastest_dtype_that_agrees_is_served(tmp_path, no_fast_bfloat16):

@@ -16,10 +16,11 @@ from dihs_model.data import Examples
 from dihs_model.explain import explain
 from dihs_model.importance import mask_gradients
 from service.backend import EngineBackend
-from service.engine import Engine, Item
+from service.engine import Engine
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+from service.routing import Item
 from service.settings import Settings
 from tests.conftest import ManualClock, each_plan_cheaper, overload
 

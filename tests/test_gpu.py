@@ -136,9 +136,10 @@ def test_save_from_cuda_then_load_on_cpu_gives_equal_weights(tiny_checkpoint, tm
 
 
 def test_engine_on_cuda_gives_the_cpu_labels(trained):
-    from service.engine import Engine, Item
+    from service.engine import Engine
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
+    from service.routing import Item
 
     _, _, path = trained
     texts = [

@@ -120,9 +120,10 @@ def test_the_serving_path_raises_no_deprecation_warning(dtype, tmp_path):
     ignores them, is replaced here)."""
     import warnings
 
-    from service.engine import Engine, Item
+    from service.engine import Engine
     from service.load import LoadConfig, LoadTracker
     from service.metrics import NullMetrics
+    from service.routing import Item
     from tests.conftest import tiny_calibrated_bundle
 
     bundle = tiny_calibrated_bundle(tmp_path)

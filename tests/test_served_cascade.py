@@ -10,10 +10,11 @@ from dihs_model.cascade import EscalationTracker, arrival_order, run_cascade
 from dihs_model.data import Examples
 from dihs_model.passes import run_pass
 from service.backend import EngineBackend
-from service.engine import Engine, Item
+from service.engine import Engine
 from service.http import build_http_app
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+from service.routing import Item
 from service.settings import Settings
 from tests.conftest import ManualClock, distinct_texts, each_plan_cheaper, overload, tiny_calibrated_bundle
 

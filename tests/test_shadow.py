@@ -5,9 +5,10 @@ import pytest
 
 from dihs_model.admission import Evidence
 from dihs_model.passes import forward_grouped
-from service.engine import Engine, Item
+from service.engine import Engine
 from service.load import LoadConfig, LoadTracker
 from service.metrics import NullMetrics
+from service.routing import Item
 from service.shadow import ShadowBudget
 from tests.conftest import ManualClock, distinct_texts, overload, tiny_calibrated_bundle
 
