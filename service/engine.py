@@ -90,6 +90,9 @@ class Engine:
             self.device,
         )
         self.plan_costs = [t[max(t)] / max(t) for t in self.plan_times]  # seconds per text at a full batch
+        # an early bundle's plans are the plainly fine-tuned model's slices: the full model only, no
+        # shadow evidence, until the width-trained bundle is swapped in (replica.watch_upgrade)
+        self.early = width_training_in_progress(bundle.meta)
         self.admission = PlanAdmission(
             [self.plan_name(i) for i in range(len(self.plans))],
             [None] + [plan_evidence(bundle.meta, p) for p in self.plans[1:]],
@@ -97,13 +100,9 @@ class Engine:
             agreement_file,
             bundle_id,
             clock=clock,
+            early=self.early,
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
-        # an early bundle's plans are the plainly fine-tuned model's slices: the full model only, no
-        # shadow evidence, until the width-trained bundle is swapped in (replica.watch_upgrade)
-        self.early = width_training_in_progress(bundle.meta)
-        if self.early:
-            self.controller.admit([True] + [False] * (len(self.plans) - 1))
         self.router = Router(self.ladder_policy, self.controller, self.plan_targets)
         self.reason = PlanReasons(model_name, self.early, self.controller, self.admission.max_accuracy_loss)
         self.shadows = Shadows(self, 0.0 if self.early else shadow_share, clock)
@@ -217,12 +216,7 @@ class Engine:
 
     def auto_status(self) -> dict:
         """Which plans auto serves and why (the config route and the start-up log)."""
-        report = self.admission.report()
-        if self.early:
-            report["width_training"] = "in progress: the full model only until the width-trained bundle is in"
-            for row in report["plans"][1:]:
-                row["admitted"] = False
-        return report
+        return self.admission.report()
 
     def _run_plan(self, p: int, ids, mask, notes: list[str], pressure: float) -> list[Served]:
         """These rows on plan p: the full model, or its cascade under the plan's live tracker."""

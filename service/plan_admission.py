@@ -30,7 +30,8 @@ SAVE_EVERY_S = 5.0
 
 class PlanAdmission:
     """Thread-safe. names[i] and evidence[i] for each candidate plan; index 0 is the full model
-    (evidence None: always served)."""
+    (evidence None: always served). `early`: the bundle is `dihs train`'s early one, whose plans are
+    the plainly fine-tuned model's slices: none but the full model is admitted, whatever the counts."""
 
     def __init__(
         self,
@@ -41,9 +42,10 @@ class PlanAdmission:
         bundle_id: str = "",
         window: int = LIVE_WINDOW,
         clock=time.monotonic,
+        early: bool = False,
     ):
         assert evidence and evidence[0] is None and len(names) == len(evidence)
-        self.names, self.max_accuracy_loss = list(names), max_accuracy_loss
+        self.names, self.max_accuracy_loss, self.early = list(names), max_accuracy_loss, early
         self._calib, self._store, self._bundle_id, self._clock = list(evidence), store, bundle_id, clock
         self._live: list[deque[bool]] = [deque(maxlen=window) for _ in names]
         self._lock = threading.RLock()  # evidence() reads the windows record() extends (shadow thread)
@@ -65,7 +67,10 @@ class PlanAdmission:
         return list(self._admitted)
 
     def _decide(self) -> list[bool]:
-        return [True] + [self.evidence(i).admitted(self.max_accuracy_loss) for i in range(1, len(self.names))]
+        return [True] + [
+            not self.early and self.evidence(i).admitted(self.max_accuracy_loss)
+            for i in range(1, len(self.names))
+        ]
 
     def record(self, i: int, agreed: list[bool]) -> list[int]:
         """Plan i answered len(agreed) live texts, agreeing with the full model where True. Returns
@@ -98,9 +103,11 @@ class PlanAdmission:
             plans.append(
                 {"plan": name, "admitted": True, "reason": "the full model"}
                 if e is None
-                else {"plan": name, **e.report(self.max_accuracy_loss)}
+                else {"plan": name, **e.report(self.max_accuracy_loss), "admitted": self._admitted[i]}
             )
+        early = {"width_training": "in progress: the full model only until the width-trained bundle is in"}
         return {
+            **(early if self.early else {}),
             "max_accuracy_loss": self.max_accuracy_loss,
             "confidence": CONFIDENCE,
             "texts_needed_if_all_agree": texts_needed(self.max_accuracy_loss),
@@ -112,6 +119,8 @@ class PlanAdmission:
 
     def summary(self) -> str:
         """One line for the start-up log."""
+        if self.early:
+            return "auto serves the full model only: width training in progress (an early bundle)"
         parts = []
         for i in range(1, len(self.names)):
             e = self.evidence(i)

@@ -169,12 +169,7 @@ class Replica:
         )
         engine.probe()
         log.warning("dtype %s", engine.dtype_choice.reason)
-        log.warning(
-            "%s",
-            "auto serves the full model only: width training in progress (an early bundle)"
-            if engine.early
-            else engine.admission.summary(),
-        )
+        log.warning("%s", engine.admission.summary())
         batcher = Batcher(engine.run, batch, s.batch_wait_ms / 1e3, s.replica_capacity, idle=engine.shadow)
         backend = ReplicaBackend(self, engine, batcher)
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend, bundle_id)
