@@ -117,6 +117,13 @@ class BundleMeta(_Open):
         for lv in self.levels or []:
             if len(lv.heads) != L:
                 raise ValueError(f"level {lv.name!r} has {len(lv.heads)} layers; the model has {L}")
+        for plan in self.cascade.plans if self.cascade else []:
+            for budget in (plan.first, plan.second):
+                if budget is not None and (len(budget.heads) != L or len(budget.neurons) != L):
+                    raise ValueError(
+                        f"cascade plan {plan.target_flops_ratio:g}'s budget {budget.name!r} has "
+                        f"{len(budget.heads)} layers; the model has {L}"
+                    )
         if self.levels is not None and (not self.levels or self.levels[0].flops_ratio != 1.0):
             raise ValueError("levels must start with the full model (flops_ratio 1.0)")
         return self
@@ -127,11 +134,15 @@ def width_training_in_progress(meta: dict) -> bool:
     return meta.get("width_training") == "in progress"
 
 
-def not_servable(meta: dict, where: str) -> str | None:
+def not_servable(meta: dict, folder: str | None = None) -> str | None:
     """Why `dihs serve` / `dihs explain` cannot use this bundle, in one line (None: they can): it
-    needs the width ladder, the cascade plans and the complexity calibration `dihs calibrate` adds."""
+    needs the width ladder, the cascade plans and the complexity calibration `dihs calibrate` adds.
+    `folder`: the bundle's folder, named in the message (None: a bundle loaded from elsewhere)."""
     if not meta.get("levels") or not meta.get("cascade") or "complexity" not in meta:
-        return f"{where} has no width ladder or cascade plans: run `dihs calibrate {where}` first"
+        where = folder or "the bundle"
+        return (
+            f"{where} has no width ladder or cascade plans: run `dihs calibrate {folder or 'BUNDLE'}` first"
+        )
     return None
 
 
@@ -147,7 +158,7 @@ def validate(meta: dict, where: str) -> dict:
             if got == 1
             else ""
         )
-        raise MetaError(f"{where} has bundle format {got}; this version reads {FORMAT_VERSION}{hint}")
+        raise MetaError(f"{where} has bundle format {got!r}; this version reads {FORMAT_VERSION}{hint}")
     try:
         BundleMeta.model_validate(meta)
     except ValidationError as e:

@@ -59,7 +59,7 @@ class Engine:
         bundle_id: str = "",
         max_dtype_disagreement: float = 0.01,
     ):
-        problem = not_servable(bundle.meta, "the bundle")
+        problem = not_servable(bundle.meta)
         if problem:
             raise ValueError(problem)
         self.bundle, self.model_name, self.load, self.metrics = bundle, model_name, load, metrics

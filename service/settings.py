@@ -130,6 +130,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_key_file(self):
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            # an empty key would turn authentication on and let `Authorization: Bearer ` in
+            raise ValueError("api_key is empty: unset DIHS_API_KEY for no authentication, or set a key")
         if self.api_key_file and self.api_key is None:
             path = Path(self.api_key_file)
             if not path.is_file():

@@ -60,10 +60,10 @@ def test_format_1_is_refused_with_the_command_that_upgrades_it():
     assert "`dihs calibrate /bundles/b`" in str(e.value)
 
 
-@pytest.mark.parametrize("version", [3, None])
-def test_other_formats_are_refused_without_an_upgrade_hint(version):
+@pytest.mark.parametrize("version, shown", [(3, "3"), (None, "None"), ("2", "'2'")])
+def test_other_formats_are_refused_without_an_upgrade_hint(version, shown):
     meta = _meta(format_version=version)
-    with pytest.raises(MetaError, match=rf"has bundle format {version}; this version reads") as e:
+    with pytest.raises(MetaError, match=rf"has bundle format {shown}; this version reads") as e:
         validate(meta, WHERE)
     assert "calibrate" not in str(e.value)
 
@@ -174,3 +174,30 @@ def test_only_an_early_bundle_is_marked_width_training_in_progress():
     assert width_training_in_progress(_meta(width_training="in progress"))
     assert not width_training_in_progress(_meta())
     assert not width_training_in_progress(_meta(width_training="done"))
+
+
+def _plan(first_layers: int) -> dict:
+    budget = {"name": "f25", "heads": [1] * first_layers, "neurons": [1] * first_layers}
+    return {
+        "target_flops_ratio": 0.5,
+        "first": budget,
+        "first_ratio": 0.25,
+        "threshold": 0.3,
+        "calib_escalated": 0.4,
+        "calib_accuracy": 0.9,
+        "calib_agreement": 0.95,
+        "second": None,
+        "second_ratio": 1.0,
+    }
+
+
+def test_a_cascade_plan_budget_must_have_the_models_layers():
+    assert validate(_meta(cascade={"confidence": "logit_margin", "plans": [_plan(2)]}), WHERE)
+    with pytest.raises(MetaError, match=r"cascade plan 0.5's budget 'f25' has 1 layers; the model has 2"):
+        validate(_meta(cascade={"confidence": "logit_margin", "plans": [_plan(1)]}), WHERE)
+
+
+def test_a_bundle_loaded_from_elsewhere_is_named_as_such():
+    assert not_servable(_meta()) == (
+        "the bundle has no width ladder or cascade plans: run `dihs calibrate BUNDLE` first"
+    )

@@ -115,3 +115,14 @@ def test_the_key_never_shows_in_what_replicas_are_handed_or_in_repr():
 def test_capacity_and_serves_own_limit(ongoing, queued, capacity, limit):
     s = Settings(max_ongoing_requests=ongoing, max_queued_requests=queued)
     assert s.replica_capacity == capacity and s.serve_limit == limit
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_an_empty_api_key_is_refused(tmp_path, key):
+    """An empty key would turn authentication on and let an empty bearer token in."""
+    with pytest.raises(ValidationError, match="api_key is empty"):
+        Settings(api_key=key)
+    f = tmp_path / "key"
+    f.write_text("from-file")
+    with pytest.raises(ValidationError, match="api_key is empty"):
+        Settings(api_key=key, api_key_file=str(f))  # not silently ignored in favour of the file either
