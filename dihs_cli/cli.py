@@ -48,6 +48,7 @@ def cmd_train(a) -> None:
         budget_robust=a.budget_robust,
         force=a.force,
         early_out=a.early_out and Path(a.early_out),
+        report=a.report,
     )
     if plan.problem():
         raise UsageError(plan.problem())
@@ -139,8 +140,8 @@ def cmd_eval(a) -> None:
         )
     if "kwon" in a.policies and bundle.kwon_model is None:
         print(
-            f"note: {a.bundle} has no kwon baseline weights (trained without budget-robust epochs): the kwon "
-            "policy is left out",
+            f"note: {a.bundle} has no kwon baseline weights (trained without --report, or without "
+            "budget-robust epochs): the kwon policy is left out",
             file=sys.stderr,
         )
     if "dihs" in a.policies and not has_current_plans(bundle.meta):
@@ -353,6 +354,13 @@ def _train_args(p) -> None:
         "--model",
         help="base encoder: a local safetensors checkpoint folder or a hub name "
         "(default: the packaged all-MiniLM-L6-v2, from the demo extra)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also what serving does not need: the kwon baseline's weights (`dihs eval --policies kwon`), "
+        "the uniform/global allocation comparison and every level's held-out accuracy before and after "
+        "width training (several minutes)",
     )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)

@@ -26,9 +26,11 @@ def calibrate_bundle(
     batch_size: int = 32,
     progress: bool = True,
     allocation: str = DEFAULT_ALLOCATION,
+    dtypes: bool = True,
 ):
     """Score heads and neurons on `examples`, store both in `order_by` order, rebuild the ladder and
-    the cascade plans. Returns a new Bundle (the input bundle's model is not modified)."""
+    the cascade plans and (dtypes) count the texts int8 and bfloat16 answer differently
+    (dtype_choice.measure_agreement). Returns a new Bundle (the input bundle's model is not modified)."""
     from .bundle import Bundle
     from .complexity import ComplexityScorer
     from .dtype_choice import measure_agreement
@@ -60,7 +62,10 @@ def calibrate_bundle(
     meta["complexity"] = scorer.to_meta()
     out = Bundle(reorder(bundle.model, h_order, n_order), bundle.tokenizer, meta, bundle.kwon_model)
     meta["cascade"] = fit_cascade(out, examples, allocator, scorer, batch_size)
-    meta["dtype_agreement"] = measure_agreement(out, examples, batch_size)
+    if dtypes:
+        meta["dtype_agreement"] = measure_agreement(out, examples, batch_size)
+    else:  # counts of the weights before these would be stale
+        meta.pop("dtype_agreement", None)
     return out
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 from .budget import Allocator, Budget
 from .calibrate import calibrate_bundle
 from .cascade import FIRST_PASS_RATIOS
+from .dtype_choice import measure_agreement
 from .levels import LADDER
 from .train import TrainConfig, budget_robust_loss, fine_tune
 
@@ -60,8 +61,8 @@ def train_budget_robust(
             desc=f"budget-robust {k + 1}",
         )
         bundle = calibrate_bundle(
-            bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"]
-        )
+            bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"], dtypes=False
+        )  # the dtype agreement only of the epoch kept, below
         acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
         trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)
         epochs.append({**summary, "calibration_accuracy": acc, "smallest_level_trails_by": trail})
@@ -72,7 +73,9 @@ def train_budget_robust(
             )  # the next epoch trains bundle.model
         if trail <= gap or (len(epochs) > 1 and trail >= epochs[-2]["smallest_level_trails_by"]):
             break
-    return kept[1], {
+    kept_bundle = kept[1]
+    kept_bundle.meta["dtype_agreement"] = measure_agreement(kept_bundle, calib)
+    return kept_bundle, {
         "epochs": len(epochs),
         "kept_epoch": kept[0] + 1,
         "stop_when_smallest_level_trails_by_at_most": gap,

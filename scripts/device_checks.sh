@@ -36,7 +36,7 @@ dihs() { python3 -m dihs_cli "$@"; }
 
 if wants r8; then
 step reuters-r8: train, eval
-dihs train --data reuters-r8 --model /tmp/minilm --out /tmp/b/r8 --device cuda --quiet
+dihs train --data reuters-r8 --model /tmp/minilm --out /tmp/b/r8 --device cuda --quiet --report
 dihs eval /tmp/b/r8 --data reuters-r8 --device cuda --quiet --policies $POLICIES --json "$OUT/eval-reuters-r8.json"
 fi
 
@@ -54,7 +54,7 @@ fi
 
 if wants 20ng; then
 step 20newsgroups as a user CSV: train on its train file, eval on its test file
-dihs train --data /tmp/d/20ng-train.csv --model /tmp/minilm --out /tmp/b/20ng --device cuda --quiet
+dihs train --data /tmp/d/20ng-train.csv --model /tmp/minilm --out /tmp/b/20ng --device cuda --quiet --report
 dihs eval /tmp/b/20ng --data /tmp/d/20ng-test.csv --device cuda --quiet --policies $POLICIES --json "$OUT/eval-20ng.json"
 fi
 python3 -c "import json, sys; json.dump({b: json.load(open(f'/tmp/b/{b}/dihs.json')) for b in sys.argv[1:]}, open('$OUT/metas.json', 'w'))" $(ls /tmp/b)

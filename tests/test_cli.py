@@ -41,6 +41,7 @@ def trained(tiny_checkpoint, tmp_path):
                 "1",
                 "--device",
                 "cpu",
+                "--report",
             ]
         )
         == 0
@@ -55,7 +56,10 @@ def test_train_eval_bench_end_to_end(trained, tmp_path, capsys):
     assert set(meta["importance"]["heads"]) == {"michel", "fisher", "attention"}
     assert set(meta["importance"]["neurons"]) == {"michel", "fisher"}
     assert {r["allocation"] for r in meta["allocation_comparison"]["rows"]} == {"global", "uniform"}
-    assert len(meta["kwon"]["levels"]) == 5 and (bundle / "kwon.safetensors").is_file()
+    assert len(meta["kwon"]["levels"]) == 5 and (bundle / "kwon.safetensors").is_file()  # --report
+    names = [lv["name"] for lv in meta["levels"]]
+    assert list(meta["budget_robust"]["held_out_accuracy_before"]) == names
+    assert list(meta["budget_robust"]["held_out_accuracy_after"]) == names
     assert meta["eval"]["n"] == 16 and meta["eval"]["dense_accuracy"] >= 0.9  # the words give the label away
 
     assert (
@@ -353,8 +357,17 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
     assert "budget_robust" not in early and early["levels"] and early["cascade"]
     assert not (tmp_path / "early" / "kwon.safetensors").exists()
     robust = meta["budget_robust"]
-    names = [lv["name"] for lv in meta["levels"]]
-    assert list(robust["held_out_accuracy_before"]) == names == list(robust["held_out_accuracy_after"])
+    # without --report: no kwon weights, no allocation comparison, no held-out accuracy per level
+    assert (
+        "kwon" not in meta and "allocation_comparison" not in meta and not (out / "kwon.safetensors").exists()
+    )
+    assert "held_out_accuracy_before" not in robust and "held_out_accuracy_after" not in robust
+    # the dtype agreement is the kept epoch's: measured on its weights, which its calibration ran
+    kept = robust["per_epoch"][robust["kept_epoch"] - 1]["calibration_accuracy"]
+    assert (
+        meta["dtype_agreement"]["texts"] == meta["calibration"]["examples"]
+        and kept == (meta["cascade"]["level_accuracy"])
+    )
     assert 1 <= robust["epochs"] == len(robust["per_epoch"]) <= robust["max_epochs"]
     assert robust["trained_flops_ratios"] == sorted(robust["trained_flops_ratios"], reverse=True)
     assert (
