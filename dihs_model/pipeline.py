@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .robust import ROBUST_MAX_EPOCHS
 from .train import TrainConfig, fine_tune
+from .train_progress import TrainProgress
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     from .bundle import BundleError, check_checkpoint, default_base_model, new_bundle, save_bundle
     from .calibrate import calibrate_bundle
     from .data import load_split, split_calibration
-    from .evaluate import KWON_TARGETS, allocation_comparison, predict
-    from .kwon import attach_kwon
 
     problem = plan.problem()
     if problem:
@@ -85,18 +85,40 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
         "text_column": plan.text_column,
         "label_column": plan.label_column,
     }
+    progress_file = None
     if plan.calibrate:
         bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
         if plan.early_out is not None and plan.robust:  # servable now: `make run` answers from here on
             early = replace(bundle, meta={**bundle.meta, "width_training": "in progress"}, kwon_model=None)
             save_bundle(early, plan.early_out, force=True)
+            progress_file = TrainProgress(
+                plan.early_out, ROBUST_MAX_EPOCHS * plan.train.steps_per_epoch(len(fit))
+            )
             log(f"early bundle (fine-tuned, calibrated; width training next) written to {plan.early_out}")
-        if plan.report:  # on the plainly fine-tuned weights: the two allocations, and the kwon baseline
-            bundle.meta["allocation_comparison"] = allocation_comparison(bundle, calib)
-            if plan.robust:
-                bundle = attach_kwon(bundle, KWON_TARGETS)
+    try:
+        bundle = _finish(bundle, fit, calib, split, plan, progress, log, progress_file)
+    except BaseException as e:  # the service serving the early bundle reads why it stays early
+        if progress_file is not None:
+            progress_file.failed(e)
+        raise
+    if progress_file is not None:
+        progress_file.finished()
+    return bundle.meta["eval"]
+
+
+def _finish(bundle, fit, calib, split, plan: TrainPlan, progress: bool, log, progress_file):
+    """After calibration: the --report stages, width training, the held-out record, saving."""
+    from .bundle import save_bundle
+    from .evaluate import KWON_TARGETS, allocation_comparison, predict
+    from .kwon import attach_kwon
+
+    if plan.calibrate and plan.report:  # on the plainly fine-tuned weights: both allocations, kwon
+        bundle.meta["allocation_comparison"] = allocation_comparison(bundle, calib)
+        if plan.robust:
+            bundle = attach_kwon(bundle, KWON_TARGETS)
     if plan.robust:
-        bundle = budget_robust(bundle, fit, calib, split.test, plan, progress, log)
+        on_step = None if progress_file is None else progress_file.step
+        bundle = budget_robust(bundle, fit, calib, split.test, plan, progress, log, on_step)
     preds, _ = predict(bundle, split.test, None)
     acc = sum(int(p == y) for p, y in zip(preds, split.test.labels)) / len(split.test)
     bundle.meta["eval"] = {
@@ -106,11 +128,18 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
         "dense_accuracy": acc,
     }
     save_bundle(bundle, plan.out, force=plan.force)
-    return bundle.meta["eval"]
+    return bundle
 
 
 def budget_robust(
-    bundle, fit, calib, test, plan: TrainPlan, progress: bool = True, log: Callable[[str], None] = _quiet
+    bundle,
+    fit,
+    calib,
+    test,
+    plan: TrainPlan,
+    progress: bool = True,
+    log: Callable[[str], None] = _quiet,
+    on_step: Callable[[int], None] | None = None,
 ):
     """Budget-robust epochs (robust.py); with plan.report, per-level held-out accuracy before and
     after goes into the bundle."""
@@ -118,7 +147,9 @@ def budget_robust(
     from .robust import train_budget_robust
 
     before = level_accuracies(bundle, test) if plan.report else None
-    bundle, record = train_budget_robust(bundle, fit, calib, plan.train, plan.order_by, progress=progress)
+    bundle, record = train_budget_robust(
+        bundle, fit, calib, plan.train, plan.order_by, progress=progress, on_step=on_step
+    )
     bundle.meta["budget_robust"] = record
     kept = f"budget-robust ({record['epochs']} epochs, epoch {record['kept_epoch']} kept)"
     if plan.report:

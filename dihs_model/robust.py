@@ -14,6 +14,7 @@ the others sampled per step.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 
 from .budget import Allocator, Budget
@@ -46,10 +47,13 @@ def train_budget_robust(
     progress: bool = True,
     max_epochs: int = ROBUST_MAX_EPOCHS,
     gap: float = ROBUST_GAP,
+    on_step: Callable[[int], None] | None = None,
 ):
     """Returns the recalibrated bundle of the epoch whose smallest level trailed least, and a record
-    of every epoch (calibration accuracy per level) and of the one kept."""
+    of every epoch (calibration accuracy per level) and of the one kept. `on_step(k)`: k steps of at
+    most max_epochs * cfg.steps_per_epoch(len(fit)) are done."""
     epochs, kept = [], None
+    per_epoch = cfg.steps_per_epoch(len(fit))
     for k in range(max_epochs):
         always, others = trained_budgets(bundle.meta, bundle.model.shape)
         summary = fine_tune(
@@ -59,6 +63,7 @@ def train_budget_robust(
             progress=progress,
             loss_fn=budget_robust_loss(always, others),
             desc=f"budget-robust {k + 1}",
+            on_step=None if on_step is None else lambda step, k=k: on_step(k * per_epoch + step),
         )
         bundle = calibrate_bundle(
             bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"], dtypes=False

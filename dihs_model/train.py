@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,8 +95,10 @@ def fine_tune(
     progress: bool = True,
     loss_fn=full_model_loss,
     desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
 ) -> dict:
-    """Train `bundle.model` in place on `train`; returns a summary (loss, steps, seconds)."""
+    """Train `bundle.model` in place on `train`; returns a summary (loss, steps, seconds).
+    `on_step(k)` is called after the k-th step (1-based)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model = bundle.model
@@ -132,6 +135,8 @@ def fine_tune(
             sched.step()
             losses.append(loss.item())
             bar.update(1)
+            if on_step is not None:
+                on_step(len(losses))
             bar.set_postfix(epoch=epoch + 1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     bar.close()
     model.eval()

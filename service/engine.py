@@ -104,7 +104,7 @@ class Engine:
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
         self.router = Router(self.ladder_policy, self.controller, self.plan_targets)
-        self.reason = PlanReasons(model_name, self.early, self.controller, self.admission.max_accuracy_loss)
+        self.reason = PlanReasons(model_name, self.controller, self.admission)
         self.shadows = Shadows(self, 0.0 if self.early else shadow_share, clock)
 
     def shadow(self) -> None:

@@ -163,6 +163,12 @@ SPECS = (
         "dihs_gpu_memory_used_bytes", "gauge", "GPU memory used from NVML (absent on CPU)", ("model", "gpu")
     ),
     MetricSpec(
+        "dihs_width_training_progress",
+        "gauge",
+        "Share of `dihs train`'s width-training steps done for the bundle served: 1 for a width-trained "
+        "bundle, below 1 while an early bundle serves (at most that many steps: training may stop sooner)",
+    ),
+    MetricSpec(
         "dihs_build_info",
         "gauge",
         "1, labelled with the package version, the served bundle's checksum "

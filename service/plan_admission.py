@@ -46,6 +46,7 @@ class PlanAdmission:
     ):
         assert evidence and evidence[0] is None and len(names) == len(evidence)
         self.names, self.max_accuracy_loss, self.early = list(names), max_accuracy_loss, early
+        self.progress = ""  # early: how far the width training has got, in words (replica.watch_upgrade)
         self._calib, self._store, self._bundle_id, self._clock = list(evidence), store, bundle_id, clock
         self._live: list[deque[bool]] = [deque(maxlen=window) for _ in names]
         self._lock = threading.RLock()  # evidence() reads the windows record() extends (shadow thread)
@@ -105,7 +106,10 @@ class PlanAdmission:
                 if e is None
                 else {"plan": name, **e.report(self.max_accuracy_loss), "admitted": self._admitted[i]}
             )
-        early = {"width_training": "in progress: the full model only until the width-trained bundle is in"}
+        far = f" ({self.progress})" if self.progress else ""
+        early = {
+            "width_training": f"in progress{far}: the full model only until the width-trained bundle is in"
+        }
         return {
             **(early if self.early else {}),
             "max_accuracy_loss": self.max_accuracy_loss,

@@ -10,9 +10,8 @@ class PlanReasons:
     the full model: no pressure, an early bundle, no cheaper plan admitted yet) and, for a cascade,
     the gate's verdict: the first pass's margin against the live threshold."""
 
-    def __init__(self, model_name: str, early: bool, controller, max_accuracy_loss: float):
-        self.model_name, self.early, self.controller = model_name, early, controller
-        self.max_accuracy_loss = max_accuracy_loss
+    def __init__(self, model_name: str, controller, admission):
+        self.model_name, self.controller, self.admission = model_name, controller, admission
 
     def __call__(
         self,
@@ -27,15 +26,16 @@ class PlanReasons:
         if plan is None:
             if pressure <= 0:
                 return "no load pressure: full model" + note
-            if self.early:
+            if self.admission.early:
+                far = f": {self.admission.progress}" if self.admission.progress else ""
                 return (
-                    f"load pressure {pressure:.2f}: full model, width training in progress (this is "
+                    f"load pressure {pressure:.2f}: full model, width training in progress{far} (this is "
                     "`dihs train`'s early bundle; the width-trained one is swapped in when written)" + note
                 )
             if not any(self.controller.admitted[1:]):
                 return (
                     f"load pressure {pressure:.2f}: full model, no cheaper plan admitted (none has a 95% "
-                    f"accuracy-loss bound within max_accuracy_loss {self.max_accuracy_loss:g} "
+                    f"accuracy-loss bound within max_accuracy_loss {self.admission.max_accuracy_loss:g} "
                     f"yet: /v2/models/{self.model_name}/config says on how many texts)" + note
                 )
             return f"load pressure {pressure:.2f}: full model" + note

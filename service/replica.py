@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dihs_model.meta import META_FILE
 from dihs_model.policy import PolicyConfig
+from dihs_model.train_progress import describe, read_progress
 
 from . import heap
 from .backend import EngineBackend
@@ -175,6 +176,7 @@ class Replica:
         serving = Serving(path, engine, batcher, build_http_app(s, backend, self.metrics), backend, bundle_id)
         stage = "early" if engine.early else "final"
         self.metrics.build_info(serving.bundle_id, engine.dtype, stage)  # dihs_build_info's labels
+        self.metrics.record("dihs_width_training_progress", 0.0 if engine.early else 1.0)
         return serving
 
     def _load_config(self, live: LiveConfig) -> LoadConfig:
@@ -221,7 +223,9 @@ class Replica:
         target = self.settings.upgrade_bundle
         if not target:
             return
+        failed = False
         while not (Path(target) / META_FILE).is_file():
+            failed = self._training_progress(target, failed)
             await asyncio.sleep(poll_s)
         if self.serving.bundle_path == str(target):
             return
@@ -230,6 +234,27 @@ class Replica:
             await self.reconfigure({**self.live.model_dump(exclude_none=True), "bundle": str(target)})
         except Exception:  # noqa: BLE001 - a bad new bundle: keep serving the one that works, say why
             log.exception("%s could not be swapped in; still serving %s", target, self.serving.bundle_path)
+
+    def _training_progress(self, target, said_failed: bool) -> bool:
+        """Read how far the width training that will write `target` has got (the progress file in
+        the early bundle's folder) into the served engine's reasons, config and metric; log once if it
+        failed. Returns whether the failure has been logged."""
+        serving = self.serving
+        if not serving.engine.early:
+            return said_failed
+        record = read_progress(Path(serving.bundle_path))
+        serving.engine.admission.progress = describe(record)
+        if record and record.get("total"):
+            self.metrics.record("dihs_width_training_progress", min(1.0, record["done"] / record["total"]))
+        if record and record.get("status") == "failed" and not said_failed:
+            log.error(
+                "width training failed (%s): %s will not be written; still serving the early bundle %s",
+                record.get("error"),
+                target,
+                serving.bundle_path,
+            )
+            return True
+        return said_failed
 
     def probe(self) -> None:
         """Serve's health check: the current engine answers a probe text with finite scores."""

@@ -11,8 +11,9 @@ CASCADE = SimpleNamespace(first=FIRST, second=None, threshold=0.4)
 SINGLE = SimpleNamespace(first=FIRST, second=None, threshold=float("-inf"))
 
 
-def _reasons(admitted=(True, True), early=False):
-    return PlanReasons("m", early, SimpleNamespace(admitted=list(admitted)), 0.005)
+def _reasons(admitted=(True, True), early=False, progress=""):
+    admission = SimpleNamespace(early=early, progress=progress, max_accuracy_loss=0.005)
+    return PlanReasons("m", SimpleNamespace(admitted=list(admitted)), admission)
 
 
 def test_the_full_model_says_why_it_ran():
@@ -24,7 +25,9 @@ def test_the_full_model_says_why_it_ran():
     assert (
         "no cheaper plan admitted" in none and "max_accuracy_loss 0.005" in none and "/v2/models/m/" in none
     )
-    assert "width training in progress" in _reasons(early=True)(None, "full", 0.5)
+    assert "width training in progress (this is" in _reasons(early=True)(None, "full", 0.5)
+    far = _reasons(early=True, progress="120 of at most 435 steps")(None, "full", 0.5)
+    assert "width training in progress: 120 of at most 435 steps (this is" in far
 
 
 def test_a_cascade_gives_the_gate_verdict_and_a_single_pass_its_budget():

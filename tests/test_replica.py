@@ -257,3 +257,38 @@ def test_an_early_bundle_serves_the_full_model_and_the_final_one_swaps_in_when_w
     assert set(seen) == {early_id, final_id} and seen[0] == early_id
     assert seen[-1] == final_id and replica.serving.bundle_path == str(final)
     assert not replica.serving.engine.early
+
+
+def test_an_early_bundle_says_how_far_width_training_has_got_and_logs_once_if_it_failed(
+    bundles, tmp_path, caplog
+):
+    import json
+    import shutil
+
+    from dihs_model.train_progress import PROGRESS_FILE
+
+    early = tmp_path / "early"
+    shutil.copytree(bundles[0], early)
+    meta = json.loads((early / "dihs.json").read_text())
+    (early / "dihs.json").write_text(json.dumps({**meta, "width_training": "in progress"}))
+    replica = _replica(early, upgrade_bundle=str(tmp_path / "final"), gc_freeze=False)
+    engine = replica.serving.engine
+    gauge = [v for name, v, _ in replica.metrics.log if name == "dihs_width_training_progress"]
+    assert gauge == [0.0]  # an early bundle, nothing read yet
+    running = {"status": "running", "done": 87, "total": 435, "eta_s": 600, "error": None}
+    (early / PROGRESS_FILE).write_text(json.dumps(running))
+    assert replica._training_progress(tmp_path / "final", False) is False
+    assert "width training in progress: 87 of at most 435 steps, about 10 min left" in engine.reason(
+        None, "full", 0.8
+    )
+    assert "87 of at most 435 steps" in engine.auto_status()["width_training"]
+    assert replica.metrics.log[-1][:2] == ("dihs_width_training_progress", 0.2)
+    failed = {**running, "status": "failed", "error": "RuntimeError: out of memory"}
+    (early / PROGRESS_FILE).write_text(json.dumps(failed))
+    with caplog.at_level("ERROR", logger="dihs.replica"):
+        said = replica._training_progress(tmp_path / "final", False)
+        again = replica._training_progress(tmp_path / "final", said)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said and again and len(errors) == 1 and "RuntimeError: out of memory" in errors[0]
+    assert "still serving the early bundle" in errors[0]
+    assert "failed: RuntimeError: out of memory" in engine.reason(None, "full", 0.8)
