@@ -60,8 +60,9 @@ run: install
 	echo "training $(BUNDLE) in the background (log: $(BUNDLE).train.log); serving starts when its early bundle is written"; \
 	nice -n 19 .venv/bin/dihs train --data $(TASK) --out $(BUNDLE) --early-out $(BUNDLE)-early > $(BUNDLE).train.log 2>&1 & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null' EXIT; \
-	while [ ! -f $(BUNDLE)-early/dihs.json ]; do \
+	n=0; while [ ! -f $(BUNDLE)-early/dihs.json ]; do \
 		if ! kill -0 $$pid 2>/dev/null; then echo "training failed: $(BUNDLE).train.log ends:" >&2; tail -5 $(BUNDLE).train.log >&2; exit 1; fi; \
+		n=$$((n + 1)); if [ $$((n % 6)) -eq 0 ]; then tail -c 400 $(BUNDLE).train.log | tr '\r' '\n' | grep -a '%|' | tail -1 | cut -c1-100; fi; \
 		sleep 5; \
 	done; \
 	RAY_AUTH_MODE=disabled .venv/bin/dihs serve $(BUNDLE)-early --upgrade-bundle $(BUNDLE)
