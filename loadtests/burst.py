@@ -169,7 +169,7 @@ async def run(url, concurrency, seconds, rounds, data=("election-tweets", "text"
 
 def _with_service(a, data: tuple[str, str, str]) -> dict:
     from .placement import pin_client, pin_service, split_cores
-    from .sweep import Service, _session_pids
+    from .sweep import Service, session_pids
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def _with_service(a, data: tuple[str, str, str]) -> dict:
     try:
         service.wait_ready()
         placement["service"] = (
-            pin_service(_session_pids(service.proc.pid)) if split_cores() is not None else "not pinned"
+            pin_service(session_pids(service.proc.pid)) if split_cores() is not None else "not pinned"
         )
         print(f"placement: {placement}", flush=True)
         res = drive(run(service.url, a.concurrency, a.seconds, a.rounds, data))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .shapes import make_plan
 from .stats import percentile
-from .sweep import LOCUSTFILE, Service, _session_pids, run_locust
+from .sweep import LOCUSTFILE, Service, run_locust, session_pids
 
 REPLICA_TITLE = "ServeReplica:dihs:DIHSModel"
 HUNG_MS = 59_000  # Locust users' network_timeout is 60 s
@@ -36,7 +36,7 @@ HUNG_MS = 59_000  # Locust users' network_timeout is 60 s
 def replica_pids(session: int) -> list[int]:
     """Model replica processes of the service's session (Ray titles them ray::ServeReplica:APP:DEPLOYMENT)."""
     out = []
-    for pid in _session_pids(session):
+    for pid in session_pids(session):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:

@@ -206,9 +206,9 @@ class Peer:
 
 def _replica_pid(service) -> int | None:
     from .placement import replica_pids
-    from .sweep import _session_pids
+    from .sweep import session_pids
 
-    return next(iter(replica_pids(_session_pids(service.proc.pid))), None)
+    return next(iter(replica_pids(session_pids(service.proc.pid))), None)
 
 
 class _cpu_of:
@@ -258,7 +258,7 @@ def run(a) -> dict:
 
     from .common import drive, held_out
     from .placement import on_replica_core, pin_client, pin_server, pin_service, split_cores
-    from .sweep import Service, _session_pids
+    from .sweep import Service, session_pids
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,8 +282,8 @@ def run(a) -> dict:
     try:
         service.wait_ready()
         peer.wait_ready()
-        pinned = split_cores() is not None  # (on Linux; _session_pids elsewhere stops the service)
-        placement["service"] = pin_service(_session_pids(service.proc.pid)) if pinned else "not pinned"
+        pinned = split_cores() is not None  # (on Linux; session_pids elsewhere stops the service)
+        placement["service"] = pin_service(session_pids(service.proc.pid)) if pinned else "not pinned"
         placement["naive_peer"] = pin_server(peer.proc.pid)
         placement["model_only"] = "this process's model runs on the replica core" if pinned else "not pinned"
         print(f"placement: {placement}", flush=True)

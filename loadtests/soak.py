@@ -21,7 +21,7 @@ from pathlib import Path
 from .common import held_out
 from .faults import outcomes, steady_locust
 from .shapes import make_plan
-from .sweep import Service, _http, _session_pids, run_locust
+from .sweep import Service, http_json, run_locust, session_pids
 
 
 def capacity(url: str, texts: list[str], seconds: float = 20.0, clients: int = 8) -> float:
@@ -31,7 +31,7 @@ def capacity(url: str, texts: list[str], seconds: float = 20.0, clients: int = 8
     def client(k: int):
         i = k
         while time.monotonic() < stop:
-            if _http(f"{url}/v1/classify", {"text": texts[i % len(texts)]}, timeout=60)[0] == 200:
+            if http_json(f"{url}/v1/classify", {"text": texts[i % len(texts)]}, timeout=60)[0] == 200:
                 done[0] += 1
             i += clients
 
@@ -47,7 +47,7 @@ def sample(session: int) -> dict[int, dict]:
     import psutil
 
     out = {}
-    for pid in _session_pids(session):
+    for pid in session_pids(session):
         try:
             p = psutil.Process(pid)
             out[pid] = {"name": " ".join(p.cmdline())[:80], "rss": p.memory_info().rss, "fds": p.num_fds()}

@@ -175,7 +175,7 @@ def config_from_args(a) -> Config:
 # --- the service -------------------------------------------------------------------------------
 
 
-def _http(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+def http_json(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
     headers = {"content-type": "application/json"}
     if os.environ.get("DIHS_API_KEY"):
@@ -229,7 +229,7 @@ class Service:
                     f"the service did not start: {lines[-1] if lines else 'no output'} (log: {self.log_path})"
                 )
             try:
-                if _http(f"{self.url}/v2/health/ready", timeout=2)[0] == 200:
+                if http_json(f"{self.url}/v2/health/ready", timeout=2)[0] == 200:
                     return
             except (OSError, ValueError):
                 pass
@@ -244,7 +244,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 pass
         for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever of its Ray processes is left
-            left = _session_pids(self.proc.pid)
+            left = session_pids(self.proc.pid)
             if not left:
                 break
             for pid in left:
@@ -258,7 +258,7 @@ class Service:
         self.log.close()
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     """Processes of the session the service was started in (Ray's actors get process groups of their own)."""
     if not Path("/proc/self/stat").exists():  # not Linux: its process group at least
         try:
@@ -280,7 +280,9 @@ def _session_pids(sid: int) -> list[int]:
 def check_service(url: str, examples: list[tuple[str, str]]) -> list[str]:
     """The model's labels, from one answered request; fails in one line if unreachable or mislabelled."""
     try:
-        status, body = _http(f"{url}/v1/classify", {"text": examples[0][0], "budget": {"mode": "dense"}}, 60)
+        status, body = http_json(
+            f"{url}/v1/classify", {"text": examples[0][0], "budget": {"mode": "dense"}}, 60
+        )
     except (OSError, ValueError) as e:
         raise _usage_error(f"no DIHS service answers at {url}: {e}") from None
     if status != 200:
@@ -304,7 +306,7 @@ def warm_up(
     tail = examples[-n:]  # the tail: the runs themselves start at the head
     while sent < n or time.perf_counter() - t0 < min_seconds:
         text, _ = tail[sent % len(tail)]
-        status, body = _http(f"{url}/v1/classify", {"text": text, "budget": BUDGETS[mode]}, 60)
+        status, body = http_json(f"{url}/v1/classify", {"text": text, "budget": BUDGETS[mode]}, 60)
         sent += 1
         if status == 200:
             pressure = body["results"][0]["pressure"]
@@ -484,7 +486,7 @@ def rebuild_report(out: Path) -> None:
 def _service_config(url: str, model_name: str) -> dict:
     """The service's /v2/models/{name}/config ({} where it does not answer it)."""
     try:
-        status, body = _http(f"{url}/v2/models/{model_name}/config", timeout=10)
+        status, body = http_json(f"{url}/v2/models/{model_name}/config", timeout=10)
     except (OSError, ValueError):
         return {}
     return body if status == 200 else {}
@@ -570,7 +572,7 @@ def run_sweep(a) -> Path:
             services.append(dt)
             choices[dt] = _service_config(service.url, "dihs").get("dtype_choice", {}).get("reason")
             check_service(service.url, examples)
-            placement = pin_service(_session_pids(service.proc.pid)) if split_cores() else "not pinned"
+            placement = pin_service(session_pids(service.proc.pid)) if split_cores() else "not pinned"
             say(f"placement: {placement}")
         return service.url
 

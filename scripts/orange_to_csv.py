@@ -10,7 +10,7 @@ import argparse
 import csv
 import sys
 
-from dihs_model.data import DataError, _orange_file, _read_rows
+from dihs_model.data import DataError, orange_file, read_rows
 
 
 def main() -> int:
@@ -24,7 +24,7 @@ def main() -> int:
     )
     a = p.parse_args()
     try:
-        rows = _read_rows(_orange_file(a.name))
+        rows = read_rows(orange_file(a.name))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,10 +56,9 @@ def _early_plan(tiny_checkpoint, tmp_path) -> TrainPlan:
 
 
 def test_the_early_bundle_carries_the_width_trainings_progress_to_the_end(tiny_checkpoint, tmp_path):
+    from dihs_model.data import load_split, split_calibration
     from dihs_model.robust import ROBUST_MAX_EPOCHS
     from dihs_model.train_progress import read_progress
-
-    from dihs_model.data import load_split, split_calibration
 
     torch.set_num_threads(1)
     plan = _early_plan(tiny_checkpoint, tmp_path)
