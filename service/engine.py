@@ -28,7 +28,7 @@ from .load import LoadTracker
 from .plan_admission import PlanAdmission
 from .plan_timing import measure_plan_times
 from .reasons import PlanReasons
-from .results import Served, record_result, result_fields
+from .results import Served, record_batch, record_result, result_fields
 from .routing import Item, Router
 from .shadow import Shadows
 
@@ -165,25 +165,24 @@ class Engine:
         ids, mask = enc["input_ids"], enc["attention_mask"]
         served: list[Served | None] = [None] * len(items)
         levels = [i for i, r in enumerate(routes) if not r.on_plan]
+        budgets = [self.budget_of(routes[i].level.level) for i in levels]
         if levels:
-            budgets = [self.budget_of(routes[i].level.level) for i in levels]
             outs = forward_grouped(self.model, ids[levels], mask[levels], budgets, self.device)
             for i, b, logits in zip(levels, budgets, outs):
                 served[i] = Served(logits, [b], routes[i].level.reason)
         for p in sorted({r.plan for r in routes if r.on_plan}):
             rows = [i for i, r in enumerate(routes) if r.plan == p]
-            for i, s in zip(
-                rows, self._run_plan(p, ids[rows], mask[rows], [routes[i].note for i in rows], pressure)
-            ):
+            notes = [routes[i].note for i in rows]
+            for i, s in zip(rows, self._run_plan(p, ids[rows], mask[rows], notes, pressure)):
                 served[i] = s
         t3 = time.perf_counter()
-        self.metrics.record("dihs_batch_size", len(items))
-        self.metrics.record("dihs_load_pressure", pressure)
-        self.metrics.record("dihs_plan_flops_target", self.plan_targets[plan])
-        for i, cost in enumerate(self.plan_costs):  # re-set each batch: the agent drops gauges left unset
-            self.metrics.record(
-                "dihs_plan_cost_seconds", cost + self.controller.overhead_s, plan=self.plan_name(i)
-            )
+        record_batch(
+            self.metrics,
+            len(items),
+            pressure,
+            self.plan_targets[plan],
+            {self.plan_name(i): cost + self.controller.overhead_s for i, cost in enumerate(self.plan_costs)},
+        )
         tokens = mask.sum(1).tolist()
         results = [
             result_fields(

@@ -1,5 +1,6 @@
 """One text's answer: what its passes gave (Served), what they cost (pass_cost), the protocol.Result
-fields made of both (result_fields), and the per-text metrics of a result (record_result)."""
+fields made of both (result_fields), the per-text metrics of a result (record_result) and the
+per-batch metrics (record_batch)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,13 @@ def record_result(metrics, r: dict) -> None:
     metrics.record("dihs_flops_ratio", r["flops_ratio"])
     metrics.record("dihs_budget_level", 1, level=r["level"])
     metrics.record("dihs_input_complexity", r["complexity"])
+
+
+def record_batch(metrics, size: int, pressure: float, target: float, plan_costs: dict[str, float]) -> None:
+    """The per-batch metrics: its size, the load pressure, the plan's FLOPs target, and each plan's
+    cost per text (re-set every batch: Ray's agent drops a gauge left unset)."""
+    metrics.record("dihs_batch_size", size)
+    metrics.record("dihs_load_pressure", pressure)
+    metrics.record("dihs_plan_flops_target", target)
+    for name, cost in plan_costs.items():
+        metrics.record("dihs_plan_cost_seconds", cost, plan=name)
