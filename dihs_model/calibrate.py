@@ -26,11 +26,14 @@ def calibrate_bundle(
     batch_size: int = 32,
     progress: bool = True,
     allocation: str = DEFAULT_ALLOCATION,
-    dtypes: bool = True,
+    dtypes: str = "all",
 ):
     """Score heads and neurons on `examples`, store both in `order_by` order, rebuild the ladder and
-    the cascade plans and (dtypes) count the texts int8 and bfloat16 answer differently
-    (dtype_choice.measure_agreement). Returns a new Bundle (the input bundle's model is not modified)."""
+    the cascade plans, and count the texts int8 and bfloat16 answer differently
+    (dtype_choice.measure_agreement) on every plan auto may serve (dtypes "all"), on the full model
+    only ("full": an early bundle's) or not at all ("none"). Returns a new Bundle (the input
+    bundle's model is not modified)."""
+    assert dtypes in ("all", "full", "none"), dtypes
     from .bundle import Bundle
     from .complexity import ComplexityScorer
     from .dtype_choice import measure_agreement
@@ -62,8 +65,8 @@ def calibrate_bundle(
     meta["complexity"] = scorer.to_meta()
     out = Bundle(reorder(bundle.model, h_order, n_order), bundle.tokenizer, meta, bundle.kwon_model)
     meta["cascade"] = fit_cascade(out, examples, allocator, scorer, batch_size)
-    if dtypes:
-        meta["dtype_agreement"] = measure_agreement(out, examples, batch_size)
+    if dtypes != "none":
+        meta["dtype_agreement"] = measure_agreement(out, examples, batch_size, full_only=dtypes == "full")
     else:  # counts of the weights before these would be stale
         meta.pop("dtype_agreement", None)
     return out

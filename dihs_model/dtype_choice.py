@@ -34,10 +34,11 @@ MIN_SPEEDUP = 1.05
 ROUNDS = 3  # interleaved timing rounds at start-up (each times every level once per dtype)
 
 
-def plan_answers(model, batches, n: int, meta: dict) -> dict[str, torch.Tensor]:
-    """Each candidate plan's answers on these batches (labels by plan_label)."""
+def plan_answers(model, batches, n: int, meta: dict, full_only: bool = False) -> dict[str, torch.Tensor]:
+    """Each candidate plan's answers on these batches (labels by plan_label); full_only: the full
+    model's alone."""
     out = {}
-    for plan in candidate_plans(meta):
+    for plan in candidate_plans(meta)[:1] if full_only else candidate_plans(meta):
         if plan is None:
             out[plan_label(plan)] = run_pass(model, batches, None, n).preds
         else:
@@ -46,20 +47,23 @@ def plan_answers(model, batches, n: int, meta: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def measure_agreement(bundle, examples, batch_size: int = 32, dtypes=CANDIDATES) -> dict:
+def measure_agreement(
+    bundle, examples, batch_size: int = 32, dtypes=CANDIDATES, full_only: bool = False
+) -> dict:
     """{"texts": n, "disagree": {dtype: texts any plan answers differently from float32},
-    "plans": {dtype: {plan: texts}}} on `examples`, for the dtypes this device runs (int8: CPU)."""
+    "plans": {dtype: {plan: texts}}} on `examples`, for the dtypes this device runs (int8: CPU).
+    full_only: the full model alone (an early bundle, on which auto serves nothing else)."""
     device = next(bundle.model.parameters()).device
     batches = list(bundle.batches(examples, batch_size))
     n = len(examples)
-    reference = plan_answers(bundle.model, batches, n, bundle.meta)
+    reference = plan_answers(bundle.model, batches, n, bundle.meta, full_only)
     result = {"texts": n, "disagree": {}, "plans": {}}
     for dtype in dtypes:
         try:
             check_dtype(dtype, device)
         except ValueError:
             continue
-        answers = plan_answers(with_dtype(bundle.model, dtype), batches, n, bundle.meta)
+        answers = plan_answers(with_dtype(bundle.model, dtype), batches, n, bundle.meta, full_only)
         differs = torch.zeros(n, dtype=torch.bool)
         per_plan = {}
         for name, preds in answers.items():

@@ -87,7 +87,10 @@ def train_bundle(plan: TrainPlan, device, progress: bool = True, log: Callable[[
     }
     progress_file = None
     if plan.calibrate:
-        bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress)
+        # width training recounts the dtype agreement for the epoch it keeps: the full model's is
+        # all the early bundle needs
+        agreement = "full" if plan.robust else "all"
+        bundle = calibrate_bundle(bundle, calib, plan.order_by, progress=progress, dtypes=agreement)
         if plan.early_out is not None and plan.robust:  # servable now: `make run` answers from here on
             early = replace(bundle, meta={**bundle.meta, "width_training": "in progress"}, kwon_model=None)
             save_bundle(early, plan.early_out, force=True)

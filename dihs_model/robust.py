@@ -66,7 +66,7 @@ def train_budget_robust(
             on_step=None if on_step is None else lambda step, k=k: on_step(k * per_epoch + step),
         )
         bundle = calibrate_bundle(
-            bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"], dtypes=False
+            bundle, calib, order_by, progress=progress, allocation=bundle.meta["allocation"], dtypes="none"
         )  # the dtype agreement only of the epoch kept, below
         acc = bundle.meta["cascade"]["level_accuracy"]  # measured on `calib` by the recalibration
         trail = round(acc[bundle.meta["levels"][0]["name"]] - acc[bundle.meta["levels"][-1]["name"]], 4)

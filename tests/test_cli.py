@@ -356,6 +356,12 @@ def test_budget_robust_training_is_the_default_and_records_accuracy_per_level(ti
     assert early["width_training"] == "in progress" and "width_training" not in meta
     assert "budget_robust" not in early and early["levels"] and early["cascade"]
     assert not (tmp_path / "early" / "kwon.safetensors").exists()
+    # the early bundle's dtype agreement is the full model's alone (auto serves nothing else there);
+    # the final bundle's covers every plan
+    assert early["dtype_agreement"]["plans"] and all(
+        set(per_plan) == {"full"} for per_plan in early["dtype_agreement"]["plans"].values()
+    )
+    assert all(len(per_plan) > 1 for per_plan in meta["dtype_agreement"]["plans"].values())
     robust = meta["budget_robust"]
     # without --report: no kwon weights, no allocation comparison, no held-out accuracy per level
     assert (
