@@ -31,7 +31,8 @@ class TrainPlan:
     force: bool = False
     early_out: Path | None = None  # also write the calibrated fine-tuned bundle here, before width training
     # what serving does not need: the kwon baseline's weights, the allocation comparison and the
-    # held-out accuracy of every level before and after width training (about 6 of `make run`'s minutes)
+    # held-out accuracy of every level before and after width training (82 s at 2 idle threads on
+    # election-tweets, bench/train_stages.py)
     report: bool = False
 
     @property

@@ -92,7 +92,7 @@ class Engine:
         self.plan_costs = [t[max(t)] / max(t) for t in self.plan_times]  # seconds per text at a full batch
         # an early bundle's plans are the plainly fine-tuned model's slices: the full model only, no
         # shadow evidence, until the width-trained bundle is swapped in (replica.watch_upgrade)
-        self.early = width_training_in_progress(bundle.meta)
+        early = width_training_in_progress(bundle.meta)
         self.admission = PlanAdmission(
             [self.plan_name(i) for i in range(len(self.plans))],
             [None] + [plan_evidence(bundle.meta, p) for p in self.plans[1:]],
@@ -100,12 +100,17 @@ class Engine:
             agreement_file,
             bundle_id,
             clock=clock,
-            early=self.early,
+            early=early,
         )
         self.controller = PlanController(self.plan_times, controller, clock, self.admission.admitted())
         self.router = Router(self.ladder_policy, self.controller, self.plan_targets)
         self.reason = PlanReasons(model_name, self.controller, self.admission)
-        self.shadows = Shadows(self, 0.0 if self.early else shadow_share, clock)
+        self.shadows = Shadows(self, 0.0 if early else shadow_share, clock)
+
+    @property
+    def early(self) -> bool:
+        """An early bundle (`dihs train --early-out`): auto serves the full model only (admission's)."""
+        return self.admission.early
 
     def shadow(self) -> None:
         """Shadow passes on the last full-model batch (shadow.py); the batcher calls it when idle."""
